@@ -96,6 +96,10 @@ pub fn parse(payload: &[u8]) -> Result<Envelope, Reject> {
     if payload.len() > MAX_EVENT_BYTES {
         return Err(Reject::TooLarge);
     }
+    // JSON text is UTF-8; serde skips unknown fields without checking their bytes.
+    if std::str::from_utf8(payload).is_err() {
+        return Err(Reject::NotJson);
+    }
     let first = payload.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(payload) {
@@ -183,6 +187,7 @@ mod tests {
         assert_eq!(reject("not json"), Reject::NotJson);
         assert_eq!(reject("{\"type\":"), Reject::NotJson);
         assert_eq!(reject(""), Reject::NotJson);
+        assert_eq!(parse(b"{\"type\":\"X\",\"tenant_id\":1,\"note\":\"\xff\"}").unwrap_err(), Reject::NotJson, "invalid UTF-8");
         assert_eq!(reject("[1,2]"), Reject::NotObject);
         assert_eq!(reject("\"text\""), Reject::NotObject);
         assert_eq!(reject("42"), Reject::NotObject);

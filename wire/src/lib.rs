@@ -3,11 +3,17 @@
 //! subject grammar and stream layout ([`subject`]), the header names carried on NATS messages
 //! ([`headers`]), and how backend tokens are minted ([`tokens`], for tests, demos and load).
 //!
-//! It owns no I/O. The `testkit` feature adds real-process fixtures for integration tests.
+//! Typed settings from the environment ([`settings`]) are shared too.
+//!
+//! It owns no I/O of its own. The `nats` feature adds the shared NATS connection settings
+//! ([`natsconn`]); the `testkit` feature adds real-process fixtures for integration tests.
 
 pub mod envelope;
 pub mod event_types;
 pub mod headers;
+#[cfg(feature = "nats")]
+pub mod natsconn;
+pub mod settings;
 pub mod subject;
 pub mod tokens;
 

@@ -32,6 +32,14 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// Unix time in microseconds (the `Bridge-Received-Us` header's unit).
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// Claims of a staff access token as the backend issues them.
 pub fn staff_claims(user_id: u64, tenant_id: u64, branch_ids: &[u64], roles: &[&str], ttl_secs: i64) -> Value {
     let now = now_unix();

@@ -1,0 +1,96 @@
+//! Staff JWT verification: HS256 only, strict claim types, `type` access or absent.
+
+use super::{AuthError, Roles};
+use crate::config::AuthConfig;
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// A verified staff access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staff {
+    pub user_id: u64,
+    pub tenant_id: u64,
+    pub branch_ids: Vec<u64>,
+    pub roles: Roles,
+    pub jti: Option<String>,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    tenant_id: u64,
+    branch_ids: Vec<u64>,
+    roles: Vec<String>,
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    iat: Option<i64>,
+    exp: i64,
+    #[serde(default, rename = "type")]
+    token_type: Option<String>,
+}
+
+pub(super) struct StaffVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl StaffVerifier {
+    pub fn new(config: &AuthConfig) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[&config.jwt_issuer]);
+        validation.set_audience(&[&config.jwt_audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 0;
+        StaffVerifier { key: DecodingKey::from_secret(config.jwt_secret.expose()), validation }
+    }
+
+    pub fn verify(&self, token: &str, now: i64) -> Result<Staff, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| jwt_error(&e))?
+            .claims;
+        match claims.token_type.as_deref() {
+            None | Some("access") => {}
+            Some(other) => return Err(AuthError::WrongType(other.to_string())),
+        }
+        if claims.exp <= now {
+            return Err(AuthError::Expired);
+        }
+        let user_id = positive_integer(&claims.sub).ok_or_else(|| AuthError::Malformed("sub is not a positive integer".into()))?;
+        if claims.tenant_id == 0 {
+            return Err(AuthError::Malformed("tenant_id must be positive".into()));
+        }
+        if claims.branch_ids.contains(&0) {
+            return Err(AuthError::Malformed("branch_ids must be positive".into()));
+        }
+        Ok(Staff {
+            user_id,
+            tenant_id: claims.tenant_id,
+            branch_ids: claims.branch_ids,
+            roles: Roles::from_list(&claims.roles),
+            jti: claims.jti,
+            iat: claims.iat.unwrap_or(0),
+            exp: claims.exp,
+        })
+    }
+}
+
+pub(super) fn jwt_error(e: &jsonwebtoken::errors::Error) -> AuthError {
+    match e.kind() {
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::InvalidSignature => AuthError::Signature,
+        other => AuthError::Malformed(format!("{other:?}")),
+    }
+}
+
+pub(super) fn positive_integer(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u64>().ok().filter(|n| *n > 0 && *n <= i64::MAX as u64)
+}

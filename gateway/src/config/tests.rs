@@ -1,0 +1,68 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut map: HashMap<String, String> =
+        [(JWT_SECRET, "jwt-secret"), (TABLE_TOKEN_SECRET, "table-secret")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    for (k, v) in pairs {
+        map.insert(k.to_string(), v.to_string());
+    }
+    map
+}
+
+#[test]
+fn defaults_match_the_contract() {
+    let c = Config::from_map(&env(&[])).unwrap();
+    assert_eq!(c.auth.jwt_issuer, "menu-ops");
+    assert_eq!(c.auth.jwt_audience, "menu-ops-users");
+    assert!(c.auth.allow_legacy_table_tokens);
+    assert!(!c.auth.allow_missing_origin, "ENVIRONMENT defaults to production");
+    assert_eq!(c.auth.allowed_origins.len(), 12);
+    assert!(c.auth.allowed_origins.contains(&"http://127.0.0.1:5178".to_string()));
+    assert_eq!(c.redis_url, "redis://localhost:6380");
+    assert_eq!(c.limits.max_connections_per_user, 3);
+    assert_eq!(c.limits.message_rate_limit, 30);
+    assert_eq!(c.limits.message_rate_window, Duration::from_secs(1));
+    assert_eq!(c.limits.max_message_size, 65_536);
+    assert_eq!(c.limits.heartbeat_timeout, Duration::from_secs(60));
+    assert_eq!(c.auth.staff_recheck_interval, Duration::from_secs(300));
+    assert!(!c.revocation_fail_open);
+    assert!(c.database_url.is_none());
+}
+
+#[test]
+fn missing_origin_only_in_development_without_production_check() {
+    let dev = Config::from_map(&env(&[(ENVIRONMENT, "development")])).unwrap();
+    assert!(dev.auth.allow_missing_origin);
+    let checked = Config::from_map(&env(&[(ENVIRONMENT, "development"), (PRODUCTION_CHECK, "1")])).unwrap();
+    assert!(!checked.auth.allow_missing_origin);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let mut map = env(&[
+        (WS_MAX_CONNECTIONS_PER_USER, "three"),
+        (WS_HEARTBEAT_TIMEOUT, "-5"),
+        (ALLOW_LEGACY_TABLE_TOKENS, "maybe"),
+        (DATABASE_URL, "mysql://x"),
+        (GATEWAY_LISTEN_ADDR, "nowhere"),
+    ]);
+    map.remove(JWT_SECRET);
+    let err = Config::from_map(&map).unwrap_err();
+    for var in [JWT_SECRET, WS_MAX_CONNECTIONS_PER_USER, WS_HEARTBEAT_TIMEOUT, ALLOW_LEGACY_TABLE_TOKENS, DATABASE_URL, GATEWAY_LISTEN_ADDR] {
+        assert!(err.names(var), "{var} missing from {err}");
+    }
+    assert!(err.to_string().contains("JWT_SECRET: is required"));
+}
+
+#[test]
+fn sqlalchemy_database_urls_are_accepted() {
+    let c = Config::from_map(&env(&[(DATABASE_URL, "postgresql+psycopg://app:pw@db:5432/menu")])).unwrap();
+    assert_eq!(c.database_url.as_deref(), Some("postgres://app:pw@db:5432/menu"));
+}
+
+#[test]
+fn secrets_do_not_print() {
+    let c = Config::from_map(&env(&[])).unwrap();
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("jwt-secret") && !shown.contains("table-secret"));
+}

@@ -1,0 +1,230 @@
+//! One task per accepted WebSocket: a `biased` select over the close control (drain, slow
+//! consumer, admin), the outbound queue, the next client frame and a housekeeping timer
+//! (heartbeat and token re-checks). It ends with a [`CloseReason`] sent to the client, or
+//! because the client left. Admission happens before in `handshake`.
+
+pub mod handshake;
+pub mod protocol;
+
+use crate::app::App;
+use crate::auth::{Diner, Endpoint, Identity};
+use crate::registry::{Outbound, Registration};
+use crate::subscriptions::Lease;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use protocol::{CloseReason, Inbound, RateWindow};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Events written per flush when the queue has several waiting.
+const WRITE_BATCH: usize = 64;
+/// How long a closing socket waits for the client's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// An admitted connection, ready to run once the upgrade completes.
+pub struct Session {
+    pub app: Arc<App>,
+    pub identity: Identity,
+    /// The diner's token, re-verified on each re-check.
+    pub table_token: Option<Box<str>>,
+    pub registration: Registration,
+    pub queue: mpsc::Receiver<Outbound>,
+    pub lease: Lease,
+}
+
+/// How a session ended.
+enum End {
+    Server(CloseReason),
+    ClientClosed,
+    Broken,
+}
+
+impl Session {
+    fn endpoint(&self) -> Endpoint {
+        self.registration.conn.endpoint
+    }
+
+    pub async fn run(mut self, mut socket: WebSocket) {
+        let endpoint = self.endpoint().as_str();
+        self.app.metrics.connection_opened(endpoint);
+        let started = Instant::now();
+        let end = self.serve(&mut socket).await;
+        let label = match &end {
+            End::Server(reason) => {
+                close(&mut socket, *reason).await;
+                reason.label
+            }
+            End::ClientClosed => "client_closed",
+            End::Broken => "connection_lost",
+        };
+        self.app.metrics.connection_closed(endpoint, label);
+        tracing::debug!(endpoint, reason = label, seconds = started.elapsed().as_secs_f64(), "connection ended");
+        drop(self.lease);
+    }
+
+    async fn serve(&mut self, socket: &mut WebSocket) -> End {
+        let limits = self.app.config.limits.clone();
+        let recheck_every = match self.identity {
+            Identity::Staff(_) => self.app.config.auth.staff_recheck_interval,
+            Identity::Diner(_) => self.app.config.auth.diner_recheck_interval,
+        };
+        let mut last_seen = Instant::now();
+        let mut next_recheck = last_seen + recheck_every;
+        let mut rate = RateWindow::new(std::time::Instant::now());
+        let conn = self.registration.conn.clone();
+        loop {
+            let wake = next_recheck.min(last_seen + limits.heartbeat_timeout);
+            tokio::select! {
+                biased;
+                reason = conn.control.closed() => return End::Server(reason),
+                event = self.queue.recv() => match event {
+                    Some(event) => {
+                        if !self.write_events(socket, event, limits.write_timeout).await {
+                            return End::Broken;
+                        }
+                    }
+                    None => return End::Server(CloseReason::SLOW_CONSUMER),
+                },
+                frame = socket.recv() => match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        last_seen = Instant::now();
+                        if !rate.admit(std::time::Instant::now(), limits.message_rate_limit, limits.message_rate_window) {
+                            return End::Server(CloseReason::RATE_LIMITED);
+                        }
+                        if let Some(reply) = self.answer(&text).await {
+                            if !send(socket, Message::Text(reply), limits.write_timeout).await {
+                                return End::Broken;
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => return End::Server(CloseReason::BINARY_FRAME),
+                    Some(Ok(Message::Close(_))) | None => return End::ClientClosed,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Err(error)) if too_large(&error) => return End::Server(CloseReason::MESSAGE_TOO_LARGE),
+                    Some(Err(_)) => return End::Broken,
+                },
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    if now >= last_seen + limits.heartbeat_timeout {
+                        return End::Server(CloseReason::HEARTBEAT_TIMEOUT);
+                    }
+                    if now >= next_recheck {
+                        if let Some(reason) = self.recheck().await {
+                            return End::Server(reason);
+                        }
+                        next_recheck = now + recheck_every;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is queued, then flushes once.
+    async fn write_events(&mut self, socket: &mut WebSocket, first: Outbound, timeout: Duration) -> bool {
+        let mut batch = Vec::with_capacity(1);
+        batch.push(first.received_us);
+        let write = async {
+            socket.feed(Message::Text(first.payload)).await?;
+            while batch.len() < WRITE_BATCH {
+                let Ok(next) = self.queue.try_recv() else { break };
+                batch.push(next.received_us);
+                socket.feed(Message::Text(next.payload)).await?;
+            }
+            socket.flush().await
+        };
+        let written = matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(())));
+        if written {
+            let now_us = wire::tokens::now_micros();
+            for received in batch.into_iter().flatten() {
+                self.app.metrics.delivery_latency_seconds.observe(now_us.saturating_sub(received) as f64 / 1e6);
+            }
+        }
+        written
+    }
+
+    /// The reply to a client text frame, if any.
+    async fn answer(&self, text: &str) -> Option<Utf8Bytes> {
+        let kind = protocol::classify(text);
+        let label = match kind {
+            Inbound::Ping => "ping",
+            Inbound::RefreshSectors if self.endpoint() == Endpoint::Waiter => "refresh_sectors",
+            _ => "other",
+        };
+        self.app.metrics.client_messages.get_or_create(&crate::metrics::KindLabel { kind: label }).inc();
+        match (kind, &self.identity) {
+            (Inbound::Ping, _) => Some(Utf8Bytes::from_static(protocol::PONG)),
+            (Inbound::RefreshSectors, Identity::Staff(staff)) if self.endpoint() == Endpoint::Waiter => {
+                let sectors = self.app.sectors.fresh(staff.tenant_id, staff.user_id).await;
+                self.registration.conn.set_sectors(sectors.clone());
+                Some(protocol::sectors_updated(&sectors).into())
+            }
+            _ => {
+                tracing::debug!(len = text.len(), "ignored client message");
+                None
+            }
+        }
+    }
+
+    /// Re-validates the token; `Some` closes the connection.
+    async fn recheck(&self) -> Option<CloseReason> {
+        let now = crate::auth::unix_now();
+        match &self.identity {
+            Identity::Staff(staff) => {
+                if staff.exp <= now || self.app.is_revoked(staff).await {
+                    return Some(CloseReason::TOKEN_REVOKED);
+                }
+                if self.registration.conn.audience.is_pure_waiter() {
+                    let sectors = self.app.sectors.get(staff.tenant_id, staff.user_id).await;
+                    self.registration.conn.set_sectors(sectors);
+                }
+                None
+            }
+            Identity::Diner(diner) => recheck_diner(&self.app, diner, self.table_token.as_deref().unwrap_or_default(), now),
+        }
+    }
+}
+
+/// Diners: the token verified again; expired closes, another session than the one admitted
+/// closes with `Session mismatch`.
+fn recheck_diner(app: &App, admitted: &Diner, token: &str, now: i64) -> Option<CloseReason> {
+    match app.auth.verify_table(token, now) {
+        Ok(diner) if diner.session_id == admitted.session_id && diner.tenant_id == admitted.tenant_id => None,
+        Ok(_) => Some(CloseReason::SESSION_MISMATCH),
+        Err(crate::auth::AuthError::Expired) => Some(CloseReason::TOKEN_EXPIRED),
+        Err(_) => Some(CloseReason::AUTH_FAILED),
+    }
+}
+
+async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> bool {
+    matches!(tokio::time::timeout(timeout, socket.send(message)).await, Ok(Ok(())))
+}
+
+/// Sends the close frame, then waits briefly for the client's so the close is clean.
+pub async fn close(socket: &mut WebSocket, reason: CloseReason) {
+    let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from_static(reason.reason) };
+    if !send(socket, Message::Close(Some(frame)), CLOSE_LINGER).await {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Whether a read failed because the client's message exceeded the size limit.
+fn too_large(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}

@@ -1,0 +1,111 @@
+//! Admission of a WebSocket (protocol section 2): drain state, origin, token, role,
+//! revocation, limits, sectors and the tenant subscription are all settled before the `101`
+//! is sent, so an accepted client is already receiving. A refused client still gets its upgrade
+//! and is closed at once with the documented code, so browsers see the reason instead of 1006.
+
+use super::protocol::CloseReason;
+use super::{close, Session};
+use crate::app::App;
+use crate::auth::{Endpoint, Identity};
+use crate::registry::ConnKey;
+use crate::routing::Audience;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use std::sync::Arc;
+
+pub async fn upgrade(app: Arc<App>, endpoint: Endpoint, ws: WebSocketUpgrade, headers: HeaderMap, query: Option<String>) -> Response {
+    let limits = &app.config.limits;
+    let ws = ws
+        .read_buffer_size(limits.read_buffer_size)
+        .write_buffer_size(limits.write_buffer_size)
+        .max_write_buffer_size(limits.write_buffer_size + (1 << 20))
+        .max_message_size(limits.max_message_size)
+        .max_frame_size(limits.max_message_size);
+    match admit(&app, endpoint, &headers, query.as_deref()).await {
+        Ok(session) => {
+            let task = app.sessions.token();
+            ws.on_upgrade(move |socket| async move {
+                session.run(socket).await;
+                drop(task);
+            })
+        }
+        Err(reason) => {
+            app.metrics.rejected(reason.label);
+            tracing::debug!(endpoint = endpoint.as_str(), reason = reason.label, "connection refused");
+            ws.on_upgrade(move |mut socket| async move { close(&mut socket, reason).await })
+        }
+    }
+}
+
+async fn admit(app: &Arc<App>, endpoint: Endpoint, headers: &HeaderMap, query: Option<&str>) -> Result<Session, CloseReason> {
+    if app.is_draining() {
+        return Err(CloseReason::SERVICE_RESTART);
+    }
+    let origin = headers.get(header::ORIGIN).map(|o| o.to_str().unwrap_or("\u{fffd}"));
+    if !crate::auth::origin_allowed(origin, &app.config.auth) {
+        return Err(CloseReason::ORIGIN_NOT_ALLOWED);
+    }
+    let param = if endpoint == Endpoint::Diner { "table_token" } else { "token" };
+    let token = query_param(query.unwrap_or_default(), param).unwrap_or_default();
+    let now = crate::auth::unix_now();
+    let identity = if endpoint == Endpoint::Diner {
+        Identity::Diner(app.auth.verify_table(&token, now).map_err(|e| refused(endpoint, &e))?)
+    } else {
+        let staff = app.auth.verify_staff(&token, now).map_err(|e| refused(endpoint, &e))?;
+        if !endpoint.admits(staff.roles) {
+            return Err(CloseReason::ACCESS_DENIED);
+        }
+        if app.is_revoked(&staff).await {
+            return Err(CloseReason::AUTH_FAILED);
+        }
+        Identity::Staff(staff)
+    };
+    let (audience, key) = match &identity {
+        Identity::Staff(s) => (
+            Audience::Staff {
+                tenant_id: s.tenant_id,
+                branch_ids: s.branch_ids.clone().into(),
+                endpoint,
+                admin_view: endpoint == Endpoint::Admin || s.roles.is_admin(),
+            },
+            ConnKey::User { tenant_id: s.tenant_id, user_id: s.user_id },
+        ),
+        Identity::Diner(d) => (
+            Audience::Diner { tenant_id: d.tenant_id, session_id: d.session_id },
+            ConnKey::Session { tenant_id: d.tenant_id, session_id: d.session_id },
+        ),
+    };
+    let sectors = match &identity {
+        Identity::Staff(s) if audience.is_pure_waiter() => app.sectors.get(s.tenant_id, s.user_id).await,
+        _ => Arc::from([]),
+    };
+    let tenant_id = identity.tenant_id();
+    let (registration, queue) = app.registry.admit(endpoint, audience, key, sectors)?;
+    let lease = app.subscriptions.acquire(tenant_id).await;
+    let table_token = (endpoint == Endpoint::Diner).then(|| token.into_boxed_str());
+    Ok(Session { app: app.clone(), identity, table_token, registration, queue, lease })
+}
+
+fn refused(endpoint: Endpoint, error: &crate::auth::AuthError) -> CloseReason {
+    tracing::debug!(endpoint = endpoint.as_str(), reason = error.label(), %error, "token refused");
+    CloseReason::AUTH_FAILED
+}
+
+/// The first value of `name` in a URL query, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_param;
+
+    #[test]
+    fn reads_and_decodes_the_token_parameter() {
+        assert_eq!(query_param("token=a.b.c&x=1", "token").as_deref(), Some("a.b.c"));
+        assert_eq!(query_param("table_token=1%3A2%3A3", "table_token").as_deref(), Some("1:2:3"));
+        assert_eq!(query_param("other=1", "token"), None);
+        assert_eq!(query_param("", "token"), None);
+    }
+}

@@ -1,0 +1,135 @@
+//! The text protocol on an open socket (protocol section 4): the documented close codes, what a
+//! client frame means, the replies, and the per-connection rate window. Pure logic, no I/O.
+
+use serde::Deserialize;
+use std::time::{Duration, Instant};
+
+/// A server-initiated close: the code and reason the client sees, and a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+    pub label: &'static str,
+}
+
+const fn close(code: u16, reason: &'static str, label: &'static str) -> CloseReason {
+    CloseReason { code, reason, label }
+}
+
+impl CloseReason {
+    pub const AUTH_FAILED: CloseReason = close(4001, "Authentication failed", "auth_failed");
+    pub const TOKEN_REVOKED: CloseReason = close(4001, "Token expired or revoked", "token_revoked");
+    pub const TOKEN_EXPIRED: CloseReason = close(4001, "Token expired", "token_expired");
+    pub const SESSION_MISMATCH: CloseReason = close(4001, "Session mismatch", "session_mismatch");
+    pub const ORIGIN_NOT_ALLOWED: CloseReason = close(4003, "Origin not allowed", "origin_not_allowed");
+    pub const ACCESS_DENIED: CloseReason = close(4003, "Access denied", "access_denied");
+    pub const SERVER_AT_CAPACITY: CloseReason = close(1013, "Server at capacity", "server_at_capacity");
+    pub const TOO_MANY_FOR_USER: CloseReason = close(1013, "Too many connections for user", "too_many_for_user");
+    pub const TOO_MANY_FOR_SESSION: CloseReason = close(1013, "Too many connections for session", "too_many_for_session");
+    pub const SERVICE_RESTART: CloseReason = close(1012, "Service restart", "service_restart");
+    pub const MESSAGE_TOO_LARGE: CloseReason = close(1009, "Message too large", "message_too_large");
+    pub const RATE_LIMITED: CloseReason = close(4029, "Rate limit exceeded", "rate_limited");
+    pub const HEARTBEAT_TIMEOUT: CloseReason = close(1001, "Heartbeat timeout", "heartbeat_timeout");
+    pub const BINARY_FRAME: CloseReason = close(1003, "Binary frames not supported", "binary_frame");
+    pub const SLOW_CONSUMER: CloseReason = close(1013, "Client too slow", "slow_consumer");
+}
+
+/// What a client text frame asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    Ping,
+    RefreshSectors,
+    Other,
+}
+
+pub const PONG: &str = r#"{"type":"pong"}"#;
+
+#[derive(Deserialize)]
+struct Typed {
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
+}
+
+/// `ping`, a JSON object whose `type` is `ping`, or `refresh_sectors`; anything else is `Other`.
+pub fn classify(text: &str) -> Inbound {
+    let text = text.trim();
+    match text {
+        "ping" => Inbound::Ping,
+        "refresh_sectors" => Inbound::RefreshSectors,
+        _ if text.starts_with('{') => match serde_json::from_str::<Typed>(text) {
+            Ok(Typed { kind: Some(serde_json::Value::String(kind)) }) if kind == "ping" => Inbound::Ping,
+            _ => Inbound::Other,
+        },
+        _ => Inbound::Other,
+    }
+}
+
+/// The reply to `refresh_sectors`: `sectors_updated:` and the ids joined by commas.
+pub fn sectors_updated(sectors: &[u64]) -> String {
+    let ids: Vec<String> = sectors.iter().map(u64::to_string).collect();
+    format!("sectors_updated:{}", ids.join(","))
+}
+
+/// Fixed window counter: at most `limit` messages in each window, counted from the window's
+/// first message.
+#[derive(Debug, Clone, Copy)]
+pub struct RateWindow {
+    started: Instant,
+    count: u32,
+}
+
+impl RateWindow {
+    pub fn new(now: Instant) -> Self {
+        RateWindow { started: now, count: 0 }
+    }
+
+    /// Counts one message; `false` when it exceeds the limit.
+    pub fn admit(&mut self, now: Instant, limit: u32, window: Duration) -> bool {
+        if now.duration_since(self.started) >= window {
+            self.started = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count <= limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_ping_form() {
+        for text in ["ping", " ping\n", r#"{"type":"ping"}"#, r#"{ "type" : "ping" , "ts": 5 }"#, "{\n\"type\":\"ping\"}"] {
+            assert_eq!(classify(text), Inbound::Ping, "{text}");
+        }
+        for text in ["PING", "pingpong", r#"{"type":"pong"}"#, r#"{"type":["ping"]}"#, r#"["ping"]"#, "{not json", r#"{"kind":"ping"}"#] {
+            assert_eq!(classify(text), Inbound::Other, "{text}");
+        }
+        assert_eq!(classify("refresh_sectors"), Inbound::RefreshSectors);
+    }
+
+    #[test]
+    fn sector_reply_format() {
+        assert_eq!(sectors_updated(&[]), "sectors_updated:");
+        assert_eq!(sectors_updated(&[5, 12]), "sectors_updated:5,12");
+    }
+
+    #[test]
+    fn rate_window_admits_the_limit_then_refuses() {
+        let t0 = Instant::now();
+        let mut w = RateWindow::new(t0);
+        for _ in 0..30 {
+            assert!(w.admit(t0, 30, Duration::from_secs(1)));
+        }
+        assert!(!w.admit(t0 + Duration::from_millis(500), 30, Duration::from_secs(1)));
+        assert!(w.admit(t0 + Duration::from_millis(1600), 30, Duration::from_secs(1)), "a new window starts");
+    }
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        for r in [CloseReason::AUTH_FAILED, CloseReason::TOKEN_REVOKED, CloseReason::SLOW_CONSUMER, CloseReason::TOO_MANY_FOR_SESSION] {
+            assert!(r.reason.len() <= 123, "close reasons are limited to 123 bytes");
+        }
+    }
+}

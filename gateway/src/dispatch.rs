@@ -1,0 +1,151 @@
+//! From one NATS message to connection queues: checks the subject and the envelope again (the
+//! gateway trusts no publisher), drops what the de-duplication window has seen, and fans out to
+//! the tenant's connections. Payload bytes go to clients exactly as published.
+
+use crate::dedup::Dedup;
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::registry::{Outbound, Registry};
+use crate::routing::EventScope;
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wire::envelope;
+use wire::event_types::TypeClass;
+use wire::subject::EventSubject;
+
+/// What became of one message (tests and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered(u64),
+    Duplicate,
+    Invalid(&'static str),
+}
+
+pub struct Dispatcher {
+    registry: Arc<Registry>,
+    dedup: Mutex<Dedup>,
+    metrics: Arc<Metrics>,
+}
+
+impl Dispatcher {
+    pub fn new(registry: Arc<Registry>, dedup_window: Duration, metrics: Arc<Metrics>) -> Dispatcher {
+        Dispatcher { registry, dedup: Mutex::new(Dedup::new(dedup_window, Instant::now())), metrics }
+    }
+
+    /// Handles a message received on the subscription of `tenant_id`.
+    pub fn dispatch(&self, tenant_id: u64, subject: &str, payload: Bytes, received_us: Option<u64>) -> Outcome {
+        self.metrics.event_processed();
+        let outcome = self.route(tenant_id, subject, payload, received_us);
+        match outcome {
+            Outcome::Invalid(reason) => {
+                self.metrics.invalid_event(reason);
+                if let Some(held_back) = crate::telemetry::BAD_EVENTS.allow_with_count() {
+                    tracing::warn!(subject, reason, held_back, "event refused");
+                }
+            }
+            Outcome::Duplicate => {
+                self.metrics.events_duplicate.inc();
+                self.metrics.event_dropped("duplicate");
+            }
+            Outcome::Delivered(0) => {
+                self.metrics.events_unrouted.inc();
+            }
+            Outcome::Delivered(n) => {
+                self.metrics.deliveries.inc_by(n);
+            }
+        }
+        outcome
+    }
+
+    fn route(&self, tenant_id: u64, subject: &str, payload: Bytes, received_us: Option<u64>) -> Outcome {
+        let Some(subject) = EventSubject::parse(subject).filter(|s| s.tenant_id == tenant_id) else {
+            return Outcome::Invalid("bad_subject");
+        };
+        let envelope = match envelope::parse(&payload) {
+            Ok(e) => e,
+            Err(reject) => return Outcome::Invalid(reject.reason()),
+        };
+        if envelope.tenant_id != tenant_id {
+            return Outcome::Invalid("tenant_mismatch");
+        }
+        let Ok(text) = Utf8Bytes::try_from(payload) else {
+            return Outcome::Invalid("not_utf8");
+        };
+        if !self.dedup.lock().expect("dedup lock").first_sighting(Dedup::digest(text.as_bytes()), Instant::now()) {
+            return Outcome::Duplicate;
+        }
+        let scope = EventScope {
+            tenant_id,
+            branch_id: envelope.branch_id.unwrap_or(subject.branch_id),
+            class: TypeClass::of(&envelope.event_type),
+            sector_id: envelope.sector_id,
+            session_id: envelope.session_id,
+        };
+        let Some(tenant) = self.registry.tenant(tenant_id) else {
+            return Outcome::Delivered(0);
+        };
+        let started = Instant::now();
+        let fanout = tenant.fan_out(&scope, &Outbound { payload: text, received_us });
+        self.metrics.fanout_seconds.observe(started.elapsed().as_secs_f64());
+        if fanout.queue_full > 0 {
+            self.metrics.deliveries_dropped.get_or_create(&ReasonLabel { reason: "queue_full" }).inc_by(fanout.queue_full);
+            if let Some(held_back) = crate::telemetry::SLOW_CLIENTS.allow_with_count() {
+                tracing::warn!(tenant_id, closed = fanout.queue_full, held_back, "outbound queue full: closing slow clients");
+            }
+        }
+        Outcome::Delivered(fanout.delivered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Endpoint;
+    use crate::registry::{Capacity, ConnKey};
+    use crate::routing::Audience;
+
+    fn setup() -> (Dispatcher, Arc<Registry>) {
+        let registry = Arc::new(Registry::new(Capacity { total: 100, per_user: 3, per_session: 12 }, 16));
+        (Dispatcher::new(registry.clone(), Duration::from_secs(60), Arc::new(Metrics::default())), registry)
+    }
+
+    fn manager_on_waiter(registry: &Arc<Registry>) -> (crate::registry::Registration, tokio::sync::mpsc::Receiver<Outbound>) {
+        let audience = Audience::Staff { tenant_id: 3, branch_ids: vec![7].into(), endpoint: Endpoint::Waiter, admin_view: true };
+        registry.admit(Endpoint::Waiter, audience, ConnKey::User { tenant_id: 3, user_id: 1 }, Arc::from([])).unwrap()
+    }
+
+    #[test]
+    fn the_same_text_on_three_subjects_is_delivered_once() {
+        let (d, registry) = setup();
+        let (_reg, mut rx) = manager_on_waiter(&registry);
+        let event = Bytes::from_static(br#"{"type":"ROUND_READY","tenant_id":3,"branch_id":7,"sector_id":2,"session_id":9}"#);
+        assert_eq!(d.dispatch(3, "live.3.7.kitchen", event.clone(), None), Outcome::Delivered(1));
+        assert_eq!(d.dispatch(3, "live.3.7.waiters", event.clone(), None), Outcome::Duplicate);
+        assert_eq!(d.dispatch(3, "live.3.7.admin", event.clone(), None), Outcome::Duplicate);
+        assert_eq!(rx.try_recv().unwrap().payload.as_bytes(), &event[..], "bytes unchanged");
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn refuses_what_does_not_belong() {
+        let (d, registry) = setup();
+        let (_reg, mut rx) = manager_on_waiter(&registry);
+        let other_tenant = Bytes::from_static(br#"{"type":"ROUND_READY","tenant_id":4,"branch_id":7}"#);
+        assert_eq!(d.dispatch(3, "live.3.7.waiters", other_tenant, None), Outcome::Invalid("tenant_mismatch"));
+        let valid = Bytes::from_static(br#"{"type":"ROUND_READY","tenant_id":3,"branch_id":7}"#);
+        assert_eq!(d.dispatch(3, "live.4.7.waiters", valid.clone(), None), Outcome::Invalid("bad_subject"));
+        assert_eq!(d.dispatch(3, "live.3.7.waiters", Bytes::from_static(b"[1]"), None), Outcome::Invalid("not_object"));
+        assert_eq!(d.dispatch(3, "live.3.7.waiters", Bytes::from_static(b"{\"type\":\"X\",\"tenant_id\":3,\"x\":\"\xff\"}"), None), Outcome::Invalid("not_json"));
+        assert!(rx.try_recv().is_err());
+        assert_eq!(d.dispatch(3, "live.3.7.waiters", valid, None), Outcome::Delivered(1), "the next valid event still flows");
+    }
+
+    #[test]
+    fn a_missing_branch_comes_from_the_subject() {
+        let (d, registry) = setup();
+        let (_reg, _rx) = manager_on_waiter(&registry);
+        let event = Bytes::from_static(br#"{"type":"ROUND_READY","tenant_id":3}"#);
+        assert_eq!(d.dispatch(3, "live.3.7.waiters", event, None), Outcome::Delivered(1));
+    }
+}

@@ -1,0 +1,190 @@
+//! Prometheus series of one gateway instance: the `gateway_*` series and the legacy
+//! `wsgateway_*` ones existing dashboards read. Labels are bounded sets (endpoint names, close
+//! and rejection labels, reject reasons); nothing is labelled per tenant or per user.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabel {
+    pub endpoint: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Family<EndpointLabel, Gauge>,
+    pub connections_opened: Family<EndpointLabel, Counter>,
+    pub connections_closed: Family<CloseLabel, Counter>,
+    pub handshake_rejections: Family<ReasonLabel, Counter>,
+    pub events_received: Counter,
+    pub events_duplicate: Counter,
+    pub events_invalid: Family<ReasonLabel, Counter>,
+    pub events_unrouted: Counter,
+    pub deliveries: Counter,
+    pub deliveries_dropped: Family<ReasonLabel, Counter>,
+    pub fanout_seconds: Histogram,
+    pub delivery_latency_seconds: Histogram,
+    pub client_messages: Family<KindLabel, Counter>,
+    pub revocation_checks: Family<ResultLabel, Counter>,
+    pub sector_lookups: Family<ResultLabel, Counter>,
+    pub nats_subscriptions: Gauge,
+    pub nats_connected: Gauge,
+    pub nats_slow_consumers: Counter,
+    pub draining: Gauge,
+    legacy_connections: Gauge,
+    legacy_rejected: Family<ReasonLabel, Counter>,
+    legacy_processed: Counter,
+    legacy_dropped: Family<ReasonLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let latency = || Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        Metrics {
+            registry: Registry::default(),
+            connections: Family::default(),
+            connections_opened: Family::default(),
+            connections_closed: Family::default(),
+            handshake_rejections: Family::default(),
+            events_received: Counter::default(),
+            events_duplicate: Counter::default(),
+            events_invalid: Family::default(),
+            events_unrouted: Counter::default(),
+            deliveries: Counter::default(),
+            deliveries_dropped: Family::default(),
+            fanout_seconds: latency(),
+            delivery_latency_seconds: latency(),
+            client_messages: Family::default(),
+            revocation_checks: Family::default(),
+            sector_lookups: Family::default(),
+            nats_subscriptions: Gauge::default(),
+            nats_connected: Gauge::default(),
+            nats_slow_consumers: Counter::default(),
+            draining: Gauge::default(),
+            legacy_connections: Gauge::default(),
+            legacy_rejected: Family::default(),
+            legacy_processed: Counter::default(),
+            legacy_dropped: Family::default(),
+        }
+    }
+
+    /// Registers every series; called once, after which [`Metrics::encode`] renders them.
+    pub fn registered(mut self) -> Metrics {
+        let r = &mut self.registry;
+        r.register("gateway_connections", "Open WebSocket connections", self.connections.clone());
+        r.register("gateway_connections_opened", "Connections accepted", self.connections_opened.clone());
+        r.register("gateway_connections_closed", "Connections ended, by close reason", self.connections_closed.clone());
+        r.register("gateway_handshake_rejections", "Connections refused at the handshake, by reason", self.handshake_rejections.clone());
+        r.register("gateway_events_received", "Events received from NATS", self.events_received.clone());
+        r.register("gateway_events_duplicate", "Events dropped as already seen within the de-duplication window", self.events_duplicate.clone());
+        r.register("gateway_events_invalid", "Events refused by validation, by reason", self.events_invalid.clone());
+        r.register("gateway_events_unrouted", "Valid events that no open connection receives", self.events_unrouted.clone());
+        r.register("gateway_deliveries", "Events queued to a connection", self.deliveries.clone());
+        r.register("gateway_deliveries_dropped", "Events not queued to a connection, by reason", self.deliveries_dropped.clone());
+        r.register("gateway_fanout_seconds", "Time to route one event to every queue", self.fanout_seconds.clone());
+        r.register("gateway_delivery_latency_seconds", "Bridge receive (Bridge-Received-Us) to socket write", self.delivery_latency_seconds.clone());
+        r.register("gateway_client_messages", "Client text frames, by kind", self.client_messages.clone());
+        r.register("gateway_revocation_checks", "Revocation look-ups in Redis, by result", self.revocation_checks.clone());
+        r.register("gateway_sector_lookups", "Waiter sector look-ups, by result", self.sector_lookups.clone());
+        r.register("gateway_nats_subscriptions", "Tenant subscriptions held on NATS", self.nats_subscriptions.clone());
+        r.register("gateway_nats_connected", "1 while the NATS connection is up", self.nats_connected.clone());
+        r.register("gateway_nats_slow_consumers", "NATS slow-consumer events (messages dropped by the client)", self.nats_slow_consumers.clone());
+        r.register("gateway_draining", "1 while the instance drains", self.draining.clone());
+        r.register("wsgateway_connections", "Legacy: open connections", self.legacy_connections.clone());
+        r.register("wsgateway_connections_rejected", "Legacy: connections rejected, by reason", self.legacy_rejected.clone());
+        r.register("wsgateway_events_processed", "Legacy: events processed", self.legacy_processed.clone());
+        r.register("wsgateway_events_dropped", "Legacy: events dropped, by reason", self.legacy_dropped.clone());
+        self
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+
+    pub fn connection_opened(&self, endpoint: &'static str) {
+        self.connections.get_or_create(&EndpointLabel { endpoint }).inc();
+        self.connections_opened.get_or_create(&EndpointLabel { endpoint }).inc();
+        self.legacy_connections.inc();
+    }
+
+    pub fn connection_closed(&self, endpoint: &'static str, reason: &'static str) {
+        self.connections.get_or_create(&EndpointLabel { endpoint }).dec();
+        self.connections_closed.get_or_create(&CloseLabel { endpoint, reason }).inc();
+        self.legacy_connections.dec();
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        self.handshake_rejections.get_or_create(&ReasonLabel { reason }).inc();
+        self.legacy_rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn event_processed(&self) {
+        self.events_received.inc();
+        self.legacy_processed.inc();
+    }
+
+    pub fn event_dropped(&self, reason: &'static str) {
+        self.legacy_dropped.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn invalid_event(&self, reason: &'static str) {
+        self.events_invalid.get_or_create(&ReasonLabel { reason }).inc();
+        self.event_dropped(reason);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new().registered()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_new_and_legacy_series() {
+        let m = Metrics::default();
+        m.connection_opened("waiter");
+        m.rejected("auth_failed");
+        m.invalid_event("not_json");
+        let text = m.encode();
+        for series in [
+            "gateway_connections{endpoint=\"waiter\"} 1",
+            "wsgateway_connections 1",
+            "wsgateway_connections_rejected_total{reason=\"auth_failed\"} 1",
+            "gateway_events_invalid_total{reason=\"not_json\"} 1",
+            "wsgateway_events_dropped_total{reason=\"not_json\"} 1",
+        ] {
+            assert!(text.contains(series), "{series} missing in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The connections this replica holds: admission against the connection limits, an index per
+//! tenant (by branch, tenant-wide admins, by table session) so fan-out only visits candidates,
+//! and each connection's bounded outbound queue and close control. Who receives what is decided
+//! by `routing`; this module only narrows the candidates and delivers.
+
+use crate::auth::Endpoint;
+use crate::connection::protocol::CloseReason;
+use crate::routing::{self, Audience, EventScope};
+use axum::extract::ws::Utf8Bytes;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// One event queued to a connection: the payload as published, and when the bridge received it
+/// (unix microseconds, for the delivery latency histogram).
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub payload: Utf8Bytes,
+    pub received_us: Option<u64>,
+}
+
+/// Asks a connection's task to close with a reason; the first reason wins.
+#[derive(Default)]
+pub struct Control {
+    token: CancellationToken,
+    reason: OnceLock<CloseReason>,
+}
+
+impl Control {
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    pub async fn closed(&self) -> CloseReason {
+        self.token.cancelled().await;
+        *self.reason.get().unwrap_or(&CloseReason::SERVICE_RESTART)
+    }
+}
+
+/// One open connection as fan-out sees it.
+pub struct Conn {
+    pub id: u64,
+    pub endpoint: Endpoint,
+    pub audience: Audience,
+    /// Staff user id or diner session id, for limits and statistics.
+    pub key: ConnKey,
+    sectors: RwLock<Arc<[u64]>>,
+    tx: mpsc::Sender<Outbound>,
+    pub control: Control,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnKey {
+    User { tenant_id: u64, user_id: u64 },
+    Session { tenant_id: u64, session_id: u64 },
+}
+
+impl Conn {
+    pub fn sectors(&self) -> Arc<[u64]> {
+        self.sectors.read().expect("sectors lock").clone()
+    }
+
+    pub fn set_sectors(&self, sectors: Arc<[u64]>) {
+        *self.sectors.write().expect("sectors lock") = sectors;
+    }
+}
+
+/// The limits admission enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    pub total: usize,
+    pub per_user: usize,
+    pub per_session: usize,
+}
+
+/// Outcome of offering one event to a tenant's connections.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    pub delivered: u64,
+    pub queue_full: u64,
+}
+
+#[derive(Default)]
+struct TenantIndex {
+    /// Staff connections under each branch in their `branch_ids`.
+    by_branch: HashMap<u64, Vec<Arc<Conn>>>,
+    /// Staff connections with the admin view (tenant-wide events).
+    admins: Vec<Arc<Conn>>,
+    /// Diner connections by table session.
+    by_session: HashMap<u64, Vec<Arc<Conn>>>,
+}
+
+pub struct Tenant {
+    index: RwLock<TenantIndex>,
+}
+
+impl Tenant {
+    /// Offers `event` to every connection that receives `scope` (each at most once: a
+    /// connection is in exactly one of the lists visited). A full queue closes the connection.
+    pub fn fan_out(&self, scope: &EventScope, event: &Outbound) -> Fanout {
+        let index = self.index.read().expect("tenant index lock");
+        let mut out = Fanout::default();
+        let mut offer = |conn: &Arc<Conn>| {
+            if !routing::receives(&conn.audience, &conn.sectors(), scope) {
+                return;
+            }
+            match conn.tx.try_send(event.clone()) {
+                Ok(()) => out.delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    out.queue_full += 1;
+                    conn.control.close(CloseReason::SLOW_CONSUMER);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        };
+        let staff = if scope.branch_id == 0 { Some(&index.admins) } else { index.by_branch.get(&scope.branch_id) };
+        staff.into_iter().flatten().for_each(&mut offer);
+        if scope.class.session {
+            if let Some(diners) = scope.session_id.and_then(|s| index.by_session.get(&s)) {
+                diners.iter().for_each(&mut offer);
+            }
+        }
+        out
+    }
+
+    fn insert(&self, conn: &Arc<Conn>) {
+        let mut index = self.index.write().expect("tenant index lock");
+        match &conn.audience {
+            Audience::Staff { branch_ids, admin_view, .. } => {
+                for branch in branch_ids.iter() {
+                    index.by_branch.entry(*branch).or_default().push(conn.clone());
+                }
+                if *admin_view {
+                    index.admins.push(conn.clone());
+                }
+            }
+            Audience::Diner { session_id, .. } => index.by_session.entry(*session_id).or_default().push(conn.clone()),
+        }
+    }
+
+    /// Removes `conn`; `true` when the tenant has no connection left.
+    fn remove(&self, conn: &Conn) -> bool {
+        fn take(list: &mut Vec<Arc<Conn>>, id: u64) {
+            if let Some(pos) = list.iter().position(|c| c.id == id) {
+                list.swap_remove(pos);
+            }
+        }
+        let mut index = self.index.write().expect("tenant index lock");
+        match &conn.audience {
+            Audience::Staff { branch_ids, .. } => {
+                for branch in branch_ids.iter() {
+                    if let Some(list) = index.by_branch.get_mut(branch) {
+                        take(list, conn.id);
+                        if list.is_empty() {
+                            index.by_branch.remove(branch);
+                        }
+                    }
+                }
+                take(&mut index.admins, conn.id);
+            }
+            Audience::Diner { session_id, .. } => {
+                if let Some(list) = index.by_session.get_mut(session_id) {
+                    take(list, conn.id);
+                    if list.is_empty() {
+                        index.by_session.remove(session_id);
+                    }
+                }
+            }
+        }
+        index.by_branch.is_empty() && index.admins.is_empty() && index.by_session.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    all: HashMap<u64, Arc<Conn>>,
+    per_key: HashMap<ConnKey, usize>,
+    tenants: HashMap<u64, Arc<Tenant>>,
+}
+
+pub struct Registry {
+    capacity: Capacity,
+    queue_size: usize,
+    next_id: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+/// Keeps a connection registered; dropping it unregisters.
+pub struct Registration {
+    registry: Arc<Registry>,
+    pub conn: Arc<Conn>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.remove(&self.conn);
+    }
+}
+
+impl Registry {
+    pub fn new(capacity: Capacity, queue_size: usize) -> Self {
+        Registry { capacity, queue_size, next_id: AtomicU64::new(1), inner: Mutex::default() }
+    }
+
+    /// Admits a connection if the limits allow, returning its registration and queue.
+    pub fn admit(
+        self: &Arc<Self>,
+        endpoint: Endpoint,
+        audience: Audience,
+        key: ConnKey,
+        sectors: Arc<[u64]>,
+    ) -> Result<(Registration, mpsc::Receiver<Outbound>), CloseReason> {
+        let mut inner = self.inner.lock().expect("registry lock");
+        if inner.all.len() >= self.capacity.total {
+            return Err(CloseReason::SERVER_AT_CAPACITY);
+        }
+        let held = inner.per_key.get(&key).copied().unwrap_or(0);
+        match key {
+            ConnKey::User { .. } if held >= self.capacity.per_user => return Err(CloseReason::TOO_MANY_FOR_USER),
+            ConnKey::Session { .. } if held >= self.capacity.per_session => return Err(CloseReason::TOO_MANY_FOR_SESSION),
+            _ => {}
+        }
+        let (tx, rx) = mpsc::channel(self.queue_size);
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            endpoint,
+            key,
+            sectors: RwLock::new(sectors),
+            audience,
+            tx,
+            control: Control::default(),
+        });
+        *inner.per_key.entry(key).or_default() += 1;
+        inner.all.insert(conn.id, conn.clone());
+        inner.tenants.entry(conn.audience.tenant_id()).or_insert_with(|| Arc::new(Tenant { index: RwLock::default() })).insert(&conn);
+        Ok((Registration { registry: self.clone(), conn }, rx))
+    }
+
+    fn remove(&self, conn: &Conn) {
+        let mut inner = self.inner.lock().expect("registry lock");
+        if inner.all.remove(&conn.id).is_none() {
+            return;
+        }
+        if let Some(n) = inner.per_key.get_mut(&conn.key) {
+            *n -= 1;
+            if *n == 0 {
+                inner.per_key.remove(&conn.key);
+            }
+        }
+        let tenant_id = conn.audience.tenant_id();
+        if inner.tenants.get(&tenant_id).is_some_and(|t| t.remove(conn)) {
+            inner.tenants.remove(&tenant_id);
+        }
+    }
+
+    /// The tenant's index, if this replica holds any of its connections.
+    pub fn tenant(&self, tenant_id: u64) -> Option<Arc<Tenant>> {
+        self.inner.lock().expect("registry lock").tenants.get(&tenant_id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("registry lock").all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    /// Every open connection, in admission order (drain closes them in this order).
+    pub fn snapshot(&self) -> Vec<Arc<Conn>> {
+        let mut all: Vec<_> = self.inner.lock().expect("registry lock").all.values().cloned().collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    pub fn stats(&self) -> Stats {
+        let all = self.snapshot();
+        let mut s = Stats { total: all.len(), ..Stats::default() };
+        let (mut users, mut branches, mut sectors, mut sessions) = (HashSet::new(), HashSet::new(), HashSet::new(), HashSet::new());
+        for conn in &all {
+            s.per_endpoint[conn.endpoint as usize] += 1;
+            match (&conn.audience, conn.key) {
+                (Audience::Staff { tenant_id, branch_ids, admin_view, .. }, ConnKey::User { user_id, .. }) => {
+                    users.insert((*tenant_id, user_id));
+                    branches.extend(branch_ids.iter().map(|b| (*tenant_id, *b)));
+                    s.admin_connections += usize::from(*admin_view);
+                    if conn.audience.is_pure_waiter() {
+                        sectors.extend(conn.sectors().iter().map(|sector| (*tenant_id, *sector)));
+                    }
+                }
+                (Audience::Diner { tenant_id, session_id }, _) => {
+                    sessions.insert((*tenant_id, *session_id));
+                }
+                _ => {}
+            }
+        }
+        s.users = users.len();
+        s.branches = branches.len();
+        s.sectors = sectors.len();
+        s.sessions = sessions.len();
+        s
+    }
+}
+
+/// Counts for `/ws/health`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub total: usize,
+    pub per_endpoint: [usize; 4],
+    pub users: usize,
+    pub branches: usize,
+    pub sectors: usize,
+    pub sessions: usize,
+    pub admin_connections: usize,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,84 @@
+use super::*;
+use wire::event_types::TypeClass;
+
+fn registry(total: usize, per_user: usize, per_session: usize, queue: usize) -> Arc<Registry> {
+    Arc::new(Registry::new(Capacity { total, per_user, per_session }, queue))
+}
+
+fn waiter(branches: &[u64]) -> Audience {
+    Audience::Staff { tenant_id: 1, branch_ids: branches.into(), endpoint: Endpoint::Waiter, admin_view: false }
+}
+
+fn user(id: u64) -> ConnKey {
+    ConnKey::User { tenant_id: 1, user_id: id }
+}
+
+fn scope(ty: &str, branch: u64, session: Option<u64>) -> EventScope {
+    EventScope { tenant_id: 1, branch_id: branch, class: TypeClass::of(ty), sector_id: None, session_id: session }
+}
+
+#[test]
+fn limits_are_enforced_and_released() {
+    let r = registry(3, 2, 1, 8);
+    let a = r.admit(Endpoint::Waiter, waiter(&[1]), user(7), Arc::from([])).unwrap();
+    let _b = r.admit(Endpoint::Waiter, waiter(&[1]), user(7), Arc::from([])).unwrap();
+    assert_eq!(r.admit(Endpoint::Waiter, waiter(&[1]), user(7), Arc::from([])).err(), Some(CloseReason::TOO_MANY_FOR_USER));
+    let diner = Audience::Diner { tenant_id: 1, session_id: 9 };
+    let session = ConnKey::Session { tenant_id: 1, session_id: 9 };
+    let _d = r.admit(Endpoint::Diner, diner.clone(), session, Arc::from([])).unwrap();
+    assert_eq!(r.admit(Endpoint::Waiter, waiter(&[1]), user(8), Arc::from([])).err(), Some(CloseReason::SERVER_AT_CAPACITY));
+    drop(a);
+    assert_eq!(r.admit(Endpoint::Diner, diner, session, Arc::from([])).err(), Some(CloseReason::TOO_MANY_FOR_SESSION));
+    assert!(r.admit(Endpoint::Waiter, waiter(&[1]), user(7), Arc::from([])).is_ok(), "a freed slot is reusable");
+}
+
+#[test]
+fn a_multi_branch_admin_gets_an_event_once() {
+    let r = registry(10, 3, 3, 8);
+    let admin = Audience::Staff { tenant_id: 1, branch_ids: vec![1, 2].into(), endpoint: Endpoint::Waiter, admin_view: true };
+    let (_reg, mut rx) = r.admit(Endpoint::Waiter, admin, user(1), Arc::from([])).unwrap();
+    let payload = Outbound { payload: Utf8Bytes::from("e"), received_us: None };
+    let t = r.tenant(1).unwrap();
+    assert_eq!(t.fan_out(&scope("ROUND_READY", 2, None), &payload).delivered, 1);
+    assert_eq!(t.fan_out(&scope("ROUND_READY", 0, None), &payload).delivered, 1);
+    assert_eq!(rx.try_recv().unwrap().payload, "e");
+    assert_eq!(rx.try_recv().unwrap().payload, "e");
+    assert!(rx.try_recv().is_err());
+}
+
+#[test]
+fn a_full_queue_closes_the_connection() {
+    let r = registry(10, 3, 3, 1);
+    let (reg, _rx) = r.admit(Endpoint::Waiter, waiter(&[1]), user(1), Arc::from([])).unwrap();
+    let t = r.tenant(1).unwrap();
+    let payload = Outbound { payload: Utf8Bytes::from("e"), received_us: None };
+    assert_eq!(t.fan_out(&scope("ROUND_PENDING", 1, None), &payload), Fanout { delivered: 1, queue_full: 0 });
+    assert_eq!(t.fan_out(&scope("ROUND_PENDING", 1, None), &payload), Fanout { delivered: 0, queue_full: 1 });
+    assert!(reg.conn.control.token.is_cancelled());
+    assert_eq!(reg.conn.control.reason.get(), Some(&CloseReason::SLOW_CONSUMER));
+}
+
+#[test]
+fn tenants_disappear_with_their_last_connection() {
+    let r = registry(10, 3, 3, 8);
+    let (a, _) = r.admit(Endpoint::Waiter, waiter(&[1, 2]), user(1), Arc::from([])).unwrap();
+    let (b, _) = r.admit(Endpoint::Diner, Audience::Diner { tenant_id: 1, session_id: 4 }, ConnKey::Session { tenant_id: 1, session_id: 4 }, Arc::from([])).unwrap();
+    let stats = r.stats();
+    assert_eq!((stats.total, stats.users, stats.branches, stats.sessions), (2, 1, 2, 1));
+    drop(a);
+    assert!(r.tenant(1).is_some());
+    drop(b);
+    assert!(r.tenant(1).is_none());
+    assert!(r.is_empty());
+}
+
+#[test]
+fn diners_only_get_their_session() {
+    let r = registry(10, 3, 3, 8);
+    let (_a, mut mine) = r.admit(Endpoint::Diner, Audience::Diner { tenant_id: 1, session_id: 4 }, ConnKey::Session { tenant_id: 1, session_id: 4 }, Arc::from([])).unwrap();
+    let (_b, mut other) = r.admit(Endpoint::Diner, Audience::Diner { tenant_id: 1, session_id: 5 }, ConnKey::Session { tenant_id: 1, session_id: 5 }, Arc::from([])).unwrap();
+    let t = r.tenant(1).unwrap();
+    t.fan_out(&scope("CART_SYNC", 3, Some(4)), &Outbound { payload: Utf8Bytes::from("x"), received_us: None });
+    assert_eq!(mine.try_recv().unwrap().payload, "x");
+    assert!(other.try_recv().is_err());
+}

@@ -1,0 +1,162 @@
+//! Who receives an event (protocol section 6), as a pure predicate over one connection's audience
+//! and one event. The registry only narrows candidates; this function is the whole rule.
+
+use crate::auth::Endpoint;
+use wire::event_types::TypeClass;
+
+/// The routing fields of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventScope {
+    pub tenant_id: u64,
+    /// 0 means tenant-wide.
+    pub branch_id: u64,
+    pub class: TypeClass,
+    pub sector_id: Option<u64>,
+    pub session_id: Option<u64>,
+}
+
+/// What a connection may receive, fixed at connect time (sectors change and are passed apart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    Staff {
+        tenant_id: u64,
+        branch_ids: Box<[u64]>,
+        endpoint: Endpoint,
+        /// Admin endpoint, or MANAGER/ADMIN on the waiter or kitchen endpoint.
+        admin_view: bool,
+    },
+    Diner {
+        tenant_id: u64,
+        session_id: u64,
+    },
+}
+
+impl Audience {
+    pub fn tenant_id(&self) -> u64 {
+        match self {
+            Audience::Staff { tenant_id, .. } | Audience::Diner { tenant_id, .. } => *tenant_id,
+        }
+    }
+
+    /// A waiter-endpoint connection without MANAGER/ADMIN: the only audience routed by sector.
+    pub fn is_pure_waiter(&self) -> bool {
+        matches!(self, Audience::Staff { endpoint: Endpoint::Waiter, admin_view: false, .. })
+    }
+}
+
+/// Whether a connection with `audience` (and, for pure waiters, `sectors`) receives `event`.
+pub fn receives(audience: &Audience, sectors: &[u64], event: &EventScope) -> bool {
+    if audience.tenant_id() != event.tenant_id {
+        return false;
+    }
+    match audience {
+        Audience::Diner { session_id, .. } => event.class.session && event.session_id == Some(*session_id),
+        Audience::Staff { branch_ids, endpoint, admin_view, .. } => {
+            if event.branch_id == 0 {
+                return *admin_view;
+            }
+            if !branch_ids.contains(&event.branch_id) {
+                return false;
+            }
+            if *admin_view {
+                return true;
+            }
+            match endpoint {
+                Endpoint::Waiter => waiter_receives(sectors, event),
+                Endpoint::Kitchen => event.class.kitchen,
+                Endpoint::Admin | Endpoint::Diner => false,
+            }
+        }
+    }
+}
+
+fn waiter_receives(sectors: &[u64], event: &EventScope) -> bool {
+    if event.class.admin_only {
+        return false;
+    }
+    if event.class.branch_wide_waiter {
+        return true;
+    }
+    match event.sector_id {
+        Some(sector) => sectors.contains(&sector),
+        None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(ty: &str, branch: u64, sector: Option<u64>, session: Option<u64>) -> EventScope {
+        EventScope { tenant_id: 1, branch_id: branch, class: TypeClass::of(ty), sector_id: sector, session_id: session }
+    }
+
+    fn staff(endpoint: Endpoint, admin_view: bool) -> Audience {
+        Audience::Staff { tenant_id: 1, branch_ids: vec![10].into(), endpoint, admin_view }
+    }
+
+    const DINER: Audience = Audience::Diner { tenant_id: 1, session_id: 77 };
+
+    /// (type, sector, session) -> [admin, manager on waiter, waiter in sector 5, waiter in sector 6, kitchen, diner of 77]
+    #[test]
+    fn matrix_for_branch_events() {
+        let admin = staff(Endpoint::Admin, true);
+        let manager_waiter = staff(Endpoint::Waiter, true);
+        let waiter = staff(Endpoint::Waiter, false);
+        let kitchen = staff(Endpoint::Kitchen, false);
+        let rows: &[(&str, Option<u64>, Option<u64>, [bool; 6])] = &[
+            ("ROUND_SUBMITTED", None, None, [true, true, true, true, true, false]),
+            ("ROUND_SUBMITTED", Some(5), None, [true, true, true, false, true, false]),
+            ("ROUND_READY", Some(5), Some(77), [true, true, true, false, true, true]),
+            ("ROUND_READY", Some(5), Some(78), [true, true, true, false, true, false]),
+            ("CHECK_REQUESTED", Some(6), Some(77), [true, true, false, true, false, true]),
+            ("ENTITY_UPDATED", Some(5), Some(77), [true, true, false, false, false, false]),
+            ("ROUND_PENDING", Some(6), None, [true, true, true, true, false, false]),
+            ("TABLE_SESSION_STARTED", Some(6), Some(77), [true, true, true, true, false, true]),
+            ("SERVICE_CALL_CREATED", Some(5), Some(77), [true, true, true, false, false, false]),
+            ("SOMETHING_NEW", None, None, [true, true, true, true, false, false]),
+        ];
+        for (ty, sector, session, expected) in rows {
+            let e = event(ty, 10, *sector, *session);
+            let got = [
+                receives(&admin, &[], &e),
+                receives(&manager_waiter, &[], &e),
+                receives(&waiter, &[5], &e),
+                receives(&waiter, &[6], &e),
+                receives(&kitchen, &[], &e),
+                receives(&DINER, &[], &e),
+            ];
+            assert_eq!(&got, expected, "{ty} sector {sector:?} session {session:?}");
+        }
+    }
+
+    #[test]
+    fn tenant_wide_events_reach_every_admin_of_the_tenant_only() {
+        let e = event("ROUND_READY", 0, None, Some(77));
+        let other_branch_admin = Audience::Staff { tenant_id: 1, branch_ids: vec![99].into(), endpoint: Endpoint::Admin, admin_view: true };
+        assert!(receives(&other_branch_admin, &[], &e));
+        assert!(receives(&staff(Endpoint::Kitchen, true), &[], &e));
+        assert!(!receives(&staff(Endpoint::Waiter, false), &[], &e));
+        assert!(!receives(&staff(Endpoint::Kitchen, false), &[], &e));
+        assert!(receives(&DINER, &[], &e), "session events reach diners whatever the branch");
+    }
+
+    #[test]
+    fn never_across_tenants_or_branches() {
+        let mut e = event("ROUND_SUBMITTED", 10, None, Some(77));
+        e.tenant_id = 2;
+        for a in [staff(Endpoint::Admin, true), staff(Endpoint::Waiter, false), staff(Endpoint::Kitchen, false), DINER] {
+            assert!(!receives(&a, &[], &e));
+        }
+        let e = event("ROUND_SUBMITTED", 11, None, None);
+        for a in [staff(Endpoint::Admin, true), staff(Endpoint::Waiter, false), staff(Endpoint::Kitchen, false)] {
+            assert!(!receives(&a, &[], &e), "branch 11 is not in branch_ids");
+        }
+    }
+
+    #[test]
+    fn diners_get_only_their_sessions_session_events() {
+        assert!(!receives(&DINER, &[], &event("ROUND_SUBMITTED", 10, None, Some(77))), "kitchen-only type");
+        assert!(!receives(&DINER, &[], &event("CART_SYNC", 10, None, None)), "no session id");
+    }
+}

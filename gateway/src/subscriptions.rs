@@ -1,0 +1,153 @@
+//! Which tenants this replica listens to on NATS. The first connection of a tenant subscribes to
+//! `live.<tenant>.>` (and waits until the server has the subscription); the subscription outlives
+//! the tenant's last connection by a delay, so a reconnecting client does not churn it. Never a
+//! wildcard over all tenants. Each subscription's task hands messages to the dispatcher.
+
+use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use wire::subject::live_tenant_filter;
+
+/// How long a handshake waits for the server to confirm a new subscription.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Slot {
+    holders: usize,
+    /// Bumped each time `holders` drops to zero; a delayed unsubscribe only runs if it still matches.
+    idle_epoch: u64,
+    ready: watch::Receiver<bool>,
+    stop: CancellationToken,
+}
+
+pub struct Subscriptions {
+    client: async_nats::Client,
+    dispatcher: Arc<Dispatcher>,
+    delay: Duration,
+    slots: Mutex<HashMap<u64, Slot>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Keeps a tenant subscribed; dropping the last lease schedules the unsubscribe.
+pub struct Lease {
+    subscriptions: Arc<Subscriptions>,
+    tenant_id: u64,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.subscriptions.release(self.tenant_id);
+    }
+}
+
+impl Subscriptions {
+    pub fn new(client: async_nats::Client, dispatcher: Arc<Dispatcher>, delay: Duration, metrics: Arc<Metrics>) -> Self {
+        Subscriptions { client, dispatcher, delay, slots: Mutex::default(), metrics }
+    }
+
+    /// Holds `tenant_id` subscribed, subscribing first if needed.
+    pub async fn acquire(self: &Arc<Self>, tenant_id: u64) -> Lease {
+        let mut ready = {
+            let mut slots = self.slots.lock().expect("subscriptions lock");
+            let slot = slots.entry(tenant_id).or_insert_with(|| self.start(tenant_id));
+            slot.holders += 1;
+            slot.ready.clone()
+        };
+        let lease = Lease { subscriptions: self.clone(), tenant_id };
+        if tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|ready| *ready)).await.is_err() {
+            tracing::warn!(tenant_id, "NATS has not confirmed the tenant subscription yet: events flow once it has");
+        }
+        lease
+    }
+
+    /// Tenants currently subscribed.
+    pub fn tenants(&self) -> Vec<u64> {
+        let mut tenants: Vec<u64> = self.slots.lock().expect("subscriptions lock").keys().copied().collect();
+        tenants.sort_unstable();
+        tenants
+    }
+
+    fn start(self: &Arc<Self>, tenant_id: u64) -> Slot {
+        let (ready_tx, ready) = watch::channel(false);
+        let stop = CancellationToken::new();
+        self.metrics.nats_subscriptions.inc();
+        tokio::spawn(self.clone().listen(tenant_id, ready_tx, stop.clone()));
+        Slot { holders: 0, idle_epoch: 0, ready, stop }
+    }
+
+    fn release(self: &Arc<Self>, tenant_id: u64) {
+        let mut slots = self.slots.lock().expect("subscriptions lock");
+        let Some(slot) = slots.get_mut(&tenant_id) else { return };
+        slot.holders -= 1;
+        if slot.holders > 0 {
+            return;
+        }
+        slot.idle_epoch += 1;
+        let epoch = slot.idle_epoch;
+        let this = self.clone();
+        let delayed = async move {
+            tokio::time::sleep(this.delay).await;
+            let mut slots = this.slots.lock().expect("subscriptions lock");
+            if slots.get(&tenant_id).is_some_and(|s| s.holders == 0 && s.idle_epoch == epoch) {
+                let slot = slots.remove(&tenant_id).expect("checked above");
+                slot.stop.cancel();
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(delayed)),
+            Err(_) => {
+                if let Some(slot) = slots.remove(&tenant_id) {
+                    slot.stop.cancel();
+                }
+            }
+        }
+    }
+
+    async fn listen(self: Arc<Self>, tenant_id: u64, ready: watch::Sender<bool>, stop: CancellationToken) {
+        let subject = live_tenant_filter(tenant_id);
+        let mut attempt = 0;
+        let mut subscriber = loop {
+            match self.client.subscribe(subject.clone()).await {
+                Ok(s) => break s,
+                Err(error) => {
+                    attempt += 1;
+                    tracing::error!(tenant_id, %error, "cannot subscribe to {subject}; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => {
+                            self.metrics.nats_subscriptions.dec();
+                            return;
+                        }
+                        _ = tokio::time::sleep(wire::natsconn::reconnect_delay(attempt + 1)) => {}
+                    }
+                }
+            }
+        };
+        // The server has the subscription once it answered a PING sent after it.
+        if tokio::time::timeout(READY_TIMEOUT, self.client.flush()).await.is_ok_and(|r| r.is_ok()) {
+            tracing::debug!(tenant_id, "subscribed to {subject}");
+        }
+        let _ = ready.send(true);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                message = subscriber.next() => match message {
+                    Some(m) => {
+                        let received_us = m.headers.as_ref()
+                            .and_then(|h| h.get(wire::headers::RECEIVED_AT))
+                            .and_then(|v| v.as_str().parse().ok());
+                        self.dispatcher.dispatch(tenant_id, m.subject.as_str(), m.payload, received_us);
+                    }
+                    None => break,
+                },
+            }
+        }
+        let _ = subscriber.unsubscribe().await;
+        self.metrics.nats_subscriptions.dec();
+        tracing::debug!(tenant_id, "unsubscribed from {subject}");
+    }
+}

@@ -1,0 +1,169 @@
+//! NATS connection settings shared by the gateway and the bridge: the `NATS_*` variables, their
+//! validation, and building a client that reconnects forever with capped, jittered backoff.
+//! What a service does with the connection is its own business.
+
+use crate::settings::{Parser, Secret};
+use std::time::Duration;
+
+pub const NATS_URL: &str = "NATS_URL";
+pub const NATS_CREDS_FILE: &str = "NATS_CREDS_FILE";
+pub const NATS_USER: &str = "NATS_USER";
+pub const NATS_PASSWORD: &str = "NATS_PASSWORD";
+pub const NATS_TOKEN: &str = "NATS_TOKEN";
+pub const NATS_TLS_CA_FILE: &str = "NATS_TLS_CA_FILE";
+pub const NATS_TLS_REQUIRED: &str = "NATS_TLS_REQUIRED";
+pub const NATS_SUBSCRIPTION_CAPACITY: &str = "NATS_SUBSCRIPTION_CAPACITY";
+
+/// Every variable this module reads, for README and startup logs.
+pub const VARS: &[&str] = &[
+    NATS_URL, NATS_CREDS_FILE, NATS_USER, NATS_PASSWORD, NATS_TOKEN, NATS_TLS_CA_FILE, NATS_TLS_REQUIRED,
+    NATS_SUBSCRIPTION_CAPACITY,
+];
+
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// One or more server URLs, comma-separated in `NATS_URL`.
+    pub urls: Vec<String>,
+    pub creds_file: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+    pub tls_ca_file: Option<String>,
+    pub tls_required: bool,
+    /// Messages buffered per subscription before the client reports a slow consumer and drops.
+    pub subscription_capacity: usize,
+}
+
+impl NatsSettings {
+    pub fn read<F: Fn(&str) -> Option<String>>(p: &mut Parser<F>) -> NatsSettings {
+        let urls = p.list(NATS_URL).unwrap_or_else(|| vec!["nats://127.0.0.1:4222".into()]);
+        for url in &urls {
+            if url.parse::<async_nats::ServerAddr>().is_err() {
+                p.problem(NATS_URL, format!("'{url}' is not a NATS URL like nats://host:4222"));
+            }
+        }
+        let settings = NatsSettings {
+            urls,
+            creds_file: p.string(NATS_CREDS_FILE),
+            user: p.string(NATS_USER),
+            password: p.optional_secret(NATS_PASSWORD),
+            token: p.optional_secret(NATS_TOKEN),
+            tls_ca_file: p.string(NATS_TLS_CA_FILE),
+            tls_required: p.bool(NATS_TLS_REQUIRED, false),
+            subscription_capacity: p.number(NATS_SUBSCRIPTION_CAPACITY, 65_536, 64..=16 << 20),
+        };
+        if settings.user.is_some() != settings.password.is_some() {
+            p.problem(NATS_PASSWORD, "NATS_USER and NATS_PASSWORD go together");
+        }
+        let methods = [settings.creds_file.is_some(), settings.user.is_some(), settings.token.is_some()];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            p.problem(NATS_CREDS_FILE, "choose one of NATS_CREDS_FILE, NATS_USER/NATS_PASSWORD or NATS_TOKEN");
+        }
+        for (var, file) in [(NATS_CREDS_FILE, &settings.creds_file), (NATS_TLS_CA_FILE, &settings.tls_ca_file)] {
+            if let Some(file) = file {
+                if !std::path::Path::new(file).is_file() {
+                    p.problem(var, format!("'{file}' is not a readable file"));
+                }
+            }
+        }
+        settings
+    }
+
+    /// Connects with `name` (shown in the server's `/connz`). Fails if the first connection
+    /// cannot be made within `first_connect_timeout`; once connected, reconnects forever.
+    pub async fn connect(
+        &self,
+        name: &str,
+        first_connect_timeout: Duration,
+        on_event: impl Fn(async_nats::Event) + Send + Sync + 'static,
+    ) -> Result<async_nats::Client, NatsConnectError> {
+        let mut options = match &self.creds_file {
+            Some(file) => async_nats::ConnectOptions::with_credentials_file(file)
+                .await
+                .map_err(|e| NatsConnectError::Credentials(file.clone(), e))?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            options = options.user_and_password(user.clone(), password.expose_str().to_string());
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.expose_str().to_string());
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            options = options.add_root_certificates(ca.into());
+        }
+        let on_event = std::sync::Arc::new(on_event);
+        options = options
+            .name(name)
+            .require_tls(self.tls_required)
+            .subscription_capacity(self.subscription_capacity)
+            .client_capacity(4096)
+            .connection_timeout(first_connect_timeout)
+            .reconnect_delay_callback(reconnect_delay)
+            .event_callback(move |event| {
+                let on_event = on_event.clone();
+                async move { on_event(event) }
+            });
+        let addrs: Vec<async_nats::ServerAddr> = self.urls.iter().filter_map(|u| u.parse().ok()).collect();
+        tokio::time::timeout(first_connect_timeout, options.connect(addrs))
+            .await
+            .map_err(|_| NatsConnectError::Timeout(self.urls.join(","), first_connect_timeout))?
+            .map_err(|e| NatsConnectError::Connect(self.urls.join(","), e))
+    }
+}
+
+/// Capped exponential backoff with jitter: 100 ms, 200 ms, ... up to 5 s, each ±25 %.
+pub fn reconnect_delay(attempt: usize) -> Duration {
+    if attempt <= 1 {
+        return Duration::ZERO;
+    }
+    let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
+    let jitter = (nanos_noise() % (base / 2 + 1)) as i64 - (base / 4) as i64;
+    Duration::from_millis((base as i64 + jitter).max(10) as u64)
+}
+
+fn nanos_noise() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(7)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsConnectError {
+    #[error("cannot read NATS credentials file {0}: {1}")]
+    Credentials(String, std::io::Error),
+    #[error("cannot connect to NATS at {0} within {1:?}: is nats-server running and NATS_URL right?")]
+    Timeout(String, Duration),
+    #[error("cannot connect to NATS at {0}: {1}")]
+    Connect(String, async_nats::ConnectError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(pairs: &[(&str, &str)]) -> Result<NatsSettings, crate::settings::ConfigError> {
+        let map: std::collections::HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut p = Parser::new(|k: &str| map.get(k).cloned());
+        let s = NatsSettings::read(&mut p);
+        p.finish(s)
+    }
+
+    #[test]
+    fn defaults_and_lists() {
+        assert_eq!(read(&[]).unwrap().urls, vec!["nats://127.0.0.1:4222"]);
+        assert_eq!(read(&[(NATS_URL, "nats://a:4222, nats://b:4222")]).unwrap().urls.len(), 2);
+    }
+
+    #[test]
+    fn refuses_half_credentials_and_missing_files() {
+        let err = read(&[(NATS_USER, "u"), (NATS_TLS_CA_FILE, "/nonexistent/ca.pem")]).unwrap_err();
+        assert!(err.names(NATS_PASSWORD) && err.names(NATS_TLS_CA_FILE), "{err}");
+        assert!(read(&[(NATS_URL, "not a url at all")]).unwrap_err().names(NATS_URL));
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        for attempt in 0..100 {
+            assert!(reconnect_delay(attempt) <= Duration::from_millis(6_250));
+        }
+    }
+}
