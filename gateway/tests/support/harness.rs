@@ -1,0 +1,305 @@
+//! Integration-test harness: real nats-server, redis-server and (when asked) PostgreSQL from
+//! `wire::testkit`, gateways run in-process through `gateway::run` on 127.0.0.1:0, and a
+//! WebSocket client with timeouts on every read. Included by each test file with
+//! `#[path = "support/harness.rs"] mod harness;`.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use wire::testkit::{NatsServer, Postgres, Redis};
+
+pub const JWT_SECRET: &str = "test-jwt-secret";
+pub const TABLE_SECRET: &str = "test-table-secret";
+pub const ORIGIN: &str = "http://localhost:5173";
+/// Generous bound for anything that should happen "at once".
+pub const SOON: Duration = Duration::from_secs(10);
+
+/// The backing services of one test.
+pub struct Stack {
+    pub nats: NatsServer,
+    pub redis: Redis,
+    pub pg: Option<Postgres>,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        let (nats, redis) = tokio::join!(NatsServer::start(), Redis::start());
+        Stack { nats, redis, pg: None }
+    }
+
+    pub async fn with_postgres() -> Stack {
+        let (nats, redis, pg) = tokio::join!(NatsServer::start(), Redis::start(), Postgres::start());
+        Stack { nats, redis, pg: Some(pg) }
+    }
+
+    /// The environment a gateway of this stack starts with.
+    pub fn env(&self) -> HashMap<String, String> {
+        let mut env: HashMap<String, String> = [
+            ("JWT_SECRET", JWT_SECRET),
+            ("TABLE_TOKEN_SECRET", TABLE_SECRET),
+            ("ALLOWED_ORIGINS", "http://localhost:5173,http://127.0.0.1:5173"),
+            ("GATEWAY_LISTEN_ADDR", "127.0.0.1:0"),
+            ("GATEWAY_UNSUBSCRIBE_DELAY", "500ms"),
+            ("GATEWAY_DRAIN_WINDOW", "500ms"),
+            ("GATEWAY_SHUTDOWN_TIMEOUT", "5s"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.insert("NATS_URL".into(), self.nats.url());
+        env.insert("REDIS_URL".into(), self.redis.url());
+        if let Some(pg) = &self.pg {
+            env.insert("DATABASE_URL".into(), pg.url());
+        }
+        env
+    }
+
+    pub async fn gateway(&self) -> Gateway {
+        self.gateway_with(&[]).await
+    }
+
+    /// A gateway with `overrides` applied to [`Stack::env`] (an empty value removes the variable).
+    pub async fn gateway_with(&self, overrides: &[(&str, &str)]) -> Gateway {
+        let mut env = self.env();
+        for (k, v) in overrides {
+            if v.is_empty() {
+                env.remove(*k);
+            } else {
+                env.insert(k.to_string(), v.to_string());
+            }
+        }
+        Gateway::start(env).await
+    }
+
+    pub async fn nats_client(&self) -> async_nats::Client {
+        tokio::time::timeout(SOON, async_nats::connect(self.nats.url())).await.expect("NATS connect in time").expect("NATS connect")
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.redis.url()).unwrap();
+        tokio::time::timeout(SOON, client.get_multiplexed_async_connection()).await.unwrap().unwrap()
+    }
+
+    pub async fn sql(&self, statement: &str) {
+        let url = &self.pg.as_ref().expect("stack started with_postgres").url();
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("PostgreSQL connect");
+        tokio::spawn(conn);
+        client.batch_execute(statement).await.expect(statement);
+    }
+}
+
+/// A gateway running in this process.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), gateway::StartError>>,
+}
+
+impl Gateway {
+    pub async fn start(env: HashMap<String, String>) -> Gateway {
+        let config = gateway::Config::from_map(&env).unwrap_or_else(|e| panic!("{e}"));
+        let listener = tokio::net::TcpListener::bind(config.listen_addr).await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(gateway::run(config, listener, shutdown.clone()));
+        let gw = Gateway { addr, shutdown, task };
+        gw.wait_ready().await;
+        gw
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = self.http("/readyz");
+        let ready = tokio::time::timeout(SOON, async {
+            loop {
+                if matches!(wire::testkit::http_get(&url).await, Ok((200, _))) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(ready.is_ok(), "gateway at {} never became ready", self.addr);
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws(&self, path_and_query: &str) -> String {
+        format!("ws://{}{path_and_query}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        tokio::time::timeout(SOON, wire::testkit::http_get(&self.http(path))).await.expect("HTTP answer in time").expect("HTTP GET")
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let (status, body) = self.get(path).await;
+        (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
+    }
+
+    /// The value of one metric series line (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.get("/ws/metrics").await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    pub async fn connect(&self, path_and_query: &str) -> Client {
+        Client::connect(&self.ws(path_and_query), Some(ORIGIN)).await
+    }
+
+    pub async fn staff(&self, endpoint: &str, token: &str) -> Client {
+        self.connect(&format!("/ws/{endpoint}?token={token}")).await
+    }
+
+    pub async fn diner(&self, table_token: &str) -> Client {
+        self.connect(&format!("/ws/diner?table_token={}", urlencode(table_token))).await
+    }
+
+    /// Cancels and waits for `run` to return.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task).await.expect("gateway stops in time").unwrap().unwrap();
+    }
+}
+
+pub fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// What a client saw next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Seen {
+    Text(String),
+    Close(u16, String),
+    /// The connection ended without a close frame.
+    Dropped,
+    Nothing,
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(url: &str, origin: Option<&str>) -> Client {
+        let mut request = url.into_client_request().unwrap();
+        if let Some(origin) = origin {
+            request.headers_mut().insert("Origin", origin.parse().unwrap());
+        }
+        let (ws, response) = tokio::time::timeout(SOON, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("handshake in time")
+            .unwrap_or_else(|e| panic!("handshake with {url}: {e}"));
+        assert_eq!(response.status(), 101);
+        Client { ws }
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        tokio::time::timeout(SOON, self.ws.send(Message::text(text))).await.expect("send in time").expect("send");
+    }
+
+    pub async fn send_message(&mut self, message: Message) {
+        tokio::time::timeout(SOON, self.ws.send(message)).await.expect("send in time").expect("send");
+    }
+
+    /// The next text or close within `within`; control frames are skipped.
+    pub async fn next_within(&mut self, within: Duration) -> Seen {
+        let read = async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => return Seen::Text(t.to_string()),
+                    Some(Ok(Message::Close(Some(f)))) => return Seen::Close(u16::from(f.code), f.reason.to_string()),
+                    Some(Ok(Message::Close(None))) => return Seen::Close(u16::from(CloseCode::Status), String::new()),
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return Seen::Dropped,
+                }
+            }
+        };
+        tokio::time::timeout(within, read).await.unwrap_or(Seen::Nothing)
+    }
+
+    pub async fn next(&mut self) -> Seen {
+        self.next_within(SOON).await
+    }
+
+    pub async fn text(&mut self) -> String {
+        match self.next().await {
+            Seen::Text(t) => t,
+            other => panic!("expected a text message, saw {other:?}"),
+        }
+    }
+
+    /// Asserts the server closes with `code` and `reason`.
+    pub async fn expect_close(&mut self, code: u16, reason: &str) {
+        self.expect_close_within(code, reason, SOON).await
+    }
+
+    pub async fn expect_close_within(&mut self, code: u16, reason: &str, within: Duration) {
+        assert_eq!(self.next_within(within).await, Seen::Close(code, reason.to_string()));
+    }
+
+    pub async fn ping(&mut self) {
+        self.send("ping").await;
+        assert_eq!(self.text().await, r#"{"type":"pong"}"#);
+    }
+}
+
+/// Connects and expects an immediate close (refused handshake).
+pub async fn refused(url: &str, origin: Option<&str>, code: u16, reason: &str) {
+    let mut client = Client::connect(url, origin).await;
+    client.expect_close(code, reason).await;
+}
+
+// Tokens, minted exactly as the backend mints them.
+
+pub fn staff_token(user: u64, tenant: u64, branches: &[u64], roles: &[&str]) -> String {
+    wire::tokens::sign_jwt(JWT_SECRET.as_bytes(), &wire::tokens::staff_claims(user, tenant, branches, roles, 3600))
+}
+
+pub fn staff_token_with(user: u64, tenant: u64, branches: &[u64], roles: &[&str], edit: impl FnOnce(&mut Value)) -> String {
+    let mut claims = wire::tokens::staff_claims(user, tenant, branches, roles, 3600);
+    edit(&mut claims);
+    wire::tokens::sign_jwt(JWT_SECRET.as_bytes(), &claims)
+}
+
+pub fn table_token(tenant: u64, branch: u64, table: u64, session: u64) -> String {
+    wire::tokens::sign_jwt(TABLE_SECRET.as_bytes(), &wire::tokens::table_claims(tenant, branch, table, session, 3 * 3600))
+}
+
+pub fn legacy_table_token(tenant: u64, branch: u64, table: u64, session: u64) -> String {
+    wire::tokens::legacy_table_token(TABLE_SECRET.as_bytes(), tenant, branch, table, session, wire::tokens::now_unix() + 3600)
+}
+
+// Events.
+
+/// A backend event; `seq` makes its text unique.
+pub fn event(ty: &str, tenant: u64, branch: u64, sector: Option<u64>, session: Option<u64>, seq: u64) -> String {
+    json!({
+        "type": ty, "tenant_id": tenant, "branch_id": branch, "table_id": 3,
+        "session_id": session, "sector_id": sector, "entity": {"seq": seq}, "actor": {},
+        "ts": "2026-11-23T10:00:00.000001Z", "v": 1,
+    })
+    .to_string()
+}
+
+/// Publishes on the live subject the way JetStream re-publishes a stored event.
+pub async fn publish(nats: &async_nats::Client, tenant: u64, branch: u64, role: &str, payload: &str) {
+    let subject = format!("live.{tenant}.{branch}.{role}");
+    nats.publish(subject, payload.to_string().into()).await.unwrap();
+    nats.flush().await.unwrap();
+}
