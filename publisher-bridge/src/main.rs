@@ -1,1 +1,43 @@
-fn main() {}
+//! The publisher-bridge binary: configuration from the environment (exit 64 listing every
+//! problem), logging, signals, then [`publisher_bridge::run`].
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use publisher_bridge::{shutdown, telemetry, Config};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(problems) => {
+            eprintln!("publisher-bridge: {problems}");
+            return ExitCode::from(64);
+        }
+    };
+    telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("publisher-bridge: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("publisher-bridge failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+    let stop = CancellationToken::new();
+    shutdown::cancel_on_signal(stop.clone()).context("cannot install signal handlers")?;
+    publisher_bridge::run(config, listener, stop).await?;
+    Ok(())
+}

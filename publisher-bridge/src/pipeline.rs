@@ -1,0 +1,173 @@
+//! From one received Redis event to one stored JetStream message: takes an in-flight slot
+//! (bounding memory and backpressuring the sources), maps the event ([`crate::mapping`]), builds
+//! the headers, enqueues the publish in arrival order, and then, in a tracked task, waits for the
+//! acknowledgement, records the metrics and hands a stream entry's id to the Redis acker. The
+//! payload bytes are never re-serialised. It does not read Redis.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::task::TaskTracker;
+use wire::headers;
+use wire::subject::dlq_subject;
+
+use crate::mapping::{self, DlqReason, Via};
+use crate::metrics::{Metrics, Source};
+use crate::sink::jetstream::{Outgoing, Publisher};
+
+/// Header stating that a dead letter's payload was cut, with the original length in bytes.
+pub const DLQ_TRUNCATED: &str = "Dlq-Truncated-From";
+/// Room left for headers when sizing a dead letter against the stream's message limit.
+const HEADER_ROOM: usize = 4096;
+
+/// Where an event was read.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    PubSub { channel: String },
+    Stream { key: Arc<str>, id: String },
+}
+
+impl Origin {
+    /// The `Bridge-Source` header value.
+    pub fn header(&self) -> String {
+        match self {
+            Origin::PubSub { channel } => format!("pubsub:{channel}"),
+            Origin::Stream { key, id } => format!("stream:{key}:{id}"),
+        }
+    }
+}
+
+/// One event as read from Redis.
+#[derive(Debug)]
+pub struct Incoming {
+    pub payload: Bytes,
+    pub origin: Origin,
+    /// Set by the source when it already knows the event is refused (a stream entry without data).
+    pub refused: Option<DlqReason>,
+    pub received: Instant,
+    pub received_us: u64,
+}
+
+impl Incoming {
+    pub fn new(payload: Bytes, origin: Origin) -> Incoming {
+        let received_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        Incoming { payload, origin, refused: None, received: Instant::now(), received_us }
+    }
+}
+
+pub struct Pipeline {
+    publisher: Arc<Publisher>,
+    metrics: Arc<Metrics>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    dlq_payload_limit: usize,
+}
+
+impl Pipeline {
+    /// `dlq_max_msg_size` is the smaller of the DLQ stream's and the server's message limits.
+    pub fn new(publisher: Arc<Publisher>, metrics: Arc<Metrics>, max_in_flight: usize, tracker: TaskTracker, dlq_max_msg_size: usize) -> Pipeline {
+        Pipeline {
+            publisher,
+            metrics,
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            tracker,
+            dlq_payload_limit: dlq_max_msg_size.saturating_sub(HEADER_ROOM).max(1024),
+        }
+    }
+
+    /// Takes the event; returns once its publish is enqueued (waiting first for an in-flight slot).
+    /// When JetStream has stored it, a stream entry's id is sent to `ack`.
+    pub async fn submit(&self, event: Incoming, ack: Option<mpsc::Sender<String>>) {
+        let permit = self.permits.clone().acquire_owned().await.expect("the in-flight semaphore is never closed");
+        let source = match event.origin {
+            Origin::PubSub { .. } => Source::Pubsub,
+            Origin::Stream { .. } => Source::Stream,
+        };
+        self.metrics.received(source);
+        self.metrics.in_flight.inc();
+        let (out, refused) = self.outgoing(&event);
+        let sent = self.publisher.send(&out).await;
+        let publisher = self.publisher.clone();
+        let metrics = self.metrics.clone();
+        self.tracker.spawn(async move {
+            let stored = publisher.confirm(sent, &out).await;
+            if let Some(ack_reply) = stored {
+                if ack_reply.duplicate {
+                    metrics.duplicates.inc();
+                } else if let Some(reason) = refused {
+                    metrics.dead_lettered(reason);
+                } else {
+                    metrics.published.inc();
+                }
+                metrics.observe_latency(event.received.elapsed());
+                if let (Some(ack), Origin::Stream { id, .. }) = (ack, event.origin) {
+                    // The acker only stops after every sender is gone, so this cannot fail
+                    // except at the very end of a timed-out shutdown.
+                    let _ = ack.send(id).await;
+                }
+            }
+            metrics.in_flight.dec();
+            drop(permit);
+        });
+    }
+
+    /// The message to publish, and the dead-letter reason when the event is refused.
+    fn outgoing(&self, event: &Incoming) -> (Outgoing, Option<DlqReason>) {
+        let via = match &event.origin {
+            Origin::PubSub { channel } => Via::Channel(channel),
+            Origin::Stream { .. } => Via::Stream,
+        };
+        let routed = match event.refused {
+            Some(reason) => Err(reason),
+            None => mapping::route(via, &event.payload),
+        };
+        let mut h = HeaderMap::new();
+        h.insert(headers::SOURCE, event.origin.header());
+        h.insert(headers::RECEIVED_AT, event.received_us.to_string());
+        if let Some(traceparent) = traceparent(event) {
+            h.insert(headers::TRACEPARENT, traceparent);
+        }
+        match routed {
+            Ok(subject) => {
+                h.insert(headers::MSG_ID, mapping::msg_id(&event.payload));
+                (Outgoing { subject: subject.events().into(), headers: h, payload: event.payload.clone() }, None)
+            }
+            Err(reason) => {
+                h.insert(headers::MSG_ID, mapping::dlq_msg_id(reason, &event.payload));
+                h.insert(headers::DLQ_REASON, reason.as_str());
+                h.insert(headers::DLQ_AT, now_rfc3339());
+                let mut payload = event.payload.clone();
+                if payload.len() > self.dlq_payload_limit {
+                    h.insert(DLQ_TRUNCATED, payload.len().to_string());
+                    payload.truncate(self.dlq_payload_limit);
+                }
+                (Outgoing { subject: dlq_subject(reason.as_str()).into(), headers: h, payload }, Some(reason))
+            }
+        }
+    }
+}
+
+/// The W3C trace context to attach to the stored message. Tracing (OTLP, issue 5) will put the
+/// bridge's receive span here; until then nothing is attached.
+fn traceparent(_event: &Incoming) -> Option<String> {
+    None
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_header_names_channel_or_entry() {
+        assert_eq!(Origin::PubSub { channel: "branch:1:admin".into() }.header(), "pubsub:branch:1:admin");
+        assert_eq!(Origin::Stream { key: "events:critical".into(), id: "1-2".into() }.header(), "stream:events:critical:1-2");
+        assert!(now_rfc3339().ends_with('Z'));
+    }
+}

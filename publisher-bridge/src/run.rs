@@ -1,0 +1,148 @@
+//! The bridge's lifecycle: connect (failing fast on the very first connect to NATS and Redis),
+//! ensure the JetStream streams, start the sources, then on stop: readiness off, stop reading
+//! Redis, finish in-flight publishes and their XACKs within `BRIDGE_SHUTDOWN_TIMEOUT`, drain
+//! NATS. What each part does lives in its own module.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::advisory::AdvisoryDlq;
+use crate::config::Config;
+use crate::health::{Dependency, Health};
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::sink::jetstream::Publisher;
+use crate::sink::streams::{ensure_streams, StreamsError};
+use crate::source::pubsub::{self, PubSubSource};
+use crate::source::stream::StreamSource;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error(transparent)]
+    Nats(#[from] wire::natsconn::NatsConnectError),
+    #[error(transparent)]
+    Streams(#[from] StreamsError),
+    #[error("cannot connect to Redis ({what}): {source}")]
+    Redis { what: &'static str, source: redis::RedisError },
+    #[error("cannot subscribe to JetStream advisories: {0}")]
+    Advisories(#[from] async_nats::SubscribeError),
+}
+
+/// Runs the bridge until `stop` fires, serving HTTP on `listener`. Returns an error only when
+/// starting fails; a stop always ends in `Ok` once the shutdown sequence is done.
+pub async fn run(config: Config, listener: TcpListener, stop: CancellationToken) -> Result<(), BridgeError> {
+    tracing::info!(config = %config.summary(), "publisher-bridge starting");
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(metrics.clone()));
+    let http_stop = CancellationToken::new();
+    let state = AppState { health: health.clone(), metrics: metrics.clone() };
+    let http_task = tokio::spawn(http::serve(listener, state, http_stop.clone()));
+    let result = run_connected(&config, &metrics, &health, stop).await;
+    http_stop.cancel();
+    let _ = http_task.await;
+    result
+}
+
+async fn run_connected(config: &Config, metrics: &Arc<Metrics>, health: &Arc<Health>, stop: CancellationToken) -> Result<(), BridgeError> {
+    let nats_health = health.clone();
+    let client = config
+        .nats
+        .connect(&format!("publisher-bridge {}", config.instance_id), config.startup_timeout, move |event| match event {
+            async_nats::Event::Connected => nats_health.set(Dependency::Nats, true),
+            async_nats::Event::Disconnected | async_nats::Event::Closed => nats_health.set(Dependency::Nats, false),
+            other => tracing::info!(event = %other, "NATS event"),
+        })
+        .await?;
+    health.set(Dependency::Nats, true);
+    let js = jetstream::ContextBuilder::new()
+        .timeout(config.publish_timeout)
+        .max_ack_inflight(config.max_in_flight + 1024)
+        .build(client.clone());
+    ensure_streams(&js, &config.streams).await?;
+    health.set(Dependency::Streams, true);
+
+    let redis_client = redis::Client::open(config.redis_url.expose_str())
+        .map_err(|source| BridgeError::Redis { what: "REDIS_URL", source })?;
+    let first_pubsub = pubsub::subscribe(&redis_client, config.startup_timeout)
+        .await
+        .map_err(|source| BridgeError::Redis { what: "pub/sub", source })?;
+    let read_conn = connection_manager(&redis_client, config.startup_timeout, Duration::from_secs(8)).await?;
+    let ack_conn = connection_manager(&redis_client, config.startup_timeout, Duration::from_secs(3)).await?;
+
+    let abandon = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let publisher = Arc::new(Publisher::new(js, metrics.clone(), abandon.clone()));
+    let dlq_limit = (config.streams.dlq_max_msg_size as usize).min(client.server_info().max_payload.max(1024));
+    let pipeline = Arc::new(Pipeline::new(publisher.clone(), metrics.clone(), config.max_in_flight, tracker.clone(), dlq_limit));
+
+    let advisories = if config.advisory_dlq {
+        let dlq = AdvisoryDlq { client: client.clone(), publisher: publisher.clone(), metrics: metrics.clone() };
+        Some(dlq.start(stop.clone()).await?)
+    } else {
+        None
+    };
+    let pubsub = PubSubSource {
+        client: redis_client,
+        connect_timeout: Duration::from_secs(5),
+        pipeline: pipeline.clone(),
+        health: health.clone(),
+    };
+    let pubsub_task = tokio::spawn(pubsub.run(first_pubsub, stop.clone()));
+    let stream = Arc::new(StreamSource::new(config, pipeline.clone(), health.clone(), metrics.clone(), read_conn, ack_conn));
+    let stream_task = tokio::spawn(stream.run(stop.clone(), abandon.clone(), tracker.clone()));
+    tracing::info!(instance = %config.instance_id, "publisher-bridge running");
+
+    stop.cancelled().await;
+    let deadline = Instant::now() + config.shutdown_timeout;
+    health.start_draining();
+    tracing::info!("draining: stopped reading Redis, finishing in-flight publishes and acknowledgements");
+    let _ = tokio::time::timeout_at(deadline.into(), async {
+        let _ = pubsub_task.await;
+        let _ = stream_task.await;
+        if let Some(task) = advisories {
+            let _ = task.await;
+        }
+    })
+    .await;
+    drop(pipeline);
+    tracker.close();
+    if tokio::time::timeout_at(deadline.into(), tracker.wait()).await.is_err() {
+        tracing::warn!(
+            in_flight = metrics.in_flight.get(),
+            "shutdown timeout: abandoning unconfirmed publishes (their stream entries stay pending in Redis and are re-published later)"
+        );
+        abandon.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = client.flush().await;
+        let _ = client.drain().await;
+    })
+    .await;
+    tracing::info!("publisher-bridge stopped");
+    Ok(())
+}
+
+async fn connection_manager(client: &redis::Client, connect_timeout: Duration, response_timeout: Duration) -> Result<ConnectionManager, BridgeError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    let what = "stream connection";
+    match tokio::time::timeout(connect_timeout, client.get_connection_manager_with_config(config)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(source)) => Err(BridgeError::Redis { what, source }),
+        Err(_) => Err(BridgeError::Redis {
+            what,
+            source: redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+        }),
+    }
+}
