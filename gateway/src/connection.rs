@@ -111,7 +111,7 @@ impl Session {
                         return End::Server(CloseReason::HEARTBEAT_TIMEOUT);
                     }
                     if now >= next_recheck {
-                        if let Some(reason) = self.recheck().await {
+                        if let Some(reason) = Box::pin(self.recheck()).await {
                             return End::Server(reason);
                         }
                         next_recheck = now + recheck_every;
@@ -144,19 +144,21 @@ impl Session {
         written
     }
 
-    /// The reply to a client text frame, if any.
+    /// The reply to a client text frame, if any. The rare database path is boxed so that its
+    /// state does not enlarge every idle connection's task.
     async fn answer(&self, text: &str) -> Option<Utf8Bytes> {
         let kind = protocol::classify(text);
+        let on_waiter = self.endpoint() == Endpoint::Waiter;
         let label = match kind {
             Inbound::Ping => "ping",
-            Inbound::RefreshSectors if self.endpoint() == Endpoint::Waiter => "refresh_sectors",
+            Inbound::RefreshSectors if on_waiter => "refresh_sectors",
             _ => "other",
         };
         self.app.metrics.client_messages.get_or_create(&crate::metrics::KindLabel { kind: label }).inc();
         match (kind, &self.identity) {
             (Inbound::Ping, _) => Some(Utf8Bytes::from_static(protocol::PONG)),
-            (Inbound::RefreshSectors, Identity::Staff(staff)) if self.endpoint() == Endpoint::Waiter => {
-                let sectors = self.app.sectors.fresh(staff.tenant_id, staff.user_id).await;
+            (Inbound::RefreshSectors, Identity::Staff(staff)) if on_waiter => {
+                let sectors = Box::pin(self.app.sectors.fresh(staff.tenant_id, staff.user_id)).await;
                 self.registration.conn.set_sectors(sectors.clone());
                 Some(protocol::sectors_updated(&sectors).into())
             }
