@@ -303,3 +303,48 @@ pub async fn publish(nats: &async_nats::Client, tenant: u64, branch: u64, role: 
     nats.publish(subject, payload.to_string().into()).await.unwrap();
     nats.flush().await.unwrap();
 }
+
+// Helpers added for handshake.rs, session.rs and http_endpoints.rs.
+
+/// Polls `check` every 50 ms until it holds; panics naming `what` after [`SOON`].
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let done = tokio::time::timeout(SOON, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "timed out waiting until {what}");
+}
+
+impl Stack {
+    /// `SET key value` in the backend's Redis (revocation keys).
+    pub async fn redis_set(&self, key: &str, value: &str) {
+        let mut redis = self.redis().await;
+        let mut set = redis::cmd("SET");
+        set.arg(key).arg(value);
+        tokio::time::timeout(SOON, set.query_async::<()>(&mut redis)).await.expect("Redis SET in time").expect("Redis SET");
+    }
+}
+
+impl Gateway {
+    /// Waits until `/ws/health` reports `n` open connections.
+    pub async fn wait_connections(&self, n: u64) {
+        wait_until(&format!("{} has {n} connections", self.addr), || async {
+            self.get_json("/ws/health").await.1["total_connections"] == n
+        })
+        .await;
+    }
+}
+
+impl Client {
+    /// Closes from the client side (1000) and waits until the connection has ended.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(SOON, self.ws.close(None)).await;
+        let _ = tokio::time::timeout(SOON, async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
+    }
+}
