@@ -128,14 +128,12 @@ impl Authenticator {
     }
 }
 
-/// The origin rule: exact match against the allowed list; a missing origin only where allowed.
+/// The origin rule: exact match against the allowed list (browsers never add a trailing `/`);
+/// a missing origin only where allowed.
 pub fn origin_allowed(origin: Option<&str>, config: &AuthConfig) -> bool {
     match origin {
         None => config.allow_missing_origin,
-        Some(origin) => {
-            let origin = origin.trim_end_matches('/');
-            config.allowed_origins.iter().any(|allowed| allowed == origin)
-        }
+        Some(origin) => config.allowed_origins.iter().any(|allowed| allowed == origin),
     }
 }
 

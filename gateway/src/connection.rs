@@ -101,7 +101,13 @@ impl Session {
                     }
                     Some(Ok(Message::Binary(_))) => return End::Server(CloseReason::BINARY_FRAME),
                     Some(Ok(Message::Close(_))) | None => return End::ClientClosed,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    // Control frames are not liveness, but they cost a reply: they count against
+                    // the rate limit (browsers cannot send them; only tools and abusers do).
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        if !rate.admit(std::time::Instant::now(), limits.message_rate_limit, limits.message_rate_window) {
+                            return End::Server(CloseReason::RATE_LIMITED);
+                        }
+                    }
                     Some(Err(error)) if too_large(&error) => return End::Server(CloseReason::MESSAGE_TOO_LARGE),
                     Some(Err(_)) => return End::Broken,
                 },

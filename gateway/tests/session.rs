@@ -298,3 +298,14 @@ async fn a_drain_closes_every_client_with_1012() {
     let finished = tokio::time::timeout(Duration::from_secs(20), gw.task).await.expect("gateway stops in time");
     assert!(matches!(finished, Ok(Ok(()))), "run returns Ok: {finished:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_control_pings_is_rate_limited() {
+    let stack = Stack::start().await;
+    let gw = stack.gateway().await;
+    let mut client = gw.staff("waiter", &staff_token(2, 1, &[10], &["WAITER"])).await;
+    for _ in 0..40 {
+        client.send_message(tokio_tungstenite::tungstenite::Message::Ping(vec![1].into())).await;
+    }
+    client.expect_close(4029, "Rate limit exceeded").await;
+}

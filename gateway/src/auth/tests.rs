@@ -115,7 +115,7 @@ fn table_tokens_in_both_forms() {
 fn origin_rules() {
     let c = config(true);
     assert!(origin_allowed(Some("http://localhost:5173"), &c));
-    assert!(origin_allowed(Some("http://localhost:5173/"), &c));
+    assert!(!origin_allowed(Some("http://localhost:5173/"), &c), "exact match");
     assert!(!origin_allowed(Some("http://localhost:5174"), &c));
     assert!(!origin_allowed(Some("http://evil.localhost:5173"), &c));
     assert!(!origin_allowed(None, &c));
