@@ -30,6 +30,11 @@ pub struct Config {
     pub unsubscribe_delay: Duration,
     /// How long the same event text counts as the same event.
     pub dedup_window: Duration,
+    /// A resume that would replay more events than this gets the gap signal instead.
+    pub resume_max_events: u64,
+    /// Catch-up endpoints: at most this many events, from at most this far back.
+    pub catchup_max_events: usize,
+    pub catchup_max_age: Duration,
     /// Closes of a drain are spread over this window.
     pub drain_window: Duration,
     /// The whole shutdown (drain included) ends within this.
@@ -118,6 +123,9 @@ impl Config {
             nats: NatsSettings::read(&mut p),
             unsubscribe_delay: p.duration(GATEWAY_UNSUBSCRIBE_DELAY, Duration::from_secs(30)),
             dedup_window: p.duration(GATEWAY_DEDUP_WINDOW, Duration::from_secs(120)),
+            resume_max_events: p.number(GATEWAY_RESUME_MAX_EVENTS, 10_000, 1..=10_000_000),
+            catchup_max_events: p.number(GATEWAY_CATCHUP_MAX_EVENTS, 1_000, 1..=100_000),
+            catchup_max_age: p.duration(GATEWAY_CATCHUP_MAX_AGE, Duration::from_secs(3600)),
             drain_window: p.duration(GATEWAY_DRAIN_WINDOW, Duration::from_secs(15)),
             shutdown_timeout: p.duration(GATEWAY_SHUTDOWN_TIMEOUT, Duration::from_secs(25)),
             log_format: p.log_format(LOG_FORMAT),

@@ -5,6 +5,8 @@
 
 pub mod handshake;
 pub mod protocol;
+mod replay;
+pub mod resume;
 
 use crate::app::App;
 use crate::auth::{Diner, Endpoint, Identity};
@@ -32,6 +34,8 @@ pub struct Session {
     pub registration: Registration,
     pub queue: mpsc::Receiver<Outbound>,
     pub lease: Lease,
+    /// Set when the client opted into resume.
+    pub resume: Option<resume::Resume>,
 }
 
 /// How a session ended.
@@ -50,7 +54,10 @@ impl Session {
         let endpoint = self.endpoint().as_str();
         self.app.metrics.connection_opened(endpoint);
         let started = Instant::now();
-        let end = self.serve(&mut socket).await;
+        let end = match self.replay(&mut socket).await {
+            Ok(()) => self.serve(&mut socket).await,
+            Err(end) => end,
+        };
         let label = match &end {
             End::Server(reason) => {
                 close(&mut socket, *reason).await;
@@ -130,13 +137,18 @@ impl Session {
     /// Writes `first` and whatever else is queued, then flushes once.
     async fn write_events(&mut self, socket: &mut WebSocket, first: Outbound, timeout: Duration) -> bool {
         let mut batch = Vec::with_capacity(1);
-        batch.push(first.received_us);
+        let resume = &mut self.resume;
+        let queue = &mut self.queue;
         let write = async {
-            socket.feed(Message::Text(first.payload)).await?;
-            while batch.len() < WRITE_BATCH {
-                let Ok(next) = self.queue.try_recv() else { break };
-                batch.push(next.received_us);
-                socket.feed(Message::Text(next.payload)).await?;
+            let mut next = Some(first);
+            while let Some(event) = next.take() {
+                if let Some(text) = with_resume(resume, event.payload, event.sequence) {
+                    batch.push(event.received_us);
+                    socket.feed(Message::Text(text)).await?;
+                }
+                if batch.len() < WRITE_BATCH {
+                    next = queue.try_recv().ok();
+                }
             }
             socket.flush().await
         };
@@ -192,6 +204,17 @@ impl Session {
             Identity::Diner(diner) => recheck_diner(&self.app, diner, self.table_token.as_deref().unwrap_or_default(), now),
         }
     }
+}
+
+/// What to write for an event: as published, or for a resuming client with its cursor, or
+/// nothing when the replay already covered it.
+fn with_resume(resume: &mut Option<resume::Resume>, payload: Utf8Bytes, sequence: Option<u64>) -> Option<Utf8Bytes> {
+    let (Some(state), Some(sequence)) = (resume.as_mut(), sequence) else { return Some(payload) };
+    if sequence <= state.floor {
+        return None;
+    }
+    state.floor = sequence;
+    Some(resume::with_cursor(payload.as_str(), sequence).into())
 }
 
 /// Diners: the token verified again; expired closes, another session than the one admitted

@@ -14,6 +14,13 @@ use wire::envelope;
 use wire::event_types::TypeClass;
 use wire::subject::EventSubject;
 
+/// What the headers of a message tell: when the bridge received it and its stream sequence.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Meta {
+    pub received_us: Option<u64>,
+    pub sequence: Option<u64>,
+}
+
 /// What became of one message (tests and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -34,9 +41,9 @@ impl Dispatcher {
     }
 
     /// Handles a message received on the subscription of `tenant_id`.
-    pub fn dispatch(&self, tenant_id: u64, subject: &str, payload: Bytes, received_us: Option<u64>) -> Outcome {
+    pub fn dispatch(&self, tenant_id: u64, subject: &str, payload: Bytes, meta: Meta) -> Outcome {
         self.metrics.event_processed();
-        let outcome = self.route(tenant_id, subject, payload, received_us);
+        let outcome = self.route(tenant_id, subject, payload, meta);
         match outcome {
             Outcome::Invalid(reason) => {
                 self.metrics.invalid_event(reason);
@@ -58,7 +65,7 @@ impl Dispatcher {
         outcome
     }
 
-    fn route(&self, tenant_id: u64, subject: &str, payload: Bytes, received_us: Option<u64>) -> Outcome {
+    fn route(&self, tenant_id: u64, subject: &str, payload: Bytes, meta: Meta) -> Outcome {
         let Some(subject) = EventSubject::parse(subject).filter(|s| s.tenant_id == tenant_id) else {
             return Outcome::Invalid("bad_subject");
         };
@@ -86,7 +93,7 @@ impl Dispatcher {
             return Outcome::Delivered(0);
         };
         let started = Instant::now();
-        let fanout = tenant.fan_out(&scope, &Outbound { payload: text, received_us });
+        let fanout = tenant.fan_out(&scope, &Outbound { payload: text, received_us: meta.received_us, sequence: meta.sequence });
         self.metrics.fanout_seconds.observe(started.elapsed().as_secs_f64());
         if fanout.queue_full > 0 {
             self.metrics.deliveries_dropped.get_or_create(&ReasonLabel { reason: "queue_full" }).inc_by(fanout.queue_full);
@@ -120,9 +127,9 @@ mod tests {
         let (d, registry) = setup();
         let (_reg, mut rx) = manager_on_waiter(&registry);
         let event = Bytes::from_static(br#"{"type":"ROUND_READY","tenant_id":3,"branch_id":7,"sector_id":2,"session_id":9}"#);
-        assert_eq!(d.dispatch(3, "live.3.7.kitchen", event.clone(), None), Outcome::Delivered(1));
-        assert_eq!(d.dispatch(3, "live.3.7.waiters", event.clone(), None), Outcome::Duplicate);
-        assert_eq!(d.dispatch(3, "live.3.7.admin", event.clone(), None), Outcome::Duplicate);
+        assert_eq!(d.dispatch(3, "live.3.7.kitchen", event.clone(), Meta::default()), Outcome::Delivered(1));
+        assert_eq!(d.dispatch(3, "live.3.7.waiters", event.clone(), Meta::default()), Outcome::Duplicate);
+        assert_eq!(d.dispatch(3, "live.3.7.admin", event.clone(), Meta::default()), Outcome::Duplicate);
         assert_eq!(rx.try_recv().unwrap().payload.as_bytes(), &event[..], "bytes unchanged");
         assert!(rx.try_recv().is_err());
     }
@@ -132,13 +139,13 @@ mod tests {
         let (d, registry) = setup();
         let (_reg, mut rx) = manager_on_waiter(&registry);
         let other_tenant = Bytes::from_static(br#"{"type":"ROUND_READY","tenant_id":4,"branch_id":7}"#);
-        assert_eq!(d.dispatch(3, "live.3.7.waiters", other_tenant, None), Outcome::Invalid("tenant_mismatch"));
+        assert_eq!(d.dispatch(3, "live.3.7.waiters", other_tenant, Meta::default()), Outcome::Invalid("tenant_mismatch"));
         let valid = Bytes::from_static(br#"{"type":"ROUND_READY","tenant_id":3,"branch_id":7}"#);
-        assert_eq!(d.dispatch(3, "live.4.7.waiters", valid.clone(), None), Outcome::Invalid("bad_subject"));
-        assert_eq!(d.dispatch(3, "live.3.7.waiters", Bytes::from_static(b"[1]"), None), Outcome::Invalid("not_object"));
-        assert_eq!(d.dispatch(3, "live.3.7.waiters", Bytes::from_static(b"{\"type\":\"X\",\"tenant_id\":3,\"x\":\"\xff\"}"), None), Outcome::Invalid("not_json"));
+        assert_eq!(d.dispatch(3, "live.4.7.waiters", valid.clone(), Meta::default()), Outcome::Invalid("bad_subject"));
+        assert_eq!(d.dispatch(3, "live.3.7.waiters", Bytes::from_static(b"[1]"), Meta::default()), Outcome::Invalid("not_object"));
+        assert_eq!(d.dispatch(3, "live.3.7.waiters", Bytes::from_static(b"{\"type\":\"X\",\"tenant_id\":3,\"x\":\"\xff\"}"), Meta::default()), Outcome::Invalid("not_json"));
         assert!(rx.try_recv().is_err());
-        assert_eq!(d.dispatch(3, "live.3.7.waiters", valid, None), Outcome::Delivered(1), "the next valid event still flows");
+        assert_eq!(d.dispatch(3, "live.3.7.waiters", valid, Meta::default()), Outcome::Delivered(1), "the next valid event still flows");
     }
 
     #[test]
@@ -146,6 +153,6 @@ mod tests {
         let (d, registry) = setup();
         let (_reg, _rx) = manager_on_waiter(&registry);
         let event = Bytes::from_static(br#"{"type":"ROUND_READY","tenant_id":3}"#);
-        assert_eq!(d.dispatch(3, "live.3.7.waiters", event, None), Outcome::Delivered(1));
+        assert_eq!(d.dispatch(3, "live.3.7.waiters", event, Meta::default()), Outcome::Delivered(1));
     }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod connection;
 pub mod dedup;
 pub mod dispatch;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod registry;

@@ -13,12 +13,14 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// One event queued to a connection: the payload as published, and when the bridge received it
-/// (unix microseconds, for the delivery latency histogram).
+/// One event queued to a connection: the payload as published, when the bridge received it
+/// (unix microseconds, for the delivery latency histogram), and its stream sequence.
 #[derive(Debug, Clone)]
 pub struct Outbound {
     pub payload: Utf8Bytes,
     pub received_us: Option<u64>,
+    /// Stream sequence (`Nats-Sequence` of JetStream's re-publish): the resume cursor.
+    pub sequence: Option<u64>,
 }
 
 /// Asks a connection's task to close with a reason; the first reason wins.

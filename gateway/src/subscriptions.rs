@@ -3,7 +3,7 @@
 //! the tenant's last connection by a delay, so a reconnecting client does not churn it. Never a
 //! wildcard over all tenants. Each subscription's task hands messages to the dispatcher.
 
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Meta};
 use crate::metrics::Metrics;
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -137,10 +137,15 @@ impl Subscriptions {
                 _ = stop.cancelled() => break,
                 message = subscriber.next() => match message {
                     Some(m) => {
-                        let received_us = m.headers.as_ref()
-                            .and_then(|h| h.get(wire::headers::RECEIVED_AT))
-                            .and_then(|v| v.as_str().parse().ok());
-                        self.dispatcher.dispatch(tenant_id, m.subject.as_str(), m.payload, received_us);
+                        // Standard NATS headers must be looked up by the library's constants: a `&str`
+                        // key is always treated as a custom header and never matches them.
+                        let value = |h: Option<&async_nats::HeaderValue>| h.and_then(|v| v.as_str().parse().ok());
+                        let headers = m.headers.as_ref();
+                        let meta = Meta {
+                            received_us: value(headers.and_then(|h| h.get(wire::headers::RECEIVED_AT))),
+                            sequence: value(headers.and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))),
+                        };
+                        self.dispatcher.dispatch(tenant_id, m.subject.as_str(), m.payload, meta);
                     }
                     None => break,
                 },

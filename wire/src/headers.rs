@@ -1,4 +1,8 @@
 //! Names of the NATS message headers the bridge writes and the gateway reads.
+//!
+//! Reading a standard `Nats-*` header with async-nats needs its constant
+//! (`async_nats::header::NATS_SEQUENCE`): `HeaderMap::get` with a `&str` builds a custom header
+//! name that never equals the standard one the parser produced.
 
 /// JetStream de-duplication key: hex digest of the exact payload bytes.
 pub const MSG_ID: &str = "Nats-Msg-Id";

@@ -84,7 +84,9 @@ async fn admit(app: &Arc<App>, endpoint: Endpoint, headers: &HeaderMap, query: O
     let (registration, queue) = app.registry.admit(endpoint, audience, key, sectors)?;
     let lease = app.subscriptions.acquire(tenant_id).await;
     let table_token = (endpoint == Endpoint::Diner).then(|| token.into_boxed_str());
-    Ok(Session { app: app.clone(), identity, table_token, registration, queue, lease })
+    let resume = query_param(query.unwrap_or_default(), super::resume::PARAM)
+        .map(|value| super::resume::Resume { request: super::resume::parse(&value), floor: 0 });
+    Ok(Session { app: app.clone(), identity, table_token, registration, queue, lease, resume })
 }
 
 fn refused(endpoint: Endpoint, error: &crate::auth::AuthError) -> CloseReason {

@@ -106,6 +106,10 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(env: HashMap<String, String>) -> Gateway {
+        // Gateway logs in test output when asked for: RUST_LOG=gateway=debug cargo test ...
+        if std::env::var_os("RUST_LOG").is_some() {
+            gateway::telemetry::init(wire::settings::LogFormat::Text);
+        }
         let config = gateway::Config::from_map(&env).unwrap_or_else(|e| panic!("{e}"));
         let listener = tokio::net::TcpListener::bind(config.listen_addr).await.expect("bind");
         let addr = listener.local_addr().unwrap();
@@ -347,4 +351,35 @@ impl Client {
         let _ = tokio::time::timeout(SOON, self.ws.close(None)).await;
         let _ = tokio::time::timeout(SOON, async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
     }
+}
+
+// JetStream, as the bridge lays it out.
+
+/// Creates the EVENTS and EVENTS_DLQ streams exactly as the bridge does.
+pub async fn events_stream(stack: &Stack) -> async_nats::jetstream::Context {
+    let js = async_nats::jetstream::new(stack.nats_client().await);
+    let settings = publisher_bridge::config::StreamSettings::default();
+    tokio::time::timeout(SOON, publisher_bridge::sink::streams::ensure_streams(&js, &settings)).await.unwrap().unwrap();
+    js
+}
+
+/// Publishes a backend event into the EVENTS stream the way the bridge does; returns its sequence.
+pub async fn store(js: &async_nats::jetstream::Context, tenant: u64, branch: u64, role: &str, payload: &str) -> u64 {
+    let mut headers = async_nats::HeaderMap::new();
+    let digest = format!("{:x}", xxhash_rust::xxh3::xxh3_128(payload.as_bytes()));
+    headers.insert("Nats-Msg-Id", digest.as_str());
+    let ack = js.publish_with_headers(format!("events.{tenant}.{branch}.{role}"), headers, payload.to_string().into()).await.unwrap();
+    tokio::time::timeout(SOON, ack).await.unwrap().unwrap().sequence
+}
+
+/// The `_cursor` of an event a resuming client received.
+pub fn cursor_of(text: &str) -> u64 {
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    v["_cursor"].as_u64().unwrap_or_else(|| panic!("no _cursor in {text}"))
+}
+
+/// The event without its `_cursor` key, as the backend published it.
+pub fn without_cursor(text: &str) -> String {
+    let prefix_end = text.find(',').expect("a spliced cursor is followed by a comma");
+    format!("{{{}", &text[prefix_end + 1..])
 }

@@ -1,0 +1,99 @@
+//! Reading the `EVENTS` stream's history for one tenant: an ordered consumer (ephemeral, no
+//! acknowledgements, recreated by the client library on a gap) starting after a sequence or at
+//! a time, bounded to what was pending when it was opened. Resume and the catch-up endpoints
+//! read through here; neither ever writes to the stream.
+
+use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("the events stream is not available: {0}")]
+    Stream(String),
+    #[error("cannot read the events stream: {0}")]
+    Read(String),
+    #[error("the events stream did not answer within {TIMEOUT:?}")]
+    Timeout,
+}
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Start {
+    /// The first message after this stream sequence.
+    After(u64),
+    /// The first message stored at or after this time.
+    Since(time::OffsetDateTime),
+}
+
+/// One stored event.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub sequence: u64,
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// An open read: what it will yield, and the oldest sequence the stream still holds.
+pub struct Reader {
+    /// Messages matching the filters between the start and the stream's end when opened.
+    pub pending: u64,
+    /// The stream's first sequence when opened; anything older is gone.
+    pub first_sequence: u64,
+    /// The stream's last sequence when opened.
+    pub last_sequence: u64,
+    messages: Option<jetstream::consumer::pull::Ordered>,
+    read: u64,
+}
+
+pub async fn open(js: &jetstream::Context, filters: Vec<String>, start: Start) -> Result<Reader, HistoryError> {
+    tokio::time::timeout(TIMEOUT, open_inner(js, filters, start)).await.map_err(|_| HistoryError::Timeout)?
+}
+
+async fn open_inner(js: &jetstream::Context, filters: Vec<String>, start: Start) -> Result<Reader, HistoryError> {
+    let mut stream = js.get_stream(wire::subject::EVENTS_STREAM).await.map_err(|e| HistoryError::Stream(e.to_string()))?;
+    let state = stream.info().await.map_err(|e| HistoryError::Stream(e.to_string()))?.state.clone();
+    let deliver_policy = match start {
+        Start::After(sequence) if sequence >= state.last_sequence => {
+            return Ok(Reader { pending: 0, first_sequence: state.first_sequence, last_sequence: state.last_sequence, messages: None, read: 0 });
+        }
+        Start::After(sequence) => DeliverPolicy::ByStartSequence { start_sequence: (sequence + 1).max(state.first_sequence) },
+        Start::Since(start_time) => DeliverPolicy::ByStartTime { start_time },
+    };
+    let config = OrderedConfig { filter_subjects: filters, deliver_policy, ..Default::default() };
+    let consumer = stream.create_consumer(config).await.map_err(|e| HistoryError::Read(e.to_string()))?;
+    let pending = consumer.cached_info().num_pending;
+    let messages = if pending > 0 { Some(consumer.messages().await.map_err(|e| HistoryError::Read(e.to_string()))?) } else { None };
+    Ok(Reader { pending, first_sequence: state.first_sequence, last_sequence: state.last_sequence, messages, read: 0 })
+}
+
+impl Reader {
+    /// The next stored event, oldest first; `None` once everything pending at open was read.
+    pub async fn next(&mut self) -> Option<Result<Stored, HistoryError>> {
+        if self.read >= self.pending {
+            self.messages = None;
+            return None;
+        }
+        let messages = self.messages.as_mut()?;
+        let message = match tokio::time::timeout(TIMEOUT, messages.next()).await {
+            Err(_) => return Some(Err(HistoryError::Timeout)),
+            Ok(None) => return None,
+            Ok(Some(Err(e))) => return Some(Err(HistoryError::Read(e.to_string()))),
+            Ok(Some(Ok(m))) => m,
+        };
+        self.read += 1;
+        let sequence = match message.info() {
+            Ok(info) => {
+                if info.pending == 0 {
+                    self.read = self.pending;
+                }
+                info.stream_sequence
+            }
+            Err(e) => return Some(Err(HistoryError::Read(e.to_string()))),
+        };
+        Some(Ok(Stored { sequence, subject: message.subject.to_string(), payload: message.payload.clone() }))
+    }
+}

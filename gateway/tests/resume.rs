@@ -1,0 +1,137 @@
+//! Opt-in resume (contract section 8) against a real JetStream stream laid out as the bridge
+//! lays it out: cursors on every event, a reconnect to another replica replaying exactly what
+//! the connection would have received, in order, continuing live with no gap or duplicate at
+//! the seam, and the explicit gap signal when history no longer reaches back.
+
+#[path = "support/harness.rs"]
+mod harness;
+use harness::*;
+use std::time::Duration;
+
+fn waiter_token() -> String {
+    staff_token(2, 1, &[10], &["WAITER"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_to_another_replica_replays_exactly_the_missed_events() {
+    let stack = Stack::start().await;
+    let js = events_stream(&stack).await;
+    let (a, b) = (stack.gateway().await, stack.gateway().await);
+    let mut plain = a.staff("waiter", &staff_token(3, 1, &[10], &["WAITER"])).await;
+    let mut client = a.connect(&format!("/ws/waiter?token={}&resume=live", waiter_token())).await;
+
+    let first = event("ROUND_PENDING", 1, 10, None, None, 1);
+    store(&js, 1, 10, "waiters", &first).await;
+    let received = client.text().await;
+    assert_eq!(without_cursor(&received), first, "the payload is unchanged apart from the cursor");
+    assert_eq!(plain.text().await, first, "clients that did not opt in see exactly the old protocol");
+    let cursor = cursor_of(&received);
+    client.close().await;
+
+    // Missed while away: some for this waiter, some not (admin-only, another branch, another tenant).
+    let mut expected = Vec::new();
+    for seq in 2..=12 {
+        let (e, mine) = match seq % 4 {
+            0 => (event("ENTITY_UPDATED", 1, 10, None, None, seq), false),
+            1 => (event("ROUND_PENDING", 1, 11, None, None, seq), false),
+            2 => (event("SERVICE_CALL_CREATED", 2, 10, None, None, seq), false),
+            _ => (event("SERVICE_CALL_CREATED", 1, 10, None, None, seq), true),
+        };
+        let tenant = if seq % 4 == 2 { 2 } else { 1 };
+        let branch = if seq % 4 == 1 { 11 } else { 10 };
+        let role = if seq % 4 == 0 { "admin" } else { "waiters" };
+        store(&js, tenant, branch, role, &e).await;
+        if mine {
+            expected.push(e);
+        }
+    }
+    let mut again = b.connect(&format!("/ws/waiter?token={}&resume={cursor}", waiter_token())).await;
+    let mut last = cursor;
+    for e in &expected {
+        let text = again.text().await;
+        assert_eq!(without_cursor(&text), *e);
+        assert!(cursor_of(&text) > last, "cursors increase");
+        last = cursor_of(&text);
+    }
+    let live = event("ROUND_PENDING", 1, 10, None, None, 99);
+    store(&js, 1, 10, "waiters", &live).await;
+    assert_eq!(without_cursor(&again.text().await), live, "then live, nothing in between");
+    assert_eq!(again.next_within(Duration::from_millis(300)).await, Seen::Nothing);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_gap_and_no_duplicate_at_the_seam_while_events_keep_coming() {
+    let stack = Stack::start().await;
+    let js = events_stream(&stack).await;
+    let gw = stack.gateway().await;
+    let publisher = tokio::spawn({
+        let js = js.clone();
+        async move {
+            let mut all = Vec::new();
+            for seq in 0..400 {
+                let e = event("ROUND_PENDING", 1, 10, None, None, seq);
+                store(&js, 1, 10, "waiters", &e).await;
+                all.push(e);
+                if seq % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            all
+        }
+    });
+    // Reconnect three times while the publisher runs, each time from the last cursor.
+    let mut received: Vec<String> = Vec::new();
+    let mut client = gw.connect(&format!("/ws/waiter?token={}&resume=0", waiter_token())).await;
+    for round in 0..4 {
+        let take = if round < 3 { 60 } else { usize::MAX };
+        let mut n = 0;
+        while n < take && received.len() < 400 {
+            received.push(client.text().await);
+            n += 1;
+        }
+        if received.len() == 400 {
+            break;
+        }
+        client.close().await;
+        let cursor = cursor_of(received.last().unwrap());
+        client = gw.connect(&format!("/ws/waiter?token={}&resume={cursor}", waiter_token())).await;
+    }
+    let all = tokio::time::timeout(Duration::from_secs(30), publisher).await.unwrap().unwrap();
+    let got: Vec<String> = received.iter().map(|t| without_cursor(t)).collect();
+    assert_eq!(got.len(), all.len());
+    assert!(got == all, "every event exactly once, in order");
+    assert_eq!(client.next_within(Duration::from_millis(300)).await, Seen::Nothing);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_that_no_longer_reaches_back_is_signalled() {
+    let stack = Stack::start().await;
+    let js = events_stream(&stack).await;
+    let gw = stack.gateway_with(&[("GATEWAY_RESUME_MAX_EVENTS", "5")]).await;
+    for seq in 0..10 {
+        store(&js, 1, 10, "waiters", &event("ROUND_PENDING", 1, 10, None, None, seq)).await;
+    }
+    // More missed events than the replay limit.
+    let mut client = gw.connect(&format!("/ws/waiter?token={}&resume=1", waiter_token())).await;
+    let signal: serde_json::Value = serde_json::from_str(&client.text().await).unwrap();
+    assert_eq!((signal["type"].as_str(), signal["reason"].as_str()), (Some("RESUME_GAP"), Some("too_many_events")));
+    let next = event("ROUND_PENDING", 1, 10, None, None, 100);
+    store(&js, 1, 10, "waiters", &next).await;
+    assert_eq!(without_cursor(&client.text().await), next, "live continues after the signal");
+    client.close().await;
+
+    // History purged past the cursor.
+    let mut stream = js.get_stream("EVENTS").await.unwrap();
+    stream.purge().await.unwrap();
+    store(&js, 1, 10, "waiters", &event("ROUND_PENDING", 1, 10, None, None, 101)).await;
+    let oldest = stream.info().await.unwrap().state.first_sequence;
+    let mut client = gw.connect(&format!("/ws/waiter?token={}&resume=2", waiter_token())).await;
+    let signal: serde_json::Value = serde_json::from_str(&client.text().await).unwrap();
+    assert_eq!((signal["type"].as_str(), signal["reason"].as_str()), (Some("RESUME_GAP"), Some("history_expired")));
+    assert_eq!(signal["oldest"].as_u64(), Some(oldest));
+
+    // A cursor that is not a cursor.
+    let mut client = gw.connect(&format!("/ws/waiter?token={}&resume=yesterday", waiter_token())).await;
+    let signal: serde_json::Value = serde_json::from_str(&client.text().await).unwrap();
+    assert_eq!(signal["reason"], "invalid_cursor");
+}
