@@ -1,0 +1,212 @@
+//! `nats-server` fixtures: one JetStream node ([`NatsServer`]) or a routed JetStream cluster
+//! ([`NatsCluster`]), with monitoring-endpoint helpers. It owns no NATS client.
+
+use std::collections::HashSet;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use super::process::{fail, kill_now, log_tail, wait_ready, Spec, Wait};
+use super::{fixture_dir, free_port, http_get, nats_server_bin, START_ATTEMPTS};
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(40);
+const CLUSTER_NAME: &str = "testkit";
+
+/// One `nats-server` with JetStream on a file store in its tempdir. Killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    spec: Spec,
+    port: u16,
+    monitor_port: u16,
+    server_name: Option<String>,
+    // Last: removed after `Drop::drop` has killed the process.
+    _dir: TempDir,
+}
+
+/// Client, monitoring and cluster ports of one node.
+#[derive(Clone, Copy)]
+struct Ports {
+    client: u16,
+    monitor: u16,
+    cluster: u16,
+}
+
+/// `n` sets of ports, all distinct.
+fn fresh_ports(n: usize) -> Vec<Ports> {
+    let mut seen = HashSet::new();
+    let mut next = || loop {
+        let p = free_port();
+        if seen.insert(p) {
+            return p;
+        }
+    };
+    (0..n).map(|_| Ports { client: next(), monitor: next(), cluster: next() }).collect()
+}
+
+impl NatsServer {
+    /// A single node; waits until `/healthz?js-enabled-only=true` answers 200.
+    pub async fn start() -> NatsServer {
+        for attempt in 1..=START_ATTEMPTS {
+            let mut server = NatsServer::spawn(fresh_ports(1)[0], None, &[]);
+            match server.wait_healthy(Instant::now() + START_TIMEOUT).await {
+                Wait::Ready => return server,
+                Wait::Exited(_) if attempt < START_ATTEMPTS => continue,
+                outcome => fail("nats-server", &outcome, &server.spec.log),
+            }
+        }
+        unreachable!("the last attempt either returns or panics")
+    }
+
+    /// Spawns without waiting; `routes` are the cluster ports of the other nodes.
+    fn spawn(ports: Ports, name: Option<String>, routes: &[u16]) -> NatsServer {
+        let dir = fixture_dir("nats");
+        let mut spec = Spec::new(nats_server_bin(), dir.path().join("nats-server.log"))
+            .arg("-a").arg("127.0.0.1")
+            .arg("-p").arg(ports.client)
+            .arg("-m").arg(ports.monitor)
+            .arg("-js")
+            .arg("-sd").arg(dir.path().join("store").display());
+        if let Some(name) = &name {
+            let routes: Vec<String> = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+            spec = spec
+                .arg("-n").arg(name)
+                .arg("--cluster_name").arg(CLUSTER_NAME)
+                .arg("--cluster").arg(format!("nats://127.0.0.1:{}", ports.cluster))
+                .arg("--routes").arg(routes.join(","));
+        }
+        let child = Some(spec.spawn());
+        NatsServer { child, spec, port: ports.client, monitor_port: ports.monitor, server_name: name, _dir: dir }
+    }
+
+    async fn wait_healthy(&mut self, deadline: Instant) -> Wait {
+        let url = format!("{}/healthz?js-enabled-only=true", self.monitor_url());
+        let Some(child) = self.child.as_mut() else { return Wait::TimedOut };
+        wait_ready(child, deadline, || async { matches!(http_get(&url).await, Ok((200, _))) }).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor_port)
+    }
+
+    /// `server_name` of a cluster node (`n0`, `n1`, ...); `None` for a single node.
+    pub fn server_name(&self) -> Option<&str> {
+        self.server_name.as_deref()
+    }
+
+    /// `GET /connz?subs=1`, parsed.
+    pub async fn connz_subs(&self) -> Value {
+        self.monitor_json("/connz?subs=1")
+            .await
+            .unwrap_or_else(|e| panic!("testkit: nats /connz?subs=1: {e}\n{}", log_tail(&self.spec.log)))
+    }
+
+    async fn monitor_json(&self, path: &str) -> Result<Value, String> {
+        let (status, body) = http_get(&format!("{}{path}", self.monitor_url())).await.map_err(|e| e.to_string())?;
+        if status != 200 {
+            return Err(format!("HTTP {status}: {body}"));
+        }
+        serde_json::from_str(&body).map_err(|e| e.to_string())
+    }
+
+    /// SIGKILL and reap; idempotent.
+    pub fn kill(&mut self) {
+        kill_now(&mut self.child);
+    }
+
+    /// Starts again on the same ports and store dir and waits until healthy.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = Some(self.spec.spawn());
+        match self.wait_healthy(Instant::now() + START_TIMEOUT).await {
+            Wait::Ready => {}
+            outcome => fail("restarted nats-server", &outcome, &self.spec.log),
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A JetStream cluster of nodes named `n0`, `n1`, ... routed to each other.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Waits until every node is healthy and sees an elected JetStream meta leader.
+    pub async fn start(n: usize) -> NatsCluster {
+        assert!(n > 0, "testkit: a cluster needs at least one node");
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
+        'attempt: for attempt in 1..=START_ATTEMPTS {
+            let ports = fresh_ports(n);
+            let mut nodes: Vec<NatsServer> = (0..n)
+                .map(|i| {
+                    let routes: Vec<u16> = ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| p.cluster).collect();
+                    NatsServer::spawn(ports[i], Some(format!("n{i}")), &routes)
+                })
+                .collect();
+            for (i, node) in nodes.iter_mut().enumerate() {
+                match node.wait_healthy(deadline).await {
+                    Wait::Ready => {}
+                    Wait::Exited(_) if attempt < START_ATTEMPTS => continue 'attempt,
+                    outcome => fail(&format!("cluster node n{i}"), &outcome, &node.spec.log),
+                }
+            }
+            let cluster = NatsCluster { nodes };
+            while Instant::now() < deadline {
+                if cluster.all_see_meta_leader().await {
+                    return cluster;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let tails: Vec<String> = cluster.nodes.iter().map(|n| log_tail(&n.spec.log)).collect();
+            panic!("testkit: no JetStream meta leader within {CLUSTER_TIMEOUT:?}\n{}", tails.join("\n"));
+        }
+        unreachable!("the last attempt either returns or panics")
+    }
+
+    async fn all_see_meta_leader(&self) -> bool {
+        for node in &self.nodes {
+            let leader = node.monitor_json("/jsz").await.ok().and_then(|v| v["meta_cluster"]["leader"].as_str().map(str::to_owned));
+            if leader.is_none_or(|l| l.is_empty()) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Comma-separated client URLs of all nodes.
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// Index of the node that currently leads `stream` (in any account): the node whose own
+    /// `/jsz` names itself as the stream's cluster leader. Killed nodes are skipped.
+    pub async fn leader_of_stream(&self, stream: &str) -> Option<usize> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Ok(jsz) = node.monitor_json("/jsz?accounts=true&streams=true").await else { continue };
+            let accounts = jsz["account_details"].as_array().cloned().unwrap_or_default();
+            let leads = accounts.iter().flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default()).any(|s| {
+                s["name"].as_str() == Some(stream) && s["cluster"]["leader"].as_str() == node.server_name()
+            });
+            if leads {
+                return Some(i);
+            }
+        }
+        None
+    }
+}

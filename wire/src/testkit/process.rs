@@ -1,0 +1,146 @@
+//! Spawning, watching and reaping one server process: log capture, parent-death signal, the
+//! optional switch to another user, and the readiness loop. It knows nothing about which server
+//! it runs.
+
+use std::fs::OpenOptions;
+use std::future::Future;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Gid, Pid, Uid};
+
+/// How to start a server again: restarts reuse the same spec (same ports, same dirs).
+#[derive(Clone, Debug)]
+pub(crate) struct Spec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// stdout and stderr are appended here.
+    pub log: PathBuf,
+    /// uid and gid to switch to before exec (PostgreSQL refuses to run as root).
+    pub run_as: Option<(Uid, Gid)>,
+    pub cwd: Option<PathBuf>,
+}
+
+impl Spec {
+    pub fn new(program: impl Into<PathBuf>, log: impl Into<PathBuf>) -> Spec {
+        Spec { program: program.into(), args: Vec::new(), log: log.into(), run_as: None, cwd: None }
+    }
+
+    pub fn arg(mut self, arg: impl ToString) -> Spec {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    pub fn spawn(&self) -> Child {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("testkit: open {}: {e}", self.log.display()));
+        let log_err = log.try_clone().expect("testkit: clone log fd");
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args).stdin(Stdio::null()).stdout(log).stderr(log_err);
+        if let Some(cwd) = &self.cwd {
+            cmd.current_dir(cwd);
+        }
+        let run_as = self.run_as;
+        let parent = Pid::this();
+        // SAFETY: only async-signal-safe syscalls run between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some((uid, gid)) = run_as {
+                    nix::unistd::setgroups(&[gid])?;
+                    nix::unistd::setgid(gid)?;
+                    nix::unistd::setuid(uid)?;
+                }
+                // After the credential change, which would clear it.
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                if nix::unistd::getppid() != parent {
+                    return Err(std::io::Error::other("parent exited before exec"));
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("testkit: spawn {}: {e}", self.program.display()))
+    }
+}
+
+/// What the readiness loop saw.
+pub(crate) enum Wait {
+    Ready,
+    Exited(ExitStatus),
+    TimedOut,
+}
+
+/// Polls `probe` every 50 ms until it answers true, the child exits, or `deadline` passes.
+pub(crate) async fn wait_ready<F, Fut>(child: &mut Child, deadline: Instant, mut probe: F) -> Wait
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Wait::Exited(status);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Wait::TimedOut;
+        }
+        if let Ok(true) = tokio::time::timeout(left.min(Duration::from_secs(2)), probe()).await {
+            return Wait::Ready;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGKILL and reap; nothing if already gone.
+pub(crate) fn kill_now(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Sends `signal`, waits up to `grace` for the child to exit, then SIGKILLs it.
+pub(crate) fn stop(child: &mut Option<Child>, signal: Signal, grace: Duration) {
+    if let Some(c) = child.as_mut() {
+        if let Ok(None) = c.try_wait() {
+            let _ = kill(Pid::from_raw(c.id() as i32), signal);
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    kill_now(child);
+}
+
+/// The last 40 lines of a log file, for panic messages.
+pub(crate) fn log_tail(path: &Path) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            format!("--- tail of {} ---\n{tail}\n---", path.display())
+        }
+        Err(e) => format!("(no log at {}: {e})", path.display()),
+    }
+}
+
+/// Panics with what went wrong and the log tail.
+pub(crate) fn fail(what: &str, outcome: &Wait, log: &Path) -> ! {
+    let how = match outcome {
+        Wait::Exited(status) => format!("exited with {status}"),
+        Wait::TimedOut => "did not become ready in time".to_string(),
+        Wait::Ready => "is ready".to_string(),
+    };
+    panic!("testkit: {what} {how}\n{}", log_tail(log))
+}

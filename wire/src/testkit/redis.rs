@@ -1,0 +1,111 @@
+//! `redis-server` fixture without persistence (unless asked), readiness by a raw `PING`. It owns
+//! no Redis client.
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::process::{fail, kill_now, wait_ready, Spec, Wait};
+use super::{fixture_dir, free_port, START_ATTEMPTS};
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One `redis-server` on 127.0.0.1, working dir in its tempdir. Killed on drop.
+pub struct Redis {
+    child: Option<Child>,
+    spec: Spec,
+    port: u16,
+    // Last: removed after `Drop::drop` has killed the process.
+    _dir: TempDir,
+}
+
+impl Redis {
+    /// `--save "" --appendonly no`: nothing survives a restart.
+    pub async fn start() -> Redis {
+        Redis::start_with_args(&[]).await
+    }
+
+    /// Like [`Redis::start`] with extra `redis-server` arguments, which come last and so win:
+    /// for example `&["--appendonly", "yes"]` keeps data across [`Redis::restart`] (the append
+    /// file lives in the fixture's tempdir).
+    pub async fn start_with_args(extra: &[&str]) -> Redis {
+        for attempt in 1..=START_ATTEMPTS {
+            let mut redis = Redis::spawn(free_port(), extra);
+            match redis.wait_ready(Instant::now() + START_TIMEOUT).await {
+                Wait::Ready => return redis,
+                Wait::Exited(_) if attempt < START_ATTEMPTS => continue,
+                outcome => fail("redis-server", &outcome, &redis.spec.log),
+            }
+        }
+        unreachable!("the last attempt either returns or panics")
+    }
+
+    fn spawn(port: u16, extra: &[&str]) -> Redis {
+        let dir = fixture_dir("redis");
+        let mut spec = Spec::new("redis-server", dir.path().join("redis-server.log"))
+            .arg("--bind").arg("127.0.0.1")
+            .arg("--port").arg(port)
+            .arg("--dir").arg(dir.path().display())
+            .arg("--save").arg("")
+            .arg("--appendonly").arg("no")
+            .arg("--daemonize").arg("no");
+        spec.args.extend(extra.iter().map(|a| a.to_string()));
+        let child = Some(spec.spawn());
+        Redis { child, spec, port, _dir: dir }
+    }
+
+    async fn wait_ready(&mut self, deadline: Instant) -> Wait {
+        let port = self.port;
+        let Some(child) = self.child.as_mut() else { return Wait::TimedOut };
+        wait_ready(child, deadline, || ping(port)).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// SIGKILL and reap; idempotent.
+    pub fn kill(&mut self) {
+        kill_now(&mut self.child);
+    }
+
+    /// Starts again on the same port and waits for `PING`.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = Some(self.spec.spawn());
+        match self.wait_ready(Instant::now() + START_TIMEOUT).await {
+            Wait::Ready => {}
+            outcome => fail("restarted redis-server", &outcome, &self.spec.log),
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// True when an inline `PING` on `127.0.0.1:port` answers `+PONG`.
+async fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else { return false };
+    if stream.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    while got < 7 {
+        match stream.read(&mut buf[got..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    buf[..got].starts_with(b"+PONG")
+}
