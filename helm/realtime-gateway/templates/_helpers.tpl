@@ -1,0 +1,204 @@
+{{/*
+Names, labels, images and the environment shared by both components.
+*/}}
+
+{{- define "rg.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "rg.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Component object names (room left for the "-headless" suffix). */}}
+{{- define "rg.gateway.fullname" -}}
+{{- printf "%s-gateway" (include "rg.fullname" . | trunc 45 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "rg.bridge.fullname" -}}
+{{- printf "%s-bridge" (include "rg.fullname" . | trunc 45 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "rg.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object; call with (dict "ctx" $ "component" "gateway"|"bridge"|""). */}}
+{{- define "rg.labels" -}}
+helm.sh/chart: {{ include "rg.chart" .ctx }}
+{{ include "rg.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: {{ include "rg.name" .ctx }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels; stable across upgrades. */}}
+{{- define "rg.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rg.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+{{- if .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+{{- end }}
+
+{{- define "rg.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "rg.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret the pods read: the operator's or the chart's. */}}
+{{- define "rg.secretName" -}}
+{{- default (include "rg.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{/* image reference; call with (dict "ctx" $ "image" .Values.gateway.image). */}}
+{{- define "rg.image" -}}
+{{- $repo := .image.repository }}
+{{- with .ctx.Values.image.registry }}
+{{- $repo = printf "%s/%s" (trimSuffix "/" .) $repo }}
+{{- end }}
+{{- if .image.digest }}
+{{- printf "%s@%s" $repo .image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repo (default .ctx.Chart.AppVersion .image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* An env entry read from the Secret; call with (dict "ctx" $ "name" "JWT_SECRET" "key" "jwtSecret"). */}}
+{{- define "rg.secretEnv" -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rg.secretName" .ctx }}
+      key: {{ index .ctx.Values.secrets.keys .key | quote }}
+{{- end }}
+
+{{/* A plain env entry; call with (list "NAME" value). */}}
+{{- define "rg.env" -}}
+{{- $value := index . 1 -}}
+{{- if and (kindIs "float64" $value) (eq $value (floor $value)) -}}
+{{- $value = int64 $value -}}
+{{- end -}}
+- name: {{ index . 0 }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+
+{{/* Variables both binaries read: LOG_FORMAT, REDIS_URL and NATS_*. */}}
+{{- define "rg.sharedEnv" -}}
+{{- $v := .Values }}
+{{ include "rg.env" (list "LOG_FORMAT" $v.logFormat) }}
+{{- if $v.redis.url }}
+{{ include "rg.env" (list "REDIS_URL" $v.redis.url) }}
+{{- else }}
+{{ include "rg.secretEnv" (dict "ctx" . "name" "REDIS_URL" "key" "redisUrl") }}
+{{- end }}
+{{ include "rg.env" (list "NATS_URL" $v.nats.url) }}
+{{- $auth := $v.nats.auth }}
+{{- if eq $auth.method "userPassword" }}
+{{ include "rg.env" (list "NATS_USER" $auth.user) }}
+{{ include "rg.secretEnv" (dict "ctx" . "name" "NATS_PASSWORD" "key" "natsPassword") }}
+{{- else if eq $auth.method "token" }}
+{{ include "rg.secretEnv" (dict "ctx" . "name" "NATS_TOKEN" "key" "natsToken") }}
+{{- else if eq $auth.method "credentials" }}
+{{ include "rg.env" (list "NATS_CREDS_FILE" (printf "/etc/realtime-gateway/nats-creds/%s" $auth.credentials.key)) }}
+{{- end }}
+{{- if or $v.nats.tls.ca.secretName $v.nats.tls.ca.configMapName }}
+{{ include "rg.env" (list "NATS_TLS_CA_FILE" (printf "/etc/realtime-gateway/nats-ca/%s" $v.nats.tls.ca.key)) }}
+{{- end }}
+{{- if $v.nats.tls.required }}
+{{ include "rg.env" (list "NATS_TLS_REQUIRED" "true") }}
+{{- end }}
+{{- end }}
+
+{{/* `env` map entries, sorted by name. */}}
+{{- define "rg.envMap" -}}
+{{- range $name := keys . | sortAlpha }}
+{{ include "rg.env" (list $name (index $ $name)) }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes for NATS files and a writable /tmp (the root filesystem is read-only). */}}
+{{- define "rg.volumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- $nats := .Values.nats }}
+{{- if eq $nats.auth.method "credentials" }}
+- name: nats-creds
+  secret:
+    secretName: {{ $nats.auth.credentials.secretName }}
+    defaultMode: 0440
+    items:
+      - key: {{ $nats.auth.credentials.key | quote }}
+        path: {{ $nats.auth.credentials.key | quote }}
+{{- end }}
+{{- if $nats.tls.ca.secretName }}
+- name: nats-ca
+  secret:
+    secretName: {{ $nats.tls.ca.secretName }}
+    defaultMode: 0444
+    items:
+      - key: {{ $nats.tls.ca.key | quote }}
+        path: {{ $nats.tls.ca.key | quote }}
+{{- else if $nats.tls.ca.configMapName }}
+- name: nats-ca
+  configMap:
+    name: {{ $nats.tls.ca.configMapName }}
+    defaultMode: 0444
+    items:
+      - key: {{ $nats.tls.ca.key | quote }}
+        path: {{ $nats.tls.ca.key | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "rg.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- $nats := .Values.nats }}
+{{- if eq $nats.auth.method "credentials" }}
+- name: nats-creds
+  mountPath: /etc/realtime-gateway/nats-creds
+  readOnly: true
+{{- end }}
+{{- if or $nats.tls.ca.secretName $nats.tls.ca.configMapName }}
+- name: nats-ca
+  mountPath: /etc/realtime-gateway/nats-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* topologySpreadConstraints with the component's labelSelector added where missing. */}}
+{{- define "rg.topologySpread" -}}
+{{- range .constraints }}
+{{- $c := deepCopy . }}
+{{- if not (hasKey $c "labelSelector") }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" (include "rg.selectorLabels" (dict "ctx" $.ctx "component" $.component) | fromYaml)) }}
+{{- end }}
+- {{ toYaml $c | nindent 2 | trim }}
+{{- end }}
+{{- end }}
+
+{{/* The gateway pod's grace period: preStop + shutdown timeout + 5 s unless set. */}}
+{{- define "rg.gateway.grace" -}}
+{{- $g := .Values.gateway }}
+{{- if kindIs "invalid" $g.terminationGracePeriodSeconds }}
+{{- add $g.preStopSleepSeconds $g.shutdownTimeoutSeconds 5 }}
+{{- else }}
+{{- $g.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
