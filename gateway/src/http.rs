@@ -1,5 +1,6 @@
-//! The HTTP surface: the four WebSocket endpoints, `/ws/health`, `/ws/health/detailed`,
-//! `/ws/metrics` (also `/metrics`), and the Kubernetes probes `/livez` and `/readyz`.
+//! The HTTP surface: the four WebSocket endpoints, the catch-up endpoints, `/ws/health`,
+//! `/ws/health/detailed`, `/ws/metrics` (also `/metrics`), and the Kubernetes probes `/livez`
+//! and `/readyz`.
 //! [`router`] is what tests and `run` serve.
 
 use crate::app::App;
@@ -23,6 +24,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ws/kitchen", get(|s, h, q, ws| socket(s, h, q, ws, Endpoint::Kitchen)))
         .route("/ws/admin", get(|s, h, q, ws| socket(s, h, q, ws, Endpoint::Admin)))
         .route("/ws/diner", get(|s, h, q, ws| socket(s, h, q, ws, Endpoint::Diner)))
+        .route("/ws/catchup", get(crate::catchup::staff))
+        .route("/ws/catchup/session", get(crate::catchup::session))
         .route("/ws/health", get(health))
         .route("/ws/health/detailed", get(health_detailed))
         .route("/ws/metrics", get(metrics))

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod catchup;
 pub mod config;
 pub mod connection;
 pub mod dedup;

@@ -1,0 +1,157 @@
+//! The catch-up endpoints of protocol section 7, served from JetStream history:
+//! `GET /ws/catchup?branch_id=&since=&token=` (staff) and
+//! `GET /ws/catchup/session?session_id=&since=&table_token=` (diners). They return, oldest first,
+//! exactly the events after `since` that the caller would have received live — same tenant, same
+//! routing rule — bounded by `GATEWAY_CATCHUP_MAX_EVENTS` and `GATEWAY_CATCHUP_MAX_AGE`.
+
+use crate::app::App;
+use crate::auth::Endpoint;
+use crate::history::{self, Start};
+use crate::routing::{self, Audience, EventScope};
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, value::RawValue};
+use std::collections::HashMap;
+use std::sync::Arc;
+use wire::event_types::TypeClass;
+use wire::subject::{EventSubject, EVENTS_PREFIX};
+
+/// How many stored events one request may scan, per event it may return.
+const SCAN_FACTOR: usize = 20;
+
+fn detail(status: StatusCode, detail: &str) -> Response {
+    (status, axum::Json(json!({ "detail": detail }))).into_response()
+}
+
+fn params(query: Option<String>) -> HashMap<String, String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
+}
+
+fn positive(params: &HashMap<String, String>, name: &str) -> Result<u64, Response> {
+    params
+        .get(name)
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|v| *v > 0)
+        .ok_or_else(|| detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("{name} must be a positive integer")))
+}
+
+fn since(params: &HashMap<String, String>) -> Result<f64, Response> {
+    params
+        .get("since")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| detail(StatusCode::UNPROCESSABLE_ENTITY, "since must be unix seconds"))
+}
+
+fn token<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Response> {
+    params.get(name).map(String::as_str).filter(|t| !t.is_empty()).ok_or_else(|| detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("{name} is required")))
+}
+
+pub async fn staff(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Response {
+    let params = params(query);
+    let (branch_id, since, token) = match (positive(&params, "branch_id"), since(&params), token(&params, "token")) {
+        (Ok(b), Ok(s), Ok(t)) => (b, s, t),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+    };
+    let Ok(staff) = app.auth.verify_staff(token, crate::auth::unix_now()) else {
+        return detail(StatusCode::UNAUTHORIZED, "Invalid token");
+    };
+    if app.is_revoked(&staff).await {
+        return detail(StatusCode::UNAUTHORIZED, "Invalid token");
+    }
+    if !staff.branch_ids.contains(&branch_id) {
+        return detail(StatusCode::FORBIDDEN, "No access to this branch");
+    }
+    // What the caller receives live on each endpoint its roles admit.
+    let audiences: Vec<Audience> = [Endpoint::Waiter, Endpoint::Kitchen, Endpoint::Admin]
+        .into_iter()
+        .filter(|e| e.admits(staff.roles))
+        .map(|endpoint| Audience::Staff {
+            tenant_id: staff.tenant_id,
+            branch_ids: vec![branch_id].into(),
+            endpoint,
+            admin_view: endpoint == Endpoint::Admin || staff.roles.is_admin(),
+        })
+        .collect();
+    let sectors = if audiences.iter().any(Audience::is_pure_waiter) { app.sectors.get(staff.tenant_id, staff.user_id).await } else { Arc::from([]) };
+    let tenant = staff.tenant_id;
+    let mut filters = vec![format!("{EVENTS_PREFIX}.{tenant}.{branch_id}.*")];
+    if staff.roles.is_admin() {
+        filters.push(format!("{EVENTS_PREFIX}.{tenant}.0.*"));
+    }
+    collect(&app, filters, since, |scope| audiences.iter().any(|a| routing::receives(a, &sectors, scope))).await
+}
+
+pub async fn session(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Response {
+    let params = params(query);
+    let (session_id, since, token) = match (positive(&params, "session_id"), since(&params), token(&params, "table_token")) {
+        (Ok(s), Ok(t), Ok(k)) => (s, t, k),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+    };
+    let Ok(diner) = app.auth.verify_table(token, crate::auth::unix_now()) else {
+        return detail(StatusCode::UNAUTHORIZED, "Invalid token");
+    };
+    if diner.session_id != session_id {
+        return detail(StatusCode::FORBIDDEN, "No access to this session");
+    }
+    let audience = Audience::Diner { tenant_id: diner.tenant_id, session_id };
+    let (tenant, branch) = (diner.tenant_id, diner.branch_id);
+    let filters = ["session", "kitchen"].iter().map(|role| format!("{EVENTS_PREFIX}.{tenant}.{branch}.{role}")).chain([format!("{EVENTS_PREFIX}.{tenant}.0.admin")]).collect();
+    collect(&app, filters, since, |scope| routing::receives(&audience, &[], scope)).await
+}
+
+/// Reads the filtered history from `since` and keeps what `receives` accepts.
+async fn collect(app: &App, filters: Vec<String>, since: f64, receives: impl Fn(&EventScope) -> bool) -> Response {
+    let limit = app.config.catchup_max_events;
+    let oldest = time::OffsetDateTime::now_utc() - app.config.catchup_max_age;
+    let start = time::OffsetDateTime::from_unix_timestamp_nanos((since * 1e9) as i128).unwrap_or(oldest).max(oldest);
+    let js = async_nats::jetstream::new(app.nats.clone());
+    let mut reader = match history::open(&js, filters, Start::Since(start)).await {
+        Ok(reader) => reader,
+        Err(error) => {
+            tracing::warn!(%error, "catch-up: history unavailable");
+            return detail(StatusCode::SERVICE_UNAVAILABLE, "History unavailable");
+        }
+    };
+    let mut events: Vec<Box<RawValue>> = Vec::new();
+    let mut scanned = 0;
+    let mut truncated = false;
+    while let Some(item) = reader.next().await {
+        let Ok(stored) = item else { return detail(StatusCode::SERVICE_UNAVAILABLE, "History unavailable") };
+        scanned += 1;
+        if let Some(scope) = scope_of(&stored) {
+            if receives(&scope) {
+                if events.len() == limit {
+                    truncated = true;
+                    break;
+                }
+                if let Ok(raw) = RawValue::from_string(String::from_utf8_lossy(&stored.payload).into_owned()) {
+                    events.push(raw);
+                }
+            }
+        }
+        if scanned >= limit * SCAN_FACTOR {
+            truncated = reader.pending > scanned as u64;
+            break;
+        }
+    }
+    let count = events.len();
+    let mut body = json!({ "events": events, "count": count });
+    if truncated {
+        body["truncated"] = json!(true);
+    }
+    axum::Json(body).into_response()
+}
+
+fn scope_of(stored: &history::Stored) -> Option<EventScope> {
+    let subject = EventSubject::parse(&stored.subject)?;
+    let envelope = wire::envelope::parse(&stored.payload).ok().filter(|e| e.tenant_id == subject.tenant_id)?;
+    Some(EventScope {
+        tenant_id: envelope.tenant_id,
+        branch_id: envelope.branch_id.unwrap_or(subject.branch_id),
+        class: TypeClass::of(&envelope.event_type),
+        sector_id: envelope.sector_id,
+        session_id: envelope.session_id,
+    })
+}
