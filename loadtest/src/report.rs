@@ -1,0 +1,158 @@
+//! The result of a run, as one serialisable [`Report`], and the verdict of `--expect-zero-loss`.
+//! Rendering lives in [`table`] (terminal), [`json`] and [`svg`].
+
+pub mod json;
+pub mod svg;
+pub mod table;
+
+use crate::expectations::Tally;
+use crate::hist::Summary;
+use crate::progress::Point;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub started_at: String,
+    pub wall_s: f64,
+    /// The command line, secrets excluded (they are never arguments of the report).
+    pub command: Vec<String>,
+    pub settings: serde_json::Value,
+    pub connections: Option<Connections>,
+    pub events: Events,
+    pub deliveries: Deliveries,
+    pub latency: Summary,
+    /// `(percentile, µs)` along the classic HdrHistogram percentile axis.
+    pub latency_percentiles: Vec<(f64, u64)>,
+    pub rss: Option<Rss>,
+    pub bridge: Option<Bridge>,
+    pub timeline: Vec<Point>,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Connections {
+    pub requested: u64,
+    pub workers: usize,
+    /// First attempts that opened (the connect phase).
+    pub connected: u64,
+    pub failed_first_attempt: u64,
+    pub never_connected: u64,
+    /// Connect-phase handshakes per second (TCP + upgrade + token verification), over all workers.
+    pub handshakes_per_s: f64,
+    pub connect_phase_s: f64,
+    pub handshake: Summary,
+    pub connects_total: u64,
+    pub connect_failures_total: u64,
+    pub recycles: u64,
+    pub server_closes: u64,
+    pub failure_reasons: BTreeMap<String, u64>,
+    pub close_codes: BTreeMap<String, u64>,
+    /// CPU seconds the worker processes used (the load generator competes for the same cores).
+    pub client_cpu_s: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Events {
+    pub path: String,
+    pub published: u64,
+    pub publish_errors: u64,
+    pub first_error: Option<String>,
+    /// Channel messages and stream entries (an event often goes to several).
+    pub copies: u64,
+    pub target_rate: f64,
+    pub achieved_rate: f64,
+    pub publish_s: f64,
+    pub max_lag_ms: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Deliveries {
+    #[serde(flatten)]
+    pub tally: Tally,
+    /// Every copy received (including duplicates and misrouted ones).
+    pub received: u64,
+    /// Text frames that were not this run's events (pongs, other traffic).
+    pub foreign: u64,
+    /// Expected deliveries per published event.
+    pub avg_fanout: f64,
+    /// Mean deliveries per second over the seconds in which deliveries arrived.
+    pub per_s: f64,
+    /// The busiest second.
+    pub peak_per_s: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Rss {
+    pub pids: Vec<i32>,
+    /// CPU seconds the gateways used from before the connect phase to the end of the run.
+    pub gateway_cpu_s: f64,
+    pub before_kib: u64,
+    pub after_kib: u64,
+    pub per_connection_kib: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Bridge {
+    pub stream: String,
+    pub stored: u64,
+    /// Events stored in JetStream per second, first publish to last stored.
+    pub stored_per_s: f64,
+    pub drain_s: f64,
+}
+
+impl Report {
+    /// What `--expect-zero-loss` fails on.
+    pub fn loss_problems(&self) -> Vec<String> {
+        let d = &self.deliveries.tally;
+        let mut problems = Vec::new();
+        if d.missing > 0 {
+            problems.push(format!("{} missing deliveries (e.g. {})", d.missing, d.missing_examples.join(", ")));
+        }
+        if d.duplicates > 0 {
+            problems.push(format!("{} duplicate deliveries", d.duplicates));
+        }
+        if d.misrouted > 0 {
+            problems.push(format!("{} misrouted deliveries (e.g. {})", d.misrouted, d.misrouted_examples.join(", ")));
+        }
+        if self.events.publish_errors > 0 {
+            problems.push(format!("{} events failed to publish: {}", self.events.publish_errors, self.events.first_error.as_deref().unwrap_or("")));
+        }
+        if let Some(c) = &self.connections {
+            if c.never_connected > 0 {
+                problems.push(format!("{} connections never opened ({:?})", c.never_connected, c.failure_reasons));
+            }
+        }
+        if d.delivered == 0 {
+            problems.push("nothing was delivered".to_string());
+        }
+        problems
+    }
+}
+
+/// The percentile axis of HdrHistogram plots: 0, 50, 75, 87.5, ... up to 99.999.
+pub fn percentiles(h: &hdrhistogram::Histogram<u64>) -> Vec<(f64, u64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut q = 0.0f64;
+    while q < 0.99999 {
+        out.push((q * 100.0, h.value_at_quantile(q)));
+        q += (1.0 - q) / 4.0;
+    }
+    out.push((99.999, h.value_at_quantile(0.99999)));
+    out.push((100.0, h.max()));
+    out
+}
+
+/// `received` spread over the seconds of `timeline` in which anything was received.
+pub fn mean_active_rate(received: u64, timeline: &[Point]) -> f64 {
+    let active = timeline.iter().filter(|p| p.received_per_s > 0).count();
+    if active == 0 {
+        0.0
+    } else {
+        received as f64 / active as f64
+    }
+}

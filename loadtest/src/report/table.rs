@@ -1,0 +1,49 @@
+//! The summary table printed at the end of a run (stdout).
+
+use super::Report;
+use crate::hist::fmt_us;
+use std::fmt::Write;
+
+pub fn render(r: &Report) -> String {
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut row = |k: &str, v: String| rows.push((k.to_string(), v));
+    row("scenario", format!("{} ({:.1} s wall)", r.scenario, r.wall_s));
+    if let Some(c) = &r.connections {
+        row("connections", format!("{} of {} opened by {} worker(s), {} never", c.connected, c.requested, c.workers, c.never_connected));
+        row("handshakes", format!("{:.0}/s over {:.2} s; p50 {} p99 {} max {}", c.handshakes_per_s, c.connect_phase_s, fmt_us(c.handshake.p50_us), fmt_us(c.handshake.p99_us), fmt_us(c.handshake.max_us)));
+        if c.recycles > 0 || c.server_closes > 0 || c.connect_failures_total > 0 {
+            row("reconnects", format!("{} recycled, {} closed by server, {} failed attempts", c.recycles, c.server_closes, c.connect_failures_total));
+        }
+        if !c.close_codes.is_empty() {
+            row("server closes", format!("{:?}", c.close_codes));
+        }
+        if !c.failure_reasons.is_empty() {
+            row("connect failures", format!("{:?}", c.failure_reasons));
+        }
+    }
+    if let Some(m) = &r.rss {
+        row("gateway RSS", format!("{} KiB -> {} KiB over pids {:?}: {:.2} KiB per connection", m.before_kib, m.after_kib, m.pids, m.per_connection_kib));
+        let client = r.connections.as_ref().map_or(0.0, |c| c.client_cpu_s);
+        row("CPU", format!("gateways {:.1} s, loadtest workers {:.1} s, over {:.1} s wall", m.gateway_cpu_s, client, r.wall_s));
+    }
+    let e = &r.events;
+    let asked = if e.target_rate > 0.0 { format!("{:.0}/s asked", e.target_rate) } else { "as fast as possible".to_string() };
+    row("events", format!("{} published via {} ({} copies), {:.0}/s ({asked}), max lag {:.1} ms, {} errors", e.published, e.path, e.copies, e.achieved_rate, e.max_lag_ms, e.publish_errors));
+    let d = &r.deliveries;
+    row("deliveries", format!("{} expected, {} delivered, {:.1} per event, {:.0}/s mean, {}/s peak", d.tally.expected, d.tally.delivered, d.avg_fanout, d.per_s, d.peak_per_s));
+    row("loss", format!("{} missing, {} duplicate, {} misrouted ({} outside window, tolerated)", d.tally.missing, d.tally.duplicates, d.tally.misrouted, d.tally.outside_window));
+    let l = &r.latency;
+    row("latency", format!("p50 {} p90 {} p99 {} p99.9 {} max {} (n={})", fmt_us(l.p50_us), fmt_us(l.p90_us), fmt_us(l.p99_us), fmt_us(l.p999_us), fmt_us(l.max_us), l.count));
+    if let Some(b) = &r.bridge {
+        row("bridge", format!("{} stored in {} at {:.0}/s (drained in {:.2} s)", b.stored, b.stream, b.stored_per_s, b.drain_s));
+    }
+    for p in &r.problems {
+        row("PROBLEM", p.clone());
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (k, v) in rows {
+        let _ = writeln!(out, "{k:>width$}  {v}");
+    }
+    out
+}

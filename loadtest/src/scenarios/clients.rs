@@ -1,0 +1,217 @@
+//! The WebSocket scenarios, one flow: measure gateway RSS, spawn workers and wait for their
+//! connect phase, measure RSS again, start churn, publish (idle: hold, then one probe round),
+//! settle, collect the workers' tallies and build the report.
+
+use super::{command_line, run_id, Scenario, DEFAULT_DURATION_S};
+use crate::cli::RunArgs;
+use crate::events::Generator;
+use crate::expectations::Tally;
+use crate::hist;
+use crate::messages::{ToWorker, WorkerSpec};
+use crate::population::{Mix, Population, PopulationParams};
+use crate::progress::Progress;
+use crate::publisher::{self, Plan, Target};
+use crate::report::{percentiles, Connections, Deliveries, Events, Report, Rss};
+use crate::rss;
+use crate::workers::{self, Fleet};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// File descriptors a worker needs besides its sockets (runtime, pipes, DNS).
+const FD_HEADROOM: u64 = 256;
+
+pub async fn run(scenario: Scenario, args: RunArgs) -> anyhow::Result<Report> {
+    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        anyhow::ensure!(
+            args.per_worker + FD_HEADROOM <= hard,
+            "--per-worker {} does not fit the open-files limit of {hard} per process (keep it below {})",
+            args.per_worker,
+            hard.saturating_sub(FD_HEADROOM)
+        );
+    }
+    let started = Instant::now();
+    let started_at = crate::events::iso8601_micros(wire::tokens::now_micros());
+    let params = PopulationParams {
+        connections: args.population.connections,
+        tenants: args.population.tenants,
+        branches: args.population.branches,
+        mix: Mix::parse(&args.population.mix)?,
+        diners_per_session: args.population.diners_per_session,
+    };
+    let pop = Population::new(params.clone())?;
+    let generator = Generator::new(scenario.traffic(), pop.clone(), args.publish.seed);
+    let rate = args.publish.rate.unwrap_or(scenario.default_rate());
+    let duration = args.publish.duration.unwrap_or(DEFAULT_DURATION_S);
+    let churn_rate = match scenario {
+        Scenario::Churn => args.churn_rate.unwrap_or((pop.len() as f64 * 0.05).max(1.0)),
+        _ => 0.0,
+    };
+    let run = run_id();
+
+    let mut target = match &args.direct_nats {
+        Some(url) => Target::nats(url).await?,
+        None => Target::redis(&args.publish.redis_url, &args.publish.stream_key).await?,
+    };
+    let pids = if args.gateway_pids.is_empty() { rss::discover(&args.gateway_bin, &ports(&args.urls)) } else { args.gateway_pids.clone() };
+    let rss_before = rss::total_kib(&pids);
+    let cpu_before = rss::total_cpu_seconds(&pids);
+
+    let ranges = workers::split(pop.len(), args.per_worker);
+    let specs: Vec<WorkerSpec> = ranges
+        .iter()
+        .enumerate()
+        .map(|(index, r)| WorkerSpec {
+            index,
+            first_slot: r.start,
+            end_slot: r.end,
+            population: params.clone(),
+            traffic: scenario.traffic(),
+            seed: args.publish.seed,
+            run,
+            urls: args.urls.clone(),
+            origin: (!args.no_origin).then(|| args.origin.clone()),
+            source_ips: args.source_ips.min(250),
+            connect_concurrency: args.connect_concurrency,
+            connect_timeout_ms: (args.connect_timeout * 1000.0) as u64,
+            ping_interval_ms: (args.ping_interval * 1000.0) as u64,
+            churn_rate: churn_rate * (r.end - r.start) as f64 / pop.len().max(1) as f64,
+            churn_grace_ms: args.churn_grace_ms,
+            jwt_secret: args.secrets.jwt_secret.clone(),
+            table_secret: args.secrets.table_secret.clone(),
+        })
+        .collect();
+    let workers = specs.len();
+    let fleet = Arc::new(Fleet::spawn(specs).await?);
+    let sent = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start(fleet.clone(), sent.clone(), pop.len());
+    let connect_budget = Duration::from_secs_f64(30.0 + pop.len() as f64 / 200.0 + args.connect_timeout);
+    let phase = fleet.wait_ready(connect_budget).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = rss::total_kib(&pids);
+
+    progress.phase(if scenario == Scenario::Idle { "hold" } else { "traffic" });
+    fleet.send(&ToWorker::Go).await?;
+    let count = match scenario {
+        Scenario::Idle => {
+            tokio::time::sleep(Duration::from_secs_f64(duration)).await;
+            progress.phase("probe");
+            generator.probe_len()
+        }
+        _ => (rate * duration).round() as u64,
+    };
+    let plan = Plan { generator: &generator, run, count, rate, max_batch: args.publish.max_batch, pad_to: args.publish.payload_bytes, shape: |e| e };
+    let log = publisher::run(&mut target, plan, &sent, &CancellationToken::new()).await;
+    progress.phase("settle");
+    tokio::time::sleep(Duration::from_secs_f64(args.publish.settle)).await;
+    fleet.send(&ToWorker::Finish { sent_us: log.sent_us.clone() }).await?;
+    let finals = fleet.wait_final(Duration::from_secs(120)).await?;
+    let seen = progress.finish().await;
+    let gateway_cpu_s = rss::total_cpu_seconds(&pids) - cpu_before;
+
+    let mut tally = Tally::default();
+    let mut conns = Connections { requested: pop.len(), workers, ..Connections::default() };
+    let mut handshake = hist::new();
+    hist::merge(&mut handshake, &phase.handshake);
+    let (mut received, mut foreign) = (0, 0);
+    for f in &finals {
+        tally.add(&f.tally);
+        hist::merge(&mut handshake, &f.handshake);
+        conns.never_connected += f.never_connected;
+        conns.connects_total += f.counters.connects;
+        conns.connect_failures_total += f.counters.connect_failures;
+        conns.recycles += f.counters.recycles;
+        conns.server_closes += f.counters.server_closes;
+        received += f.counters.received;
+        conns.client_cpu_s += f.cpu_s;
+        foreign += f.counters.foreign;
+        for (k, v) in &f.failure_reasons {
+            *conns.failure_reasons.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in &f.close_codes {
+            *conns.close_codes.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    conns.connected = phase.connected;
+    conns.failed_first_attempt = phase.failed;
+    conns.connect_phase_s = phase.last_done_us.saturating_sub(phase.first_start_us) as f64 / 1e6;
+    conns.handshakes_per_s = if conns.connect_phase_s > 0.0 { phase.connected as f64 / conns.connect_phase_s } else { 0.0 };
+    conns.handshake = hist::summary(&handshake);
+
+    let published = log.sent_us.iter().filter(|t| **t != 0).count() as u64;
+    let publish_s = log.finished_us.saturating_sub(log.started_us) as f64 / 1e6;
+    let rss = (!pids.is_empty()).then(|| Rss {
+        pids: pids.clone(),
+        gateway_cpu_s,
+        before_kib: rss_before,
+        after_kib: rss_after,
+        per_connection_kib: rss_after.saturating_sub(rss_before) as f64 / phase.connected.max(1) as f64,
+    });
+    Ok(Report {
+        scenario: scenario.name().to_string(),
+        started_at,
+        wall_s: started.elapsed().as_secs_f64(),
+        command: command_line(),
+        settings: serde_json::json!({
+            "urls": args.urls,
+            "connections": pop.len(),
+            "tenants": params.tenants,
+            "branches_per_tenant": params.branches,
+            "mix": args.population.mix,
+            "diners_per_session": params.diners_per_session,
+            "rate": rate,
+            "duration_s": duration,
+            "settle_s": args.publish.settle,
+            "churn_rate": churn_rate,
+            "churn_grace_ms": args.churn_grace_ms,
+            "payload_bytes": args.publish.payload_bytes,
+            "per_worker": args.per_worker,
+            "source_ips": args.source_ips,
+            "origin": (!args.no_origin).then_some(&args.origin),
+            "seed": args.publish.seed,
+            "run": run,
+        }),
+        connections: Some(conns),
+        events: Events {
+            path: target.describe().to_string(),
+            published,
+            publish_errors: log.errors,
+            first_error: log.first_error,
+            copies: log.copies,
+            target_rate: rate,
+            achieved_rate: if publish_s > 0.0 { published as f64 / publish_s } else { 0.0 },
+            publish_s,
+            max_lag_ms: log.max_lag.as_secs_f64() * 1000.0,
+        },
+        deliveries: Deliveries {
+            avg_fanout: tally.expected as f64 / published.max(1) as f64,
+            per_s: crate::report::mean_active_rate(received, &seen.timeline),
+            peak_per_s: seen.timeline.iter().map(|p| p.received_per_s).max().unwrap_or(0),
+            tally,
+            received,
+            foreign,
+        },
+        latency: hist::summary(&seen.latency),
+        latency_percentiles: percentiles(&seen.latency),
+        rss,
+        bridge: None,
+        timeline: seen.timeline,
+        problems: Vec::new(),
+    })
+}
+
+/// Ports of `ws://host:port` URLs.
+fn ports(urls: &[String]) -> Vec<u16> {
+    urls.iter()
+        .filter_map(|u| u.strip_prefix("ws://")?.split('/').next()?.rsplit(':').next()?.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ports_of_urls() {
+        assert_eq!(super::ports(&["ws://127.0.0.1:8001".into(), "ws://h:9/x".into(), "ws://nohost".into()]), vec![8001, 9]);
+    }
+}

@@ -1,0 +1,239 @@
+//! Smoke runs of every loadtest scenario against a real stack (nats-server, redis-server, two
+//! gateway replicas and the publisher-bridge, all on free ports): a few hundred connections for
+//! a few seconds each, with `--expect-zero-loss`, so the tool's own accounting stays correct.
+//! The gateway and bridge binaries are taken from the same target directory as `loadtest`
+//! (`cargo test --workspace` builds them; otherwise this test builds them first).
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use wire::testkit::{free_port, http_get, NatsServer, Redis};
+
+const JWT_SECRET: &str = "smoke-jwt-secret-0123456789abcdef";
+const TABLE_SECRET: &str = "smoke-table-secret-0123456789abcdef";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A child process killed on drop, with its log file.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, bin: &Path, env: &[(&str, String)]) -> Proc {
+        let log = std::env::temp_dir().join(format!("loadtest-smoke-{}-{name}.log", std::process::id()));
+        let file = std::fs::File::create(&log).expect("create log");
+        let child = Command::new(bin)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone log"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        Proc { name: name.to_string(), child, log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!("--- {} ({}) ---\n{}", self.name, self.log.display(), lines[lines.len().saturating_sub(20)..].join("\n"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A workspace binary beside `loadtest`, built if missing.
+fn workspace_bin(name: &str, package: &str) -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_loadtest")).with_file_name(name);
+    if !bin.is_file() {
+        eprintln!("smoke: {} is missing: running `cargo build -p {package}`", bin.display());
+        let cargo = option_env!("CARGO").unwrap_or("cargo");
+        let status = Command::new(cargo).args(["build", "-p", package]).current_dir(wire::testkit::repo_root()).status().expect("run cargo");
+        assert!(status.success() && bin.is_file(), "could not build {package}: build it with `cargo build -p {package}`");
+    }
+    bin
+}
+
+async fn wait_http_ok(url: &str, who: &Proc) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(Ok((200, _))) = tokio::time::timeout(Duration::from_secs(2), http_get(url)).await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} not ready within {START_TIMEOUT:?}\n{}", who.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Stack {
+    nats: NatsServer,
+    redis: Redis,
+    gateways: Vec<(String, Proc)>,
+    bridge: Proc,
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        let nats = NatsServer::start().await;
+        let redis = Redis::start().await;
+        let bridge_port = free_port();
+        let bridge = Proc::spawn(
+            "bridge",
+            &workspace_bin("publisher-bridge", "publisher-bridge"),
+            &[("NATS_URL", nats.url()), ("REDIS_URL", redis.url()), ("BRIDGE_LISTEN_ADDR", format!("127.0.0.1:{bridge_port}"))],
+        );
+        let gateway_bin = workspace_bin("gateway", "gateway");
+        let mut gateways = Vec::new();
+        for i in 1..=2 {
+            let port = free_port();
+            let gw = Proc::spawn(
+                &format!("gateway-{i}"),
+                &gateway_bin,
+                &[
+                    ("JWT_SECRET", JWT_SECRET.into()),
+                    ("TABLE_TOKEN_SECRET", TABLE_SECRET.into()),
+                    ("NATS_URL", nats.url()),
+                    ("REDIS_URL", redis.url()),
+                    ("GATEWAY_LISTEN_ADDR", format!("127.0.0.1:{port}")),
+                    ("ENVIRONMENT", "development".into()),
+                ],
+            );
+            gateways.push((format!("ws://127.0.0.1:{port}"), gw));
+        }
+        wait_http_ok(&format!("http://127.0.0.1:{bridge_port}/readyz"), &bridge).await;
+        for (url, gw) in &gateways {
+            wait_http_ok(&format!("{}/ws/health", url.replace("ws://", "http://")), gw).await;
+        }
+        Stack { nats, redis, gateways, bridge }
+    }
+
+    fn logs(&self) -> String {
+        let mut all: Vec<String> = self.gateways.iter().map(|(_, p)| p.log_tail()).collect();
+        all.push(self.bridge.log_tail());
+        all.join("\n")
+    }
+
+    /// Runs `loadtest <args>` with `--expect-zero-loss`; asserts it passed with every owed
+    /// delivery made exactly once, and returns its JSON report.
+    async fn loadtest(&self, name: &str, args: &[&str]) -> Value {
+        let (passed, json) = self.run_loadtest(name, args).await;
+        assert!(passed, "loadtest {name} failed\n{}", self.logs());
+        let d = &json["deliveries"];
+        assert!(d["delivered"].as_u64().unwrap() > 0, "{name}: nothing delivered: {d}");
+        for key in ["missing", "duplicates", "misrouted"] {
+            assert_eq!(d[key].as_u64(), Some(0), "{name}: {key} in {d}");
+        }
+        assert_eq!(d["delivered"], d["expected"], "{name}: {d}");
+        json
+    }
+
+    /// Runs `loadtest <args>` with `--expect-zero-loss`: whether it exited 0, and its report.
+    async fn run_loadtest(&self, name: &str, args: &[&str]) -> (bool, Value) {
+        let report = std::env::temp_dir().join(format!("loadtest-smoke-{}-{name}.json", std::process::id()));
+        let svg = report.with_extension("svg");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"));
+        cmd.args(args)
+            .arg("--report-json")
+            .arg(&report)
+            .arg("--report-svg")
+            .arg(&svg)
+            .arg("--expect-zero-loss")
+            .env("JWT_SECRET", JWT_SECRET)
+            .env("TABLE_TOKEN_SECRET", TABLE_SECRET)
+            .kill_on_drop(true);
+        let started = Instant::now();
+        let out = tokio::time::timeout(RUN_TIMEOUT, cmd.output()).await.unwrap_or_else(|_| panic!("loadtest {name} did not finish within {RUN_TIMEOUT:?}")).expect("run loadtest");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("smoke: loadtest {name} took {:.1} s\n{stdout}", started.elapsed().as_secs_f64());
+        if !out.status.success() {
+            eprintln!("smoke: loadtest {name} exited with {}\nstderr:\n{stderr}", out.status);
+        }
+        assert!(matches!(out.status.code(), Some(0 | 1)), "loadtest {name} crashed: {}", out.status);
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("JSON report written")).expect("JSON report parses");
+        let svg_text = std::fs::read_to_string(&svg).expect("SVG report written");
+        assert!(svg_text.starts_with("<svg") && svg_text.trim_end().ends_with("</svg>"));
+        let _ = std::fs::remove_file(&report);
+        let _ = std::fs::remove_file(&svg);
+        (out.status.success(), json)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_delivers_exactly_once() {
+    let stack = Stack::start().await;
+    let urls: String = stack.gateways.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>().join(",");
+    let redis = stack.redis.url();
+    let pids: Vec<String> = stack.gateways.iter().map(|(_, p)| p.pid().to_string()).collect();
+    let common = |scenario: &'static str| -> Vec<String> {
+        let mut v: Vec<String> = [scenario, "--url", &urls, "--redis-url", &redis, "--tenants", "3", "--branches", "2", "--settle", "2", "--per-worker", "200"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for pid in &pids {
+            v.extend(["--gateway-pid".to_string(), pid.clone()]);
+        }
+        v
+    };
+    let run = |extra: &[&str], scenario: &'static str| {
+        let mut v = common(scenario);
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+
+    // idle: 300 connections over two workers (--per-worker 200), a 1 s hold, then the probe.
+    let args = run(&["-n", "300", "--duration", "1"], "idle");
+    let r = stack.loadtest("idle", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(r["connections"]["connected"], 300);
+    assert_eq!(r["connections"]["workers"], 2);
+    assert!(r["connections"]["handshakes_per_s"].as_f64().unwrap() > 0.0);
+    assert!(r["rss"]["after_kib"].as_u64().unwrap() > 0);
+
+    let args = run(&["-n", "300", "--rate", "100", "--duration", "2"], "fanout");
+    let r = stack.loadtest("fanout", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(r["deliveries"]["avg_fanout"].as_f64().unwrap() > 5.0, "{}", r["deliveries"]);
+
+    let args = run(&["-n", "300", "--rate", "200", "--duration", "2"], "steady");
+    let r = stack.loadtest("steady", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(r["events"]["copies"].as_u64().unwrap() > r["events"]["published"].as_u64().unwrap(), "several channels per event");
+
+    let args = run(&["-n", "300", "--rate", "200", "--duration", "3", "--churn-rate", "30", "--churn-grace-ms", "1500"], "churn");
+    let r = stack.loadtest("churn", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(r["connections"]["recycles"].as_u64().unwrap() > 0);
+
+    // The gateway alone, fed straight from NATS.
+    let nats = stack.nats.url();
+    let args = run(&["-n", "200", "--rate", "200", "--duration", "1", "--direct-nats", &nats], "steady");
+    stack.loadtest("steady-direct-nats", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+
+    // The bridge alone: Redis -> JetStream, every event re-published exactly once.
+    let r = stack
+        .loadtest("bridge", &["bridge", "--nats-url", &nats, "--redis-url", &redis, "--rate", "2000", "--duration", "1", "--settle", "3"])
+        .await;
+    assert_eq!(r["bridge"]["stored"], r["events"]["published"]);
+
+    // The accounting notices loss: events published to a NATS server no gateway listens to are
+    // all missing, and --expect-zero-loss fails the run.
+    let elsewhere = NatsServer::start().await;
+    let args = run(&["-n", "50", "--rate", "50", "--duration", "1", "--direct-nats", &elsewhere.url()], "steady");
+    let (passed, r) = stack.run_loadtest("lossy", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(!passed, "a run that delivered nothing must fail");
+    let d = &r["deliveries"];
+    assert!(d["expected"].as_u64().unwrap() > 0);
+    assert_eq!(d["missing"], d["expected"], "{d}");
+    assert!(r["problems"].as_array().unwrap().iter().any(|p| p.as_str().unwrap().contains("missing")));
+}
