@@ -25,6 +25,8 @@ pub enum StartError {
     Redis(RevocationError),
     #[error("cannot serve HTTP: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("cannot listen on {0} for the admin API (is GATEWAY_ADMIN_LISTEN_ADDR free?): {1}")]
+    AdminListen(std::net::SocketAddr, std::io::Error),
 }
 
 pub struct App {

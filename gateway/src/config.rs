@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 use wire::natsconn::NatsSettings;
+use wire::otel::OtelSettings;
 use wire::settings::Parser;
 pub use wire::settings::{ConfigError, LogFormat, Secret};
 
@@ -40,7 +41,16 @@ pub struct Config {
     /// The whole shutdown (drain included) ends within this.
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
+    /// The admin API's listener (a separate port, never behind the public Service).
+    pub admin_listen_addr: SocketAddr,
+    /// Bearer token of the admin API; the API is off without it.
+    pub admin_token: Option<Secret>,
+    /// OTLP trace export (off without an endpoint).
+    pub otel: OtelSettings,
 }
+
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -129,6 +139,9 @@ impl Config {
             drain_window: p.duration(GATEWAY_DRAIN_WINDOW, Duration::from_secs(15)),
             shutdown_timeout: p.duration(GATEWAY_SHUTDOWN_TIMEOUT, Duration::from_secs(25)),
             log_format: p.log_format(LOG_FORMAT),
+            admin_listen_addr: p.socket_addr(GATEWAY_ADMIN_LISTEN_ADDR, "127.0.0.1:9090"),
+            admin_token: p.optional_secret(GATEWAY_ADMIN_TOKEN),
+            otel: OtelSettings::read(&mut p),
         };
         cross_check(&mut p, &config);
         p.finish(config)
@@ -148,6 +161,12 @@ fn cross_check<F: Fn(&str) -> Option<String>>(p: &mut Parser<F>, config: &Config
     }
     if config.auth.allowed_origins.iter().any(|o| o == "*") {
         p.problem(ALLOWED_ORIGINS, "'*' is not accepted: list exact origins");
+    }
+    if config.admin_token.as_ref().is_some_and(|t| t.expose().len() < MIN_ADMIN_TOKEN_LEN) {
+        p.problem(GATEWAY_ADMIN_TOKEN, format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters (generate one: openssl rand -hex 32)"));
+    }
+    if config.admin_token.is_some() && config.admin_listen_addr.port() == config.listen_addr.port() && config.listen_addr.port() != 0 {
+        p.problem(GATEWAY_ADMIN_LISTEN_ADDR, "must be another port than GATEWAY_LISTEN_ADDR: the admin API is never public");
     }
     if config.dedup_window < Duration::from_secs(60) {
         p.problem(GATEWAY_DEDUP_WINDOW, "must be at least 60 s (protocol section 6)");

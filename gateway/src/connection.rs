@@ -1,7 +1,8 @@
 //! One task per accepted WebSocket: a `biased` select over the close control (drain, slow
 //! consumer, admin), the outbound queue, the next client frame and a housekeeping timer
-//! (heartbeat and token re-checks). It ends with a [`CloseReason`] sent to the client, or
-//! because the client left. Admission happens before in `handshake`.
+//! (heartbeat and token re-checks). It ends with a [`Closing`] sent to the client, or because
+//! the client left; either way one audit line and the connection's span record how.
+//! Admission happens before in `handshake`.
 
 pub mod handshake;
 pub mod protocol;
@@ -14,7 +15,7 @@ use crate::registry::{Outbound, Registration};
 use crate::subscriptions::Lease;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use protocol::{CloseReason, Inbound, RateWindow};
+use protocol::{CloseReason, Closing, Inbound, RateWindow};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -40,8 +41,9 @@ pub struct Session {
 
 /// How a session ended.
 enum End {
-    Server(CloseReason),
-    ClientClosed,
+    Server(Closing),
+    /// The client's close frame: code and reason, if it gave them.
+    ClientClosed(Option<(u16, Utf8Bytes)>),
     Broken,
 }
 
@@ -53,21 +55,26 @@ impl Session {
     pub async fn run(mut self, mut socket: WebSocket) {
         let endpoint = self.endpoint().as_str();
         self.app.metrics.connection_opened(endpoint);
+        crate::audit::opened(&self.registration.conn);
         let started = Instant::now();
         let end = match self.replay(&mut socket).await {
             Ok(()) => self.serve(&mut socket).await,
             Err(end) => end,
         };
-        let label = match &end {
-            End::Server(reason) => {
-                close(&mut socket, *reason).await;
-                reason.label
+        let (label, code, reason, by) = match &end {
+            End::Server(closing) => {
+                close_with(&mut socket, closing.code(), closing.reason()).await;
+                (closing.label(), closing.code(), closing.reason(), "server")
             }
-            End::ClientClosed => "client_closed",
-            End::Broken => "connection_lost",
+            End::ClientClosed(Some((code, reason))) => ("client_closed", *code, reason.as_str(), "client"),
+            // 1005: no status code in the client's close frame; 1006: no close frame at all.
+            End::ClientClosed(None) => ("client_closed", 1005, "", "client"),
+            End::Broken => ("connection_lost", 1006, "", "lost"),
         };
         self.app.metrics.connection_closed(endpoint, label);
-        tracing::debug!(endpoint, reason = label, seconds = started.elapsed().as_secs_f64(), "connection ended");
+        crate::audit::closed(&self.registration.conn, started.elapsed(), code, reason, by);
+        let conn = &self.registration.conn;
+        crate::traces::connection(conn.endpoint, Some(conn.audience.tenant_id()), &conn.info, code, reason, by);
         drop(self.lease);
     }
 
@@ -88,17 +95,17 @@ impl Session {
                 reason = conn.control.closed() => return End::Server(reason),
                 event = self.queue.recv() => match event {
                     Some(event) => {
-                        if !self.write_events(socket, event, limits.write_timeout).await {
-                            return End::Broken;
+                        if let Err(end) = self.write_events(socket, event, limits.write_timeout).await {
+                            return end;
                         }
                     }
-                    None => return End::Server(CloseReason::SLOW_CONSUMER),
+                    None => return End::Server(CloseReason::SLOW_CONSUMER.into()),
                 },
                 frame = socket.recv() => match frame {
                     Some(Ok(Message::Text(text))) => {
                         last_seen = Instant::now();
                         if !rate.admit(std::time::Instant::now(), limits.message_rate_limit, limits.message_rate_window) {
-                            return End::Server(CloseReason::RATE_LIMITED);
+                            return End::Server(CloseReason::RATE_LIMITED.into());
                         }
                         if let Some(reply) = self.answer(&text).await {
                             if !send(socket, Message::Text(reply), limits.write_timeout).await {
@@ -106,26 +113,27 @@ impl Session {
                             }
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => return End::Server(CloseReason::BINARY_FRAME),
-                    Some(Ok(Message::Close(_))) | None => return End::ClientClosed,
+                    Some(Ok(Message::Binary(_))) => return End::Server(CloseReason::BINARY_FRAME.into()),
+                    Some(Ok(Message::Close(frame))) => return End::ClientClosed(frame.map(|f| (f.code, f.reason))),
+                    None => return End::ClientClosed(None),
                     // Control frames are not liveness, but they cost a reply: they count against
                     // the rate limit (browsers cannot send them; only tools and abusers do).
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
                         if !rate.admit(std::time::Instant::now(), limits.message_rate_limit, limits.message_rate_window) {
-                            return End::Server(CloseReason::RATE_LIMITED);
+                            return End::Server(CloseReason::RATE_LIMITED.into());
                         }
                     }
-                    Some(Err(error)) if too_large(&error) => return End::Server(CloseReason::MESSAGE_TOO_LARGE),
+                    Some(Err(error)) if too_large(&error) => return End::Server(CloseReason::MESSAGE_TOO_LARGE.into()),
                     Some(Err(_)) => return End::Broken,
                 },
                 _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
                     if now >= last_seen + limits.heartbeat_timeout {
-                        return End::Server(CloseReason::HEARTBEAT_TIMEOUT);
+                        return End::Server(CloseReason::HEARTBEAT_TIMEOUT.into());
                     }
                     if now >= next_recheck {
                         if let Some(reason) = Box::pin(self.recheck()).await {
-                            return End::Server(reason);
+                            return End::Server(reason.into());
                         }
                         next_recheck = now + recheck_every;
                     }
@@ -134,8 +142,10 @@ impl Session {
         }
     }
 
-    /// Writes `first` and whatever else is queued, then flushes once.
-    async fn write_events(&mut self, socket: &mut WebSocket, first: Outbound, timeout: Duration) -> bool {
+    /// Writes `first` and whatever else is queued, then flushes once. A write blocked by a client
+    /// that stopped reading still yields to the close control (a full queue, a drain, an admin).
+    async fn write_events(&mut self, socket: &mut WebSocket, first: Outbound, timeout: Duration) -> Result<(), End> {
+        let conn = self.registration.conn.clone();
         let mut batch = Vec::with_capacity(1);
         let resume = &mut self.resume;
         let queue = &mut self.queue;
@@ -152,14 +162,19 @@ impl Session {
             }
             socket.flush().await
         };
-        let written = matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(())));
-        if written {
-            let now_us = wire::tokens::now_micros();
-            for received in batch.into_iter().flatten() {
-                self.app.metrics.delivery_latency_seconds.observe(now_us.saturating_sub(received) as f64 / 1e6);
-            }
+        let written = tokio::select! {
+            biased;
+            reason = conn.control.closed() => return Err(End::Server(reason)),
+            written = tokio::time::timeout(timeout, write) => written,
+        };
+        if !matches!(written, Ok(Ok(()))) {
+            return Err(End::Broken);
         }
-        written
+        let now_us = wire::tokens::now_micros();
+        for received in batch.into_iter().flatten() {
+            self.app.metrics.delivery_latency_seconds.observe(now_us.saturating_sub(received) as f64 / 1e6);
+        }
+        Ok(())
     }
 
     /// The reply to a client text frame, if any. The rare database path is boxed so that its
@@ -234,7 +249,12 @@ async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> bo
 
 /// Sends the close frame, then waits briefly for the client's so the close is clean.
 pub async fn close(socket: &mut WebSocket, reason: CloseReason) {
-    let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from_static(reason.reason) };
+    close_with(socket, reason.code, reason.reason).await
+}
+
+/// [`close`] with any code and reason (at most 123 bytes, see [`Closing::operator`]).
+pub async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
     if !send(socket, Message::Close(Some(frame)), CLOSE_LINGER).await {
         return;
     }

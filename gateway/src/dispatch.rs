@@ -93,8 +93,12 @@ impl Dispatcher {
             return Outcome::Delivered(0);
         };
         let started = Instant::now();
-        let fanout = tenant.fan_out(&scope, &Outbound { payload: text, received_us: meta.received_us, sequence: meta.sequence });
+        let span = crate::traces::fan_out();
+        let fanout = span.in_scope(|| tenant.fan_out(&scope, &Outbound { payload: text, received_us: meta.received_us, sequence: meta.sequence }));
         self.metrics.fanout_seconds.observe(started.elapsed().as_secs_f64());
+        if !span.is_disabled() {
+            span.record("recipients", fanout.delivered).record("queue_full", fanout.queue_full);
+        }
         if fanout.queue_full > 0 {
             self.metrics.deliveries_dropped.get_or_create(&ReasonLabel { reason: "queue_full" }).inc_by(fanout.queue_full);
             if let Some(held_back) = crate::telemetry::SLOW_CLIENTS.allow_with_count() {
@@ -146,6 +150,19 @@ mod tests {
         assert_eq!(d.dispatch(3, "live.3.7.waiters", Bytes::from_static(b"{\"type\":\"X\",\"tenant_id\":3,\"x\":\"\xff\"}"), Meta::default()), Outcome::Invalid("not_json"));
         assert!(rx.try_recv().is_err());
         assert_eq!(d.dispatch(3, "live.3.7.waiters", valid, Meta::default()), Outcome::Delivered(1), "the next valid event still flows");
+    }
+
+    #[test]
+    fn a_full_queue_is_counted_as_a_drop_and_closes_the_connection() {
+        let registry = Arc::new(Registry::new(Capacity { total: 10, per_user: 3, per_session: 12 }, 1));
+        let metrics = Arc::new(Metrics::default());
+        let d = Dispatcher::new(registry.clone(), Duration::from_secs(60), metrics.clone());
+        let (reg, _rx) = manager_on_waiter(&registry);
+        let event = |n: u32| Bytes::from(format!(r#"{{"type":"ROUND_READY","tenant_id":3,"branch_id":7,"n":{n}}}"#));
+        assert_eq!(d.dispatch(3, "live.3.7.waiters", event(1), Meta::default()), Outcome::Delivered(1));
+        assert_eq!(d.dispatch(3, "live.3.7.waiters", event(2), Meta::default()), Outcome::Delivered(0), "the queue of one is full");
+        assert!(reg.conn.control.is_closing());
+        assert!(metrics.encode().contains("gateway_deliveries_dropped_total{reason=\"queue_full\"} 1"), "{}", metrics.encode());
     }
 
     #[test]

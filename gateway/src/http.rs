@@ -7,23 +7,26 @@ use crate::app::App;
 use crate::auth::Endpoint;
 use crate::connection::handshake;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so that connections
+/// know their peer (the admin API and the audit log show it).
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/ws/waiter", get(|s, h, q, ws| socket(s, h, q, ws, Endpoint::Waiter)))
-        .route("/ws/kitchen", get(|s, h, q, ws| socket(s, h, q, ws, Endpoint::Kitchen)))
-        .route("/ws/admin", get(|s, h, q, ws| socket(s, h, q, ws, Endpoint::Admin)))
-        .route("/ws/diner", get(|s, h, q, ws| socket(s, h, q, ws, Endpoint::Diner)))
+        .route("/ws/waiter", get(|s, p, h, q, ws| socket(s, p, h, q, ws, Endpoint::Waiter)))
+        .route("/ws/kitchen", get(|s, p, h, q, ws| socket(s, p, h, q, ws, Endpoint::Kitchen)))
+        .route("/ws/admin", get(|s, p, h, q, ws| socket(s, p, h, q, ws, Endpoint::Admin)))
+        .route("/ws/diner", get(|s, p, h, q, ws| socket(s, p, h, q, ws, Endpoint::Diner)))
         .route("/ws/catchup", get(crate::catchup::staff))
         .route("/ws/catchup/session", get(crate::catchup::session))
         .route("/ws/health", get(health))
@@ -35,8 +38,16 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-async fn socket(State(app): State<Arc<App>>, headers: HeaderMap, RawQuery(query): RawQuery, ws: WebSocketUpgrade, endpoint: Endpoint) -> Response {
-    handshake::upgrade(app, endpoint, ws, headers, query).await
+async fn socket(
+    State(app): State<Arc<App>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    ws: WebSocketUpgrade,
+    endpoint: Endpoint,
+) -> Response {
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
+    handshake::upgrade(app, endpoint, ws, headers, query, peer).await
 }
 
 async fn health(State(app): State<Arc<App>>) -> Json<Value> {

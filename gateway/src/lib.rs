@@ -1,8 +1,11 @@
 //! The WebSocket gateway: a drop-in replacement for the restaurant SaaS's Python gateway that
 //! takes its events from NATS JetStream instead of Redis. [`run`] serves one replica until the
-//! shutdown token is cancelled, then drains.
+//! shutdown token is cancelled, then drains; [`serve`] is the same with the admin listener
+//! chosen by the caller (tests).
 
+pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod catchup;
 pub mod config;
@@ -11,6 +14,7 @@ pub mod dedup;
 pub mod dispatch;
 pub mod history;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod registry;
 pub mod routing;
@@ -18,25 +22,53 @@ pub mod sectors;
 pub mod shutdown;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod traces;
 
 pub use app::StartError;
 pub use config::Config;
 
+use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Serves on `listener` until `shutdown` is cancelled, then drains (see [`shutdown::drain`]).
+/// Serves on `listener` (and, with `GATEWAY_ADMIN_TOKEN` set, the admin API on
+/// `GATEWAY_ADMIN_LISTEN_ADDR`) until `shutdown` is cancelled, then drains (see
+/// [`shutdown::drain`]). `POST /admin/drain` cancels `shutdown` too.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), StartError> {
+    let admin = match config.admin_token {
+        Some(_) => Some(
+            TcpListener::bind(config.admin_listen_addr).await.map_err(|e| StartError::AdminListen(config.admin_listen_addr, e))?,
+        ),
+        None => None,
+    };
+    serve(config, Listeners { public: listener, admin }, shutdown).await
+}
+
+/// The listeners of one replica.
+pub struct Listeners {
+    /// WebSockets, health, metrics, probes.
+    pub public: TcpListener,
+    /// The admin API; served only when `GATEWAY_ADMIN_TOKEN` is set.
+    pub admin: Option<TcpListener>,
+}
+
+/// [`run`] on listeners bound by the caller.
+pub async fn serve(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), StartError> {
     let app = app::App::start(config).await?;
     let stop_http = CancellationToken::new();
-    let server = axum::serve(listener, http::router(app.clone()))
-        .with_graceful_shutdown(stop_http.clone().cancelled_owned());
+    let public = http::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listeners.public, public).with_graceful_shutdown(stop_http.clone().cancelled_owned());
     let server = tokio::spawn(async move { server.await });
+    let admin = admin::spawn(&app, listeners.admin, shutdown.clone(), stop_http.clone());
     tracing::info!(instance = %app.config.instance_id, "gateway ready");
     shutdown.cancelled().await;
     shutdown::drain(&app).await;
     stop_http.cancel();
-    match tokio::time::timeout(std::time::Duration::from_secs(2), server).await {
+    if let Some(admin) = admin {
+        let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
+    }
+    match tokio::time::timeout(Duration::from_secs(2), server).await {
         Ok(Ok(result)) => result?,
         _ => tracing::warn!("HTTP server did not stop in time"),
     }

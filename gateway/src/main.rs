@@ -1,4 +1,5 @@
-//! The gateway binary: configuration from the environment, logging, then [`gateway::run`].
+//! The gateway binary: configuration from the environment, logging and trace export, then
+//! [`gateway::run`], then the last spans flushed.
 //! Exit codes: 0 after a drain, 64 for bad configuration, 69 when a dependency is unreachable
 //! at start, 1 otherwise.
 
@@ -13,9 +14,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    gateway::telemetry::init(config.log_format);
-    tracing::info!(?config, "starting");
-    let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
+    let telemetry = match gateway::telemetry::install(&config) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("gateway: {error}");
+            return ExitCode::from(64);
+        }
+    };
+    tracing::info!(?config, traces = %config.otel.summary(), "starting");
+    let listener = match gateway::listener::bind(config.listen_addr) {
         Ok(listener) => listener,
         Err(error) => {
             tracing::error!(addr = %config.listen_addr, %error, "cannot listen (is GATEWAY_LISTEN_ADDR free?)");
@@ -23,9 +30,11 @@ async fn main() -> ExitCode {
         }
     };
     let shutdown = gateway::shutdown::on_signal();
-    match gateway::run(config, listener, shutdown).await {
+    let result = gateway::run(config, listener, shutdown).await;
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error @ (gateway::StartError::Nats(_) | gateway::StartError::Redis(_))) => {
+        Err(error @ (gateway::StartError::Nats(_) | gateway::StartError::Redis(_) | gateway::StartError::AdminListen(..))) => {
             tracing::error!(%error, "cannot start");
             ExitCode::from(69)
         }

@@ -4,10 +4,11 @@
 //! by `routing`; this module only narrows the candidates and delivers.
 
 use crate::auth::Endpoint;
-use crate::connection::protocol::CloseReason;
+use crate::connection::protocol::{CloseReason, Closing};
 use crate::routing::{self, Audience, EventScope};
 use axum::extract::ws::Utf8Bytes;
 use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::sync::mpsc;
@@ -27,18 +28,48 @@ pub struct Outbound {
 #[derive(Default)]
 pub struct Control {
     token: CancellationToken,
-    reason: OnceLock<CloseReason>,
+    reason: OnceLock<Closing>,
 }
 
 impl Control {
     pub fn close(&self, reason: CloseReason) {
-        let _ = self.reason.set(reason);
-        self.token.cancel();
+        self.close_with(Closing::Documented(reason));
     }
 
-    pub async fn closed(&self) -> CloseReason {
+    /// Closes with `closing` unless another reason came first; `true` when this one won.
+    pub fn close_with(&self, closing: Closing) -> bool {
+        let won = self.reason.set(closing).is_ok();
+        self.token.cancel();
+        won
+    }
+
+    pub async fn closed(&self) -> Closing {
         self.token.cancelled().await;
-        *self.reason.get().unwrap_or(&CloseReason::SERVICE_RESTART)
+        self.reason.get().cloned().unwrap_or(Closing::Documented(CloseReason::SERVICE_RESTART))
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// Where a connection came from and when: the admin API lists it, the audit log prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The TCP peer (a proxy's address behind a load balancer).
+    pub peer: SocketAddr,
+    /// The first address of `X-Forwarded-For`, as the proxies in front reported it
+    /// (informative: a client can put anything there).
+    pub forwarded_for: Option<IpAddr>,
+    /// Unix milliseconds at admission.
+    pub connected_at_ms: u64,
+    /// The client opted into resume.
+    pub resume: bool,
+}
+
+impl Default for ConnInfo {
+    fn default() -> Self {
+        ConnInfo { peer: SocketAddr::from(([0, 0, 0, 0], 0)), forwarded_for: None, connected_at_ms: 0, resume: false }
     }
 }
 
@@ -52,6 +83,7 @@ pub struct Conn {
     sectors: RwLock<Arc<[u64]>>,
     tx: mpsc::Sender<Outbound>,
     pub control: Control,
+    pub info: ConnInfo,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -215,6 +247,18 @@ impl Registry {
         key: ConnKey,
         sectors: Arc<[u64]>,
     ) -> Result<(Registration, mpsc::Receiver<Outbound>), CloseReason> {
+        self.admit_with(endpoint, audience, key, sectors, ConnInfo::default())
+    }
+
+    /// [`Registry::admit`] recording where the connection came from.
+    pub fn admit_with(
+        self: &Arc<Self>,
+        endpoint: Endpoint,
+        audience: Audience,
+        key: ConnKey,
+        sectors: Arc<[u64]>,
+        info: ConnInfo,
+    ) -> Result<(Registration, mpsc::Receiver<Outbound>), CloseReason> {
         let mut inner = self.inner.lock().expect("registry lock");
         if inner.all.len() >= self.capacity.total {
             return Err(CloseReason::SERVER_AT_CAPACITY);
@@ -234,6 +278,7 @@ impl Registry {
             audience,
             tx,
             control: Control::default(),
+            info,
         });
         *inner.per_key.entry(key).or_default() += 1;
         inner.all.insert(conn.id, conn.clone());

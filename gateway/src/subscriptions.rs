@@ -1,7 +1,8 @@
 //! Which tenants this replica listens to on NATS. The first connection of a tenant subscribes to
 //! `live.<tenant>.>` (and waits until the server has the subscription); the subscription outlives
 //! the tenant's last connection by a delay, so a reconnecting client does not churn it. Never a
-//! wildcard over all tenants. Each subscription's task hands messages to the dispatcher.
+//! wildcard over all tenants. Each subscription's task hands messages to the dispatcher, inside
+//! the event's routing span when traces are exported.
 
 use crate::dispatch::{Dispatcher, Meta};
 use crate::metrics::Metrics;
@@ -145,7 +146,9 @@ impl Subscriptions {
                             received_us: value(headers.and_then(|h| h.get(wire::headers::RECEIVED_AT))),
                             sequence: value(headers.and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))),
                         };
-                        self.dispatcher.dispatch(tenant_id, m.subject.as_str(), m.payload, meta);
+                        let span = crate::traces::route(m.subject.as_str(), tenant_id, headers, meta.sequence);
+                        let outcome = span.in_scope(|| self.dispatcher.dispatch(tenant_id, m.subject.as_str(), m.payload, meta));
+                        crate::traces::routed(&span, outcome);
                     }
                     None => break,
                 },

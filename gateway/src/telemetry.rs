@@ -1,18 +1,26 @@
-//! Logging set-up (text or JSON lines, filtered by `RUST_LOG`) and throttles that keep warnings
-//! about bad input to a few lines per minute however much bad input arrives.
+//! Logging and trace export set-up (shared with the bridge: `wire::otel`; logs on stdout, text
+//! or JSON lines filtered by `RUST_LOG`) and throttles that keep warnings about bad input to a
+//! few lines per minute however much bad input arrives. Which spans exist: [`crate::traces`].
 
+use crate::config::Config;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+use wire::otel::{OtelError, Output, Service, Telemetry};
 use wire::settings::LogFormat;
 
+/// The service name in traces unless `OTEL_SERVICE_NAME` says otherwise.
+pub const SERVICE_NAME: &str = "realtime-gateway";
+
+/// Logs only (tests); a second call is a no-op.
 pub fn init(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(colour);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    wire::otel::init_logging(format, Output::Stdout);
+}
+
+/// Logs, and trace export when `OTEL_EXPORTER_OTLP_*ENDPOINT` is set. Call from async code;
+/// [`Telemetry::shutdown`] at exit flushes the last spans.
+pub fn install(config: &Config) -> Result<Telemetry, OtelError> {
+    let service = Service { name: SERVICE_NAME, version: env!("CARGO_PKG_VERSION"), instance_id: config.instance_id.clone() };
+    wire::otel::init(config.log_format, Output::Stdout, &config.otel, service)
 }
 
 /// Lets one log line through per interval and counts what it held back.

@@ -1,6 +1,6 @@
 """The chart renders, lints and validates for every value set in values/, and the objects carry
 what operations depend on: probes, drain timing, selectors, security, secrets, ingress, HPA,
-NATS TLS/credentials, ServiceMonitor and NetworkPolicy."""
+NATS TLS/credentials, ServiceMonitor, NetworkPolicy, the admin API and OTLP traces."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from conftest import (
     VALUE_SETS,
     labels_match,
     load_values,
+    merged,
     seconds,
 )
 
@@ -170,6 +171,8 @@ def test_a_chart_secret_holds_the_given_values_and_rolls_the_pods(render):
         "TABLE_TOKEN_SECRET": "test-table-secret",
         "REDIS_URL": "redis://:s3cret@backend-redis:6379/0",
         "NATS_PASSWORD": "nats-s3cret",
+        "GATEWAY_ADMIN_TOKEN": "test-admin-token-0123456789",
+        "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=s3cret",
     }
     for component in ["gateway", "bridge"]:
         for name, ref in secret_refs(rendered, component).items():
@@ -259,7 +262,7 @@ def test_service_monitor(render):
     monitors = {m["metadata"]["name"]: m for m in rendered.of_kind("ServiceMonitor")}
     assert set(monitors) == {GATEWAY, BRIDGE}
     services = rendered.of_kind("Service")
-    assert {s["metadata"]["name"] for s in services} == {GATEWAY, f"{GATEWAY}-headless", BRIDGE}
+    assert {s["metadata"]["name"] for s in services} == {GATEWAY, f"{GATEWAY}-headless", f"{GATEWAY}-admin", BRIDGE}
     for name, port in [(GATEWAY, "http"), (BRIDGE, "metrics")]:
         monitor = monitors[name]
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
@@ -283,15 +286,59 @@ def test_network_policy(render):
     gateway = rendered.get("NetworkPolicy", GATEWAY)
     bridge = rendered.get("NetworkPolicy", BRIDGE)
     assert gateway["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    (rule,) = gateway["spec"]["ingress"]
+    rule, admin = gateway["spec"]["ingress"]
     assert rule["ports"] == [{"port": 8001, "protocol": "TCP"}]
     namespaces = [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in rule["from"]]
     assert namespaces == ["ingress-nginx", "monitoring"]
+    assert admin["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in admin["from"]] == ["operations"]
     (rule,) = bridge["spec"]["ingress"]
     assert rule["ports"] == [{"port": 9100, "protocol": "TCP"}]
     assert [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in rule["from"]] == ["monitoring"]
     egress_ports = {p["port"] for r in gateway["spec"]["egress"] for p in r["ports"]}
-    assert egress_ports == {53, 4222, 6379, 5432}
+    assert egress_ports == {53, 4222, 6379, 5432, 4318}, "the OTLP collector's port is added"
+    no_admin_peers = render(merged(load_values("observability"), {"networkPolicy": {"adminFrom": []}}))
+    (rule,) = no_admin_peers.get("NetworkPolicy", GATEWAY)["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 8001, "protocol": "TCP"}], "without adminFrom no peer reaches the admin port"
+
+
+def test_admin_api_has_its_own_port_service_and_token(render):
+    rendered = render(load_values("observability"))
+    container = rendered.container("gateway")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8001, "admin": 9090}
+    env = rendered.env("gateway")
+    assert env["GATEWAY_ADMIN_LISTEN_ADDR"]["value"] == "0.0.0.0:9090"
+    assert env["GATEWAY_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": f"{RELEASE}-realtime-gateway", "key": "GATEWAY_ADMIN_TOKEN"}
+    admin = rendered.get("Service", f"{GATEWAY}-admin")
+    assert admin["spec"]["clusterIP"] == "None"
+    assert admin["spec"]["publishNotReadyAddresses"] is True, "draining pods stay reachable"
+    assert admin["spec"]["ports"] == [{"name": "admin", "port": 9090, "targetPort": "admin", "protocol": "TCP", "appProtocol": "http"}]
+    public = rendered.get("Service", GATEWAY)
+    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["http"], "the public Service never carries the admin port"
+    assert "GATEWAY_ADMIN_TOKEN" not in rendered.env("bridge")
+    off = render(load_values("minimal"))
+    assert "GATEWAY_ADMIN_TOKEN" not in off.env("gateway") and "GATEWAY_ADMIN_LISTEN_ADDR" not in off.env("gateway")
+    assert [p["name"] for p in off.container("gateway")["ports"]] == ["http"]
+    assert f"{GATEWAY}-admin" not in {s["metadata"]["name"] for s in off.of_kind("Service")}
+    existing = render(merged(load_values("existing-secret"), {"gateway": {"admin": {"enabled": True}}}))
+    assert existing.env("gateway")["GATEWAY_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "menu-backend-secrets"
+
+
+def test_otel_values_become_the_standard_variables_of_both_binaries(render):
+    rendered = render(load_values("observability"))
+    for component in ["gateway", "bridge"]:
+        env = rendered.env(component)
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4318"
+        assert env["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_traceidratio"
+        assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.25"
+        assert env["OTEL_RESOURCE_ATTRIBUTES"]["value"] == "k8s.namespace.name=prod,deployment.environment=production"
+        assert env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"]["secretKeyRef"]["key"] == "OTEL_EXPORTER_OTLP_HEADERS"
+    assert rendered.env("gateway")["OTEL_SERVICE_NAME"]["value"] == "realtime-gateway-eu"
+    assert "OTEL_SERVICE_NAME" not in rendered.env("bridge"), "the bridge keeps its built-in name"
+    off = render(load_values("minimal"))
+    for component in ["gateway", "bridge"]:
+        assert not [name for name in off.env(component) if name.startswith("OTEL_")], "no endpoint: no trace variables"
 
 
 def test_notes_tell_how_to_connect_and_what_to_check(render):

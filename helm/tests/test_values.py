@@ -13,14 +13,17 @@ import yaml
 
 from conftest import CHART_DIR, VALUE_SETS, load_values, merged, rust_env_names
 
-GATEWAY_READS = rust_env_names("gateway/src/config/vars.rs") | rust_env_names("wire/src/natsconn.rs")
-BRIDGE_READS = rust_env_names("publisher-bridge/src/config.rs") | rust_env_names("wire/src/natsconn.rs")
+SHARED_READS = rust_env_names("wire/src/natsconn.rs") | rust_env_names("wire/src/otel.rs")
+GATEWAY_READS = rust_env_names("gateway/src/config/vars.rs") | SHARED_READS
+BRIDGE_READS = rust_env_names("publisher-bridge/src/config.rs") | SHARED_READS
 SCHEMA = json.loads((CHART_DIR / "values.schema.json").read_text())
 
 
 def test_the_rust_sources_were_read():
     assert {"JWT_SECRET", "WS_HEARTBEAT_TIMEOUT", "GATEWAY_DRAIN_WINDOW", "NATS_URL"} <= GATEWAY_READS
     assert {"REDIS_URL", "BRIDGE_LISTEN_ADDR", "NATS_CREDS_FILE"} <= BRIDGE_READS
+    assert {"GATEWAY_ADMIN_TOKEN", "GATEWAY_ADMIN_LISTEN_ADDR", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER"} <= GATEWAY_READS
+    assert {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_RESOURCE_ATTRIBUTES"} <= BRIDGE_READS
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -60,6 +63,13 @@ def test_the_schema_rejects_typos(chart, render, typo):
         {"nats": {"url": "http://nats:4222"}},
         {"nats": {"auth": {"method": "password"}}},
         {"logFormat": "xml"},
+        {"otel": {"endpoint": "https://collector:4318"}},  # https is not built in
+        {"otel": {"endpoint": "collector:4317"}},
+        {"otel": {"sampler": "sometimes"}},
+        {"otel": {"samplerArg": 2}},
+        {"secrets": {"adminToken": "short"}},
+        {"gateway": {"env": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}}},  # typed key: otel.endpoint
+        {"gateway": {"env": {"GATEWAY_ADMIN_TOKEN": "0123456789abcdef0123"}}},  # secrets go through secrets.*
     ],
     ids=lambda v: json.dumps(v),
 )
@@ -87,6 +97,10 @@ def test_the_schema_rejects_wrong_values(chart, bad):
         ({"bridge": {"podDisruptionBudget": {"maxUnavailable": None}}}, "bridge.podDisruptionBudget: set maxUnavailable or minAvailable"),
         ({"gateway": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}}, "gateway.autoscaling needs a metric"),
         ({"gateway": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 4}}}, "minReplicas must not exceed maxReplicas"),
+        ({"gateway": {"admin": {"enabled": True}}}, "gateway.admin.enabled needs secrets.adminToken"),
+        ({"gateway": {"admin": {"enabled": True, "port": 8001}}, "secrets": {"jwtSecret": "j", "tableTokenSecret": "t", "adminToken": "a" * 16}, "redis": {"url": "redis://r:6379"}}, "must differ from gateway.containerPort"),
+        ({"otel": {"headersFromSecret": True}}, "otel.headersFromSecret needs otel.endpoint"),
+        ({"otel": {"endpoint": "http://c:4318", "headersFromSecret": True}}, "otel.headersFromSecret needs secrets.otelHeaders"),
     ],
     ids=lambda v: v if isinstance(v, str) else json.dumps(v),
 )
@@ -107,11 +121,10 @@ def test_lint_reports_errors():
 def rendered_env_names(render, component: str) -> set[str]:
     """Env names the chart sets from typed keys, over all value sets (extraEnv excluded)."""
     names: set[str] = set()
-    extra = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"}
     for value_set in VALUE_SETS:
         values = load_values(value_set)
         rendered = render(values)
-        names |= set(rendered.env(component)) - extra - set(values.get(component, {}).get("env", {}))
+        names |= set(rendered.env(component)) - set(values.get(component, {}).get("env", {}))
     token = merged(load_values("minimal"), {"secrets": {"natsToken": "t"}, "nats": {"auth": {"method": "token"}}})
     return names | set(render(token).env(component))
 

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use wire::natsconn::NatsSettings;
+use wire::otel::OtelSettings;
 use wire::settings::{ConfigError, LogFormat, Parser, Secret};
 
 pub const REDIS_URL: &str = "REDIS_URL";
@@ -33,7 +34,8 @@ pub const BRIDGE_ADVISORY_DLQ: &str = "BRIDGE_ADVISORY_DLQ";
 pub const BRIDGE_STARTUP_TIMEOUT: &str = "BRIDGE_STARTUP_TIMEOUT";
 pub const BRIDGE_SHUTDOWN_TIMEOUT: &str = "BRIDGE_SHUTDOWN_TIMEOUT";
 
-/// Every variable the bridge reads besides the shared `NATS_*` ones (README, helm chart).
+/// Every variable the bridge reads besides the shared `NATS_*` and `OTEL_*` ones (README, helm
+/// chart; see `wire::natsconn::VARS` and `wire::otel::VARS`).
 pub const VARS: &[&str] = &[
     REDIS_URL, LOG_FORMAT, BRIDGE_LISTEN_ADDR, BRIDGE_INSTANCE_ID, BRIDGE_STREAM_KEY,
     BRIDGE_CONSUMER_GROUP, BRIDGE_GROUP_START, BRIDGE_READ_COUNT, BRIDGE_CLAIM_IDLE,
@@ -122,6 +124,8 @@ pub struct Config {
     pub advisory_dlq: bool,
     pub startup_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// OTLP trace export (off without an endpoint).
+    pub otel: OtelSettings,
 }
 
 impl Config {
@@ -188,6 +192,7 @@ impl Config {
             advisory_dlq: p.bool(BRIDGE_ADVISORY_DLQ, true),
             startup_timeout: p.duration(BRIDGE_STARTUP_TIMEOUT, Duration::from_secs(10)),
             shutdown_timeout: p.duration(BRIDGE_SHUTDOWN_TIMEOUT, Duration::from_secs(20)),
+            otel: OtelSettings::read(&mut p),
         };
         config.cross_check(&mut p);
         p.finish(config)
@@ -226,7 +231,7 @@ impl Config {
             "redis={} nats={:?} listen={} instance={} stream_key={} group={} group_start={} read_count={} claim_idle={:?} \
              claim_interval={:?} max_in_flight={} publish_timeout={:?} replicas={} storage={:?} events_max_age={:?} \
              events_max_bytes={} events_max_msg_size={} duplicate_window={:?} dlq_max_age={:?} dlq_max_bytes={} \
-             dlq_max_msg_size={} advisory_dlq={} shutdown_timeout={:?}",
+             dlq_max_msg_size={} advisory_dlq={} shutdown_timeout={:?} traces={}",
             mask_url(self.redis_url.expose_str()),
             self.nats.urls,
             self.listen_addr,
@@ -250,6 +255,7 @@ impl Config {
             s.dlq_max_msg_size,
             self.advisory_dlq,
             self.shutdown_timeout,
+            self.otel.summary(),
         )
     }
 }

@@ -6,7 +6,7 @@
 //! (environment), [`source`] (Redis readers), [`mapping`] (event → subject / reason),
 //! [`pipeline`] (in-flight bound, headers, acknowledgement flow), [`sink`] (JetStream publishing
 //! and stream layout), [`advisory`] (durable consumers' dead letters), [`http`], [`metrics`],
-//! [`health`], [`shutdown`], [`telemetry`], [`retry`].
+//! [`health`], [`shutdown`], [`telemetry`] and [`traces`] (logs and OTLP spans), [`retry`].
 
 pub mod advisory;
 pub mod config;
@@ -20,6 +20,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod telemetry;
+pub mod traces;
 
 mod run;
 

@@ -1,5 +1,6 @@
 //! The publisher-bridge binary: configuration from the environment (exit 64 listing every
-//! problem), logging, signals, then [`publisher_bridge::run`].
+//! problem), logging and trace export, signals, then [`publisher_bridge::run`], then the last
+//! spans flushed.
 
 use std::process::ExitCode;
 
@@ -15,7 +16,6 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    telemetry::init(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -23,7 +23,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let telemetry = match runtime.block_on(async { telemetry::install(&config) }) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("publisher-bridge: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let result = runtime.block_on(serve(config));
+    runtime.block_on(telemetry.shutdown());
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("publisher-bridge failed: {e:#}");

@@ -182,4 +182,23 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing:\n{text}");
         }
     }
+
+    /// Every series this registry exposes has a row in README's metrics table ("Observe").
+    #[test]
+    fn readme_documents_every_series() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md");
+        let text = Metrics::default().encode();
+        let mut missing = Vec::new();
+        let series: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        assert!(series.len() >= 10, "{text}");
+        for line in series {
+            let mut parts = line.split_whitespace();
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            let exposed = if kind == "counter" { format!("{name}_total") } else { name.to_string() };
+            if !readme.contains(&format!("| `{exposed}` | {kind} |")) {
+                missing.push(format!("{exposed} ({kind})"));
+            }
+        }
+        assert!(missing.is_empty(), "README's metrics table lacks {missing:?}");
+    }
 }

@@ -1,8 +1,9 @@
 //! From one received Redis event to one stored JetStream message: takes an in-flight slot
 //! (bounding memory and backpressuring the sources), maps the event ([`crate::mapping`]), builds
-//! the headers, enqueues the publish in arrival order, and then, in a tracked task, waits for the
-//! acknowledgement, records the metrics and hands a stream entry's id to the Redis acker. The
-//! payload bytes are never re-serialised. It does not read Redis.
+//! the headers (the trace context of the event's publish span among them), enqueues the publish
+//! in arrival order, and then, in a tracked task, waits for the acknowledgement, records the
+//! metrics and hands a stream entry's id to the Redis acker. The payload bytes are never
+//! re-serialised. It does not read Redis.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -11,6 +12,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::task::TaskTracker;
+use tracing::Span;
 use wire::headers;
 use wire::subject::dlq_subject;
 
@@ -49,12 +51,15 @@ pub struct Incoming {
     pub refused: Option<DlqReason>,
     pub received: Instant,
     pub received_us: u64,
+    /// The event's receive span, started now (`Span::none()` without trace export).
+    pub span: Span,
 }
 
 impl Incoming {
     pub fn new(payload: Bytes, origin: Origin) -> Incoming {
         let received_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
-        Incoming { payload, origin, refused: None, received: Instant::now(), received_us }
+        let span = crate::traces::receive(&origin);
+        Incoming { payload, origin, refused: None, received: Instant::now(), received_us, span }
     }
 }
 
@@ -80,7 +85,7 @@ impl Pipeline {
 
     /// Takes the event; returns once its publish is enqueued (waiting first for an in-flight slot).
     /// When JetStream has stored it, a stream entry's id is sent to `ack`.
-    pub async fn submit(&self, event: Incoming, ack: Option<mpsc::Sender<String>>) {
+    pub async fn submit(&self, mut event: Incoming, ack: Option<mpsc::Sender<String>>) {
         let permit = self.permits.clone().acquire_owned().await.expect("the in-flight semaphore is never closed");
         let source = match event.origin {
             Origin::PubSub { .. } => Source::Pubsub,
@@ -88,12 +93,18 @@ impl Pipeline {
         };
         self.metrics.received(source);
         self.metrics.in_flight.inc();
-        let (out, refused) = self.outgoing(&event);
+        let receive = std::mem::replace(&mut event.span, Span::none());
+        let (out, refused, publish) = self.outgoing(&event, &receive);
         let sent = self.publisher.send(&out).await;
+        drop(receive);
         let publisher = self.publisher.clone();
         let metrics = self.metrics.clone();
         self.tracker.spawn(async move {
             let stored = publisher.confirm(sent, &out).await;
+            if let Some(ack_reply) = &stored {
+                crate::traces::stored(&publish, ack_reply);
+            }
+            drop(publish);
             if let Some(ack_reply) = stored {
                 if ack_reply.duplicate {
                     metrics.duplicates.inc();
@@ -114,8 +125,9 @@ impl Pipeline {
         });
     }
 
-    /// The message to publish, and the dead-letter reason when the event is refused.
-    fn outgoing(&self, event: &Incoming) -> (Outgoing, Option<DlqReason>) {
+    /// The message to publish, the dead-letter reason when the event is refused, and the publish
+    /// span (a child of `receive`) whose trace context the headers carry.
+    fn outgoing(&self, event: &Incoming, receive: &Span) -> (Outgoing, Option<DlqReason>, Span) {
         let via = match &event.origin {
             Origin::PubSub { channel } => Via::Channel(channel),
             Origin::Stream { .. } => Via::Stream,
@@ -127,13 +139,18 @@ impl Pipeline {
         let mut h = HeaderMap::new();
         h.insert(headers::SOURCE, event.origin.header());
         h.insert(headers::RECEIVED_AT, event.received_us.to_string());
-        if let Some(traceparent) = traceparent(event) {
-            h.insert(headers::TRACEPARENT, traceparent);
-        }
+        let subject = match &routed {
+            Ok(subject) => subject.events(),
+            Err(reason) => dlq_subject(reason.as_str()),
+        };
+        crate::traces::mapped(receive, routed.as_ref().err().map(|r| r.as_str()));
+        let publish = crate::traces::publish(receive, &subject);
+        wire::otel::propagation::inject(&publish, &mut h);
+        let subject = subject.into();
         match routed {
-            Ok(subject) => {
+            Ok(_) => {
                 h.insert(headers::MSG_ID, mapping::msg_id(&event.payload));
-                (Outgoing { subject: subject.events().into(), headers: h, payload: event.payload.clone() }, None)
+                (Outgoing { subject, headers: h, payload: event.payload.clone() }, None, publish)
             }
             Err(reason) => {
                 h.insert(headers::MSG_ID, mapping::dlq_msg_id(reason, &event.payload));
@@ -144,16 +161,10 @@ impl Pipeline {
                     h.insert(DLQ_TRUNCATED, payload.len().to_string());
                     payload.truncate(self.dlq_payload_limit);
                 }
-                (Outgoing { subject: dlq_subject(reason.as_str()).into(), headers: h, payload }, Some(reason))
+                (Outgoing { subject, headers: h, payload }, Some(reason), publish)
             }
         }
     }
-}
-
-/// The W3C trace context to attach to the stored message. Tracing (OTLP, issue 5) will put the
-/// bridge's receive span here; until then nothing is attached.
-fn traceparent(_event: &Incoming) -> Option<String> {
-    None
 }
 
 pub fn now_rfc3339() -> String {

@@ -1,16 +1,22 @@
-//! Logging setup: `tracing` to stderr as text or one JSON object per line (`LOG_FORMAT`), level
-//! from `RUST_LOG` (default `info`). OTLP trace export (issue 5) will be added here; the place a
-//! trace context is attached to each stored message is [`crate::pipeline`].
+//! Logging and trace export set-up, shared with the gateway (`wire::otel`): logs on stderr as
+//! text or one JSON object per line (`LOG_FORMAT`), level from `RUST_LOG` (default `info`); OTLP
+//! trace export when `OTEL_EXPORTER_OTLP_*ENDPOINT` is set. Which spans exist: [`crate::traces`].
 
-use tracing_subscriber::EnvFilter;
+use crate::config::Config;
+use wire::otel::{OtelError, Output, Service, Telemetry};
 use wire::settings::LogFormat;
 
-/// Installs the global subscriber; a second call (tests) is a no-op.
+/// The service name in traces unless `OTEL_SERVICE_NAME` says otherwise.
+pub const SERVICE_NAME: &str = "publisher-bridge";
+
+/// Logs only; a second call (tests) is a no-op.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    wire::otel::init_logging(format, Output::Stderr);
+}
+
+/// Logs, and trace export when an OTLP endpoint is configured. Call inside the Tokio runtime;
+/// [`Telemetry::shutdown`] at exit flushes the last spans.
+pub fn install(config: &Config) -> Result<Telemetry, OtelError> {
+    let service = Service { name: SERVICE_NAME, version: env!("CARGO_PKG_VERSION"), instance_id: config.instance_id.clone() };
+    wire::otel::init(config.log_format, Output::Stderr, &config.otel, service)
 }

@@ -16,5 +16,7 @@ pub const RECEIVED_AT: &str = "Bridge-Received-Us";
 pub const DLQ_REASON: &str = "Dlq-Reason";
 /// RFC 3339 time at which the event was dead-lettered.
 pub const DLQ_AT: &str = "Dlq-At";
-/// W3C trace context.
+/// W3C trace context of the bridge's publish span (see `otel::propagation`).
 pub const TRACEPARENT: &str = "traceparent";
+/// W3C vendor trace state, carried with [`TRACEPARENT`].
+pub const TRACESTATE: &str = "tracestate";

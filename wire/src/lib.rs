@@ -6,13 +6,16 @@
 //! Typed settings from the environment ([`settings`]) are shared too.
 //!
 //! It owns no I/O of its own. The `nats` feature adds the shared NATS connection settings
-//! ([`natsconn`]); the `testkit` feature adds real-process fixtures for integration tests.
+//! ([`natsconn`]); the `otel` feature adds the logging and OTLP trace set-up both services use
+//! ([`otel`]); the `testkit` feature adds real-process fixtures for integration tests.
 
 pub mod envelope;
 pub mod event_types;
 pub mod headers;
 #[cfg(feature = "nats")]
 pub mod natsconn;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod settings;
 pub mod subject;
 pub mod tokens;

@@ -19,7 +19,7 @@ mod redis;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-pub use http::http_get;
+pub use http::{http_get, http_request};
 pub use nats::{NatsCluster, NatsServer};
 pub use postgres::Postgres;
 pub use proxy::{Haproxy, Nginx};

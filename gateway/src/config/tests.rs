@@ -66,3 +66,27 @@ fn secrets_do_not_print() {
     let shown = format!("{c:?}");
     assert!(!shown.contains("jwt-secret") && !shown.contains("table-secret"));
 }
+
+#[test]
+fn admin_api_is_off_without_a_token_and_checks_it() {
+    let c = Config::from_map(&env(&[])).unwrap();
+    assert!(c.admin_token.is_none());
+    assert_eq!(c.admin_listen_addr.to_string(), "127.0.0.1:9090");
+    let on = Config::from_map(&env(&[(GATEWAY_ADMIN_TOKEN, "0123456789abcdef0123"), (GATEWAY_ADMIN_LISTEN_ADDR, "0.0.0.0:9090")])).unwrap();
+    assert_eq!(on.admin_token.as_ref().unwrap().expose_str(), "0123456789abcdef0123");
+    assert!(!format!("{on:?}").contains("0123456789abcdef0123"), "the token never prints");
+    let short = Config::from_map(&env(&[(GATEWAY_ADMIN_TOKEN, "short")])).unwrap_err();
+    assert!(short.names(GATEWAY_ADMIN_TOKEN));
+    let same_port = Config::from_map(&env(&[(GATEWAY_ADMIN_TOKEN, "0123456789abcdef0123"), (GATEWAY_ADMIN_LISTEN_ADDR, "0.0.0.0:8001")])).unwrap_err();
+    assert!(same_port.names(GATEWAY_ADMIN_LISTEN_ADDR));
+}
+
+#[test]
+fn otel_settings_come_from_the_standard_variables() {
+    let c = Config::from_map(&env(&[])).unwrap();
+    assert!(c.otel.endpoint.is_none(), "export is off by default");
+    let on = Config::from_map(&env(&[(wire::otel::OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4318")])).unwrap();
+    assert_eq!(on.otel.endpoint.as_deref(), Some("http://collector:4318/v1/traces"));
+    let bad = Config::from_map(&env(&[(wire::otel::OTEL_TRACES_SAMPLER, "sometimes")])).unwrap_err();
+    assert!(bad.names(wire::otel::OTEL_TRACES_SAMPLER));
+}

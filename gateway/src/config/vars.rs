@@ -38,6 +38,9 @@ pub const GATEWAY_CATCHUP_MAX_EVENTS: &str = "GATEWAY_CATCHUP_MAX_EVENTS";
 pub const GATEWAY_CATCHUP_MAX_AGE: &str = "GATEWAY_CATCHUP_MAX_AGE";
 pub const GATEWAY_DRAIN_WINDOW: &str = "GATEWAY_DRAIN_WINDOW";
 pub const GATEWAY_SHUTDOWN_TIMEOUT: &str = "GATEWAY_SHUTDOWN_TIMEOUT";
+pub const GATEWAY_ADMIN_LISTEN_ADDR: &str = "GATEWAY_ADMIN_LISTEN_ADDR";
+pub const GATEWAY_ADMIN_TOKEN: &str = "GATEWAY_ADMIN_TOKEN";
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
 
-// NATS_* variables are shared with the bridge: see `wire::natsconn`.
+// NATS_* variables are shared with the bridge: see `wire::natsconn`; so are the OTEL_* ones:
+// see `wire::otel`.

@@ -7,14 +7,23 @@ use super::protocol::CloseReason;
 use super::{close, Session};
 use crate::app::App;
 use crate::auth::{Endpoint, Identity};
-use crate::registry::ConnKey;
+use crate::registry::{ConnInfo, ConnKey};
 use crate::routing::Audience;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-pub async fn upgrade(app: Arc<App>, endpoint: Endpoint, ws: WebSocketUpgrade, headers: HeaderMap, query: Option<String>) -> Response {
+/// `peer` is the TCP peer (`None` when the router is served without connect info).
+pub async fn upgrade(
+    app: Arc<App>,
+    endpoint: Endpoint,
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    query: Option<String>,
+    peer: Option<SocketAddr>,
+) -> Response {
     let limits = &app.config.limits;
     let ws = ws
         .read_buffer_size(limits.read_buffer_size)
@@ -22,7 +31,13 @@ pub async fn upgrade(app: Arc<App>, endpoint: Endpoint, ws: WebSocketUpgrade, he
         .max_write_buffer_size(limits.write_buffer_size + (1 << 20))
         .max_message_size(limits.max_message_size)
         .max_frame_size(limits.max_message_size);
-    match admit(&app, endpoint, &headers, query.as_deref()).await {
+    let info = ConnInfo {
+        peer: peer.unwrap_or(ConnInfo::default().peer),
+        forwarded_for: forwarded_for(&headers),
+        connected_at_ms: wire::tokens::now_micros() / 1000,
+        resume: query_param(query.as_deref().unwrap_or_default(), super::resume::PARAM).is_some(),
+    };
+    match admit(&app, endpoint, &headers, query.as_deref(), info).await {
         Ok(session) => {
             let task = app.sessions.token();
             ws.on_upgrade(move |socket| async move {
@@ -32,13 +47,14 @@ pub async fn upgrade(app: Arc<App>, endpoint: Endpoint, ws: WebSocketUpgrade, he
         }
         Err(reason) => {
             app.metrics.rejected(reason.label);
-            tracing::debug!(endpoint = endpoint.as_str(), reason = reason.label, "connection refused");
+            tracing::debug!(endpoint = endpoint.as_str(), reason = reason.label, peer = %info.peer, "connection refused");
+            crate::traces::connection(endpoint, None, &info, reason.code, reason.reason, "refused");
             ws.on_upgrade(move |mut socket| async move { close(&mut socket, reason).await })
         }
     }
 }
 
-async fn admit(app: &Arc<App>, endpoint: Endpoint, headers: &HeaderMap, query: Option<&str>) -> Result<Session, CloseReason> {
+async fn admit(app: &Arc<App>, endpoint: Endpoint, headers: &HeaderMap, query: Option<&str>, info: ConnInfo) -> Result<Session, CloseReason> {
     if app.is_draining() {
         return Err(CloseReason::SERVICE_RESTART);
     }
@@ -81,12 +97,18 @@ async fn admit(app: &Arc<App>, endpoint: Endpoint, headers: &HeaderMap, query: O
         _ => Arc::from([]),
     };
     let tenant_id = identity.tenant_id();
-    let (registration, queue) = app.registry.admit(endpoint, audience, key, sectors)?;
+    let (registration, queue) = app.registry.admit_with(endpoint, audience, key, sectors, info)?;
     let lease = app.subscriptions.acquire(tenant_id).await;
     let table_token = (endpoint == Endpoint::Diner).then(|| token.into_boxed_str());
     let resume = query_param(query.unwrap_or_default(), super::resume::PARAM)
         .map(|value| super::resume::Resume { request: super::resume::parse(&value), floor: 0 });
     Ok(Session { app: app.clone(), identity, table_token, registration, queue, lease, resume })
+}
+
+/// The first address of `X-Forwarded-For`, if it parses.
+fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
+    let value = headers.get("x-forwarded-for")?.to_str().ok()?;
+    value.split(',').next()?.trim().parse().ok()
 }
 
 fn refused(endpoint: Endpoint, error: &crate::auth::AuthError) -> CloseReason {
@@ -101,7 +123,7 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::query_param;
+    use super::{forwarded_for, query_param};
 
     #[test]
     fn reads_and_decodes_the_token_parameter() {
@@ -109,5 +131,15 @@ mod tests {
         assert_eq!(query_param("table_token=1%3A2%3A3", "table_token").as_deref(), Some("1:2:3"));
         assert_eq!(query_param("other=1", "token"), None);
         assert_eq!(query_param("", "token"), None);
+    }
+
+    #[test]
+    fn reads_the_first_forwarded_address() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(forwarded_for(&headers), None);
+        headers.insert("x-forwarded-for", "203.0.113.7, 10.0.0.2".parse().unwrap());
+        assert_eq!(forwarded_for(&headers), Some("203.0.113.7".parse().unwrap()));
+        headers.insert("x-forwarded-for", "unknown".parse().unwrap());
+        assert_eq!(forwarded_for(&headers), None);
     }
 }

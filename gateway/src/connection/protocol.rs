@@ -34,6 +34,61 @@ impl CloseReason {
     pub const SLOW_CONSUMER: CloseReason = close(1013, "Client too slow", "slow_consumer");
 }
 
+/// Why the server closes an open connection: one of the documented reasons, or an operator's
+/// choice through the admin API (code and text chosen at run time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Closing {
+    Documented(CloseReason),
+    Operator { code: u16, reason: Box<str> },
+}
+
+/// Codes an operator may close with: the application range and the standard codes that make
+/// sense for a server to send.
+pub const OPERATOR_CODES: [u16; 6] = [1000, 1001, 1008, 1011, 1012, 1013];
+/// A close frame's reason is at most 123 bytes (RFC 6455 section 5.5).
+pub const MAX_CLOSE_REASON: usize = 123;
+
+impl Closing {
+    /// An operator's close, if the code and reason are sendable.
+    pub fn operator(code: u16, reason: &str) -> Result<Closing, String> {
+        if !(4000..=4999).contains(&code) && !OPERATOR_CODES.contains(&code) {
+            return Err(format!("code {code} is not 4000-4999, 1000, 1001, 1008, 1011, 1012 or 1013"));
+        }
+        if reason.len() > MAX_CLOSE_REASON {
+            return Err(format!("reason is {} bytes; at most {MAX_CLOSE_REASON}", reason.len()));
+        }
+        Ok(Closing::Operator { code, reason: reason.into() })
+    }
+
+    pub fn code(&self) -> u16 {
+        match self {
+            Closing::Documented(r) => r.code,
+            Closing::Operator { code, .. } => *code,
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Closing::Documented(r) => r.reason,
+            Closing::Operator { reason, .. } => reason,
+        }
+    }
+
+    /// The bounded metric label: the documented reason's, or `admin_closed`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Closing::Documented(r) => r.label,
+            Closing::Operator { .. } => "admin_closed",
+        }
+    }
+}
+
+impl From<CloseReason> for Closing {
+    fn from(reason: CloseReason) -> Closing {
+        Closing::Documented(reason)
+    }
+}
+
 /// What a client text frame asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inbound {
@@ -124,6 +179,21 @@ mod tests {
         }
         assert!(!w.admit(t0 + Duration::from_millis(500), 30, Duration::from_secs(1)));
         assert!(w.admit(t0 + Duration::from_millis(1600), 30, Duration::from_secs(1)), "a new window starts");
+    }
+
+    #[test]
+    fn operator_closes_take_sendable_codes_and_short_reasons() {
+        let c = Closing::operator(4100, "moved to another terminal").unwrap();
+        assert_eq!((c.code(), c.reason(), c.label()), (4100, "moved to another terminal", "admin_closed"));
+        for code in OPERATOR_CODES {
+            assert!(Closing::operator(code, "").is_ok(), "{code}");
+        }
+        for code in [999, 1002, 1005, 1006, 1015, 3000, 5000] {
+            assert!(Closing::operator(code, "").is_err(), "{code}");
+        }
+        assert!(Closing::operator(4000, &"x".repeat(123)).is_ok());
+        assert!(Closing::operator(4000, &"x".repeat(124)).is_err());
+        assert_eq!(Closing::from(CloseReason::SLOW_CONSUMER).code(), 1013);
     }
 
     #[test]

@@ -63,10 +63,13 @@ impl Session {
             };
             while let Ok(live) = self.queue.try_recv() {
                 if held.len() >= held_limit {
-                    return Err(End::Server(super::protocol::CloseReason::SLOW_CONSUMER));
+                    return Err(End::Server(super::protocol::CloseReason::SLOW_CONSUMER.into()));
                 }
                 held.push_back(live);
             }
+            // The consumer may deliver events stored after `last_sequence` was read; the floor
+            // follows every replayed sequence so live copies of them are skipped at the seam.
+            state.floor = state.floor.max(stored.sequence);
             let Some(text) = self.routed(&stored) else { continue };
             if !send(socket, Message::Text(resume::with_cursor(&text, stored.sequence).into()), timeout).await {
                 return Err(End::Broken);
@@ -76,9 +79,7 @@ impl Session {
         tracing::debug!(tenant_id, after, replayed, floor = state.floor, "resume: replay done");
         self.resume = Some(state);
         while let Some(live) = held.pop_front() {
-            if !self.write_events(socket, live, timeout).await {
-                return Err(End::Broken);
-            }
+            self.write_events(socket, live, timeout).await?;
         }
         Ok(())
     }

@@ -55,7 +55,7 @@ fn a_full_queue_closes_the_connection() {
     assert_eq!(t.fan_out(&scope("ROUND_PENDING", 1, None), &payload), Fanout { delivered: 1, queue_full: 0 });
     assert_eq!(t.fan_out(&scope("ROUND_PENDING", 1, None), &payload), Fanout { delivered: 0, queue_full: 1 });
     assert!(reg.conn.control.token.is_cancelled());
-    assert_eq!(reg.conn.control.reason.get(), Some(&CloseReason::SLOW_CONSUMER));
+    assert_eq!(reg.conn.control.reason.get(), Some(&CloseReason::SLOW_CONSUMER.into()));
 }
 
 #[test]

@@ -98,7 +98,7 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ $value | toString | quote }}
 {{- end }}
 
-{{/* Variables both binaries read: LOG_FORMAT, REDIS_URL and NATS_*. */}}
+{{/* Variables both binaries read: LOG_FORMAT, REDIS_URL, NATS_* and OTEL_*. */}}
 {{- define "rg.sharedEnv" -}}
 {{- $v := .Values }}
 {{ include "rg.env" (list "LOG_FORMAT" $v.logFormat) }}
@@ -123,6 +123,31 @@ app.kubernetes.io/component: {{ .component }}
 {{- if $v.nats.tls.required }}
 {{ include "rg.env" (list "NATS_TLS_REQUIRED" "true") }}
 {{- end }}
+{{- include "rg.otelEnv" . }}
+{{- end }}
+
+{{/* OTEL_* when otel.endpoint is set; nothing otherwise (export off). */}}
+{{- define "rg.otelEnv" -}}
+{{- $o := .Values.otel }}
+{{- if $o.endpoint }}
+{{ include "rg.env" (list "OTEL_EXPORTER_OTLP_ENDPOINT" $o.endpoint) }}
+{{ include "rg.env" (list "OTEL_TRACES_SAMPLER" $o.sampler) }}
+{{ include "rg.env" (list "OTEL_TRACES_SAMPLER_ARG" $o.samplerArg) }}
+{{- $attributes := list (printf "k8s.namespace.name=%s" .Release.Namespace) }}
+{{- range $key := keys $o.resourceAttributes | sortAlpha }}
+{{- $attributes = append $attributes (printf "%s=%s" $key (index $o.resourceAttributes $key | toString | urlquery)) }}
+{{- end }}
+{{ include "rg.env" (list "OTEL_RESOURCE_ATTRIBUTES" (join "," $attributes)) }}
+{{- if $o.headersFromSecret }}
+{{ include "rg.secretEnv" (dict "ctx" . "name" "OTEL_EXPORTER_OTLP_HEADERS" "key" "otelHeaders") }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The TCP port of otel.endpoint (80 when the URL names none). */}}
+{{- define "rg.otelPort" -}}
+{{- $port := regexFind ":[0-9]+" (trimPrefix "http://" .Values.otel.endpoint) | trimPrefix ":" }}
+{{- default "80" $port }}
 {{- end }}
 
 {{/* `env` map entries, sorted by name. */}}

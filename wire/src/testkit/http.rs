@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.1 GET client for monitoring and readiness endpoints (`Connection: close`,
-//! plain `http://host:port/path` only). Not a general HTTP client.
+//! A minimal HTTP/1.1 client for monitoring, readiness and admin endpoints (`Connection:
+//! close`, plain `http://host:port/path` only). Not a general HTTP client.
 
 use std::io::{Error, ErrorKind, Result};
 
@@ -8,6 +8,12 @@ use tokio::net::TcpStream;
 
 /// GETs `url` and returns the status code and the body (de-chunked when needed).
 pub async fn http_get(url: &str) -> Result<(u16, String)> {
+    http_request("GET", url, &[], None).await
+}
+
+/// Sends `method` to `url` with extra `headers` and an optional body (sent with its
+/// `Content-Length`); returns the status code and the body.
+pub async fn http_request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Result<(u16, String)> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| Error::new(ErrorKind::InvalidInput, format!("not an http:// url: {url}")))?;
@@ -16,7 +22,15 @@ pub async fn http_get(url: &str) -> Result<(u16, String)> {
         None => (rest, "/"),
     };
     let mut stream = TcpStream::connect(authority).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAccept: */*\r\n\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAccept: */*\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(body) = body {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(body.unwrap_or_default());
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;
