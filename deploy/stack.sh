@@ -7,13 +7,17 @@
 #   publisher-bridge          :9100                     STACK_BRIDGE_PORT
 #   gateway gw-1 and gw-2     :8001, :8002              STACK_GATEWAY1_PORT, STACK_GATEWAY2_PORT
 # and prints demo tokens and ready-to-paste client commands. Ctrl-C stops everything it started.
+# With --cluster it runs the production topology instead (deploy/lib/cluster.sh): three routed
+# JetStream nodes (:4222-4224), two bridges (:9100, :9101), three gateways (:8001-8003) and
+# HAProxy on :8080 in front of them, the clients' entry point.
 # State, pid files and logs live in .stack/ (logs: .stack/logs/<name>.log). Safe to run again:
 # processes left by an earlier run are stopped first.
 set -euo pipefail
 
 usage() {
   cat <<EOF
-usage: deploy/stack.sh [--no-postgres] [--no-bridge] [--help]
+usage: deploy/stack.sh [--cluster] [--no-postgres] [--no-bridge] [--help]
+  --cluster      3 NATS nodes, 2 bridges, 3 gateways and HAProxy on :8080 (deploy/lib/cluster.sh)
   --no-postgres  no PostgreSQL; the gateways run without DATABASE_URL
   --no-bridge    do not build or start the publisher-bridge
 Ports can be changed with the STACK_*_PORT variables listed at the top of this script.
@@ -22,8 +26,10 @@ EOF
 
 with_pg=1
 with_bridge=1
+with_cluster=0
 for arg in "$@"; do
   case "$arg" in
+    --cluster) with_cluster=1 ;;
     --no-postgres) with_pg=0 ;;
     --no-bridge) with_bridge=0 ;;
     -h | --help) usage; exit 0 ;;
@@ -52,6 +58,9 @@ mkdir -p "$logs" "$pids" "$state/nats" "$state/redis"
 . "$root/deploy/lib/proc.sh"
 # shellcheck source=deploy/lib/pg.sh
 . "$root/deploy/lib/pg.sh"
+# shellcheck source=deploy/lib/cluster.sh
+. "$root/deploy/lib/cluster.sh"
+((with_cluster && !with_bridge)) && fail "--cluster runs two bridges: drop --no-bridge"
 
 # Stops everything this script (or an earlier run) started: gateways and bridge first, in
 # parallel (they drain their clients), then their dependencies.
@@ -61,6 +70,7 @@ stop_all() {
   stop_proc gateway-2 "$gateway_bin" 30 & waiters+=($!)
   stop_proc publisher-bridge "$bridge_bin" 30 & waiters+=($!)
   wait "${waiters[@]}" || true
+  cluster_stop
   stop_proc nats nats-server || true
   stop_proc redis redis-server || true
   pg_stop || true
@@ -113,6 +123,9 @@ fi
 ports=("$nats_port" "$nats_http_port" "$redis_port" "${gw_ports[@]}")
 ((with_pg)) && ports+=("$pg_port")
 ((with_bridge)) && ports+=("$bridge_port")
+# shellcheck disable=SC2207
+((with_cluster)) && ports=("$redis_port" $(cluster_ports))
+((with_cluster && with_pg)) && ports+=("$pg_port")
 for port in "${ports[@]}"; do
   port_busy "$port" && fail "127.0.0.1:$port is already in use by a process this script did not start"
 done
@@ -124,10 +137,12 @@ trap 'exit 0' INT TERM HUP
 # --- servers ---------------------------------------------------------------------------------
 # Each runs under `setsid` so that Ctrl-C reaches only this script, which then stops them in
 # order (gateways before the NATS and Redis they depend on).
-say "starting nats-server on 127.0.0.1:$nats_port (monitoring :$nats_http_port)"
-start_bg nats setsid "$nats_bin" -n stack -a 127.0.0.1 -p "$nats_port" -m "$nats_http_port" \
-  -js -sd "$state/nats"
-wait_until nats 20 http_ok "http://127.0.0.1:$nats_http_port/healthz"
+if ((!with_cluster)); then
+  say "starting nats-server on 127.0.0.1:$nats_port (monitoring :$nats_http_port)"
+  start_bg nats setsid "$nats_bin" -n stack -a 127.0.0.1 -p "$nats_port" -m "$nats_http_port" \
+    -js -sd "$state/nats"
+  wait_until nats 20 http_ok "http://127.0.0.1:$nats_http_port/healthz"
+fi
 
 say "starting redis-server on 127.0.0.1:$redis_port (no persistence)"
 start_bg redis setsid redis-server --bind 127.0.0.1 --port "$redis_port" --save "" \
@@ -141,8 +156,9 @@ if ((with_pg)); then
 fi
 
 nats_url="nats://127.0.0.1:$nats_port"
+((with_cluster)) && nats_url="$(cluster_nats_url)"
 redis_url="redis://127.0.0.1:$redis_port"
-if ((with_bridge)); then
+if ((with_bridge && !with_cluster)); then
   say "starting publisher-bridge on 127.0.0.1:$bridge_port"
   start_bg publisher-bridge env REDIS_URL="$redis_url" NATS_URL="$nats_url" \
     BRIDGE_LISTEN_ADDR="127.0.0.1:$bridge_port" setsid "$bridge_bin"
@@ -156,15 +172,19 @@ if ((with_pg)); then
 else
   gw_env=(-u DATABASE_URL "${gw_env[@]}")
 fi
-for i in 1 2; do
-  port="${gw_ports[i - 1]}"
-  say "starting gateway gw-$i on 127.0.0.1:$port"
-  start_bg "gateway-$i" env "${gw_env[@]}" GATEWAY_LISTEN_ADDR="127.0.0.1:$port" \
-    GATEWAY_INSTANCE_ID="gw-$i" setsid "$gateway_bin"
-done
-for i in 1 2; do
-  wait_until "gateway-$i" 60 http_ok "http://127.0.0.1:${gw_ports[i - 1]}/readyz"
-done
+if ((with_cluster)); then
+  cluster_start
+else
+  for i in 1 2; do
+    port="${gw_ports[i - 1]}"
+    say "starting gateway gw-$i on 127.0.0.1:$port"
+    start_bg "gateway-$i" env "${gw_env[@]}" GATEWAY_LISTEN_ADDR="127.0.0.1:$port" \
+      GATEWAY_INSTANCE_ID="gw-$i" setsid "$gateway_bin"
+  done
+  for i in 1 2; do
+    wait_until "gateway-$i" 60 http_ok "http://127.0.0.1:${gw_ports[i - 1]}/readyz"
+  done
+fi
 
 # --- what to do with it ----------------------------------------------------------------------
 mint() { JWT_SECRET="$JWT_SECRET" TABLE_TOKEN_SECRET="$TABLE_TOKEN_SECRET" python3 "$root/deploy/mint-token.py" "$@"; }
@@ -177,7 +197,13 @@ ws="PYTHONPATH=$root/.tools/py python3 -m websockets"
 gw1="127.0.0.1:${gw_ports[0]}"
 gw2="127.0.0.1:${gw_ports[1]}"
 
-cat <<EOF
+if ((with_cluster)); then
+  # Every client command below goes through HAProxy.
+  gw1="127.0.0.1:$cl_haproxy_port"
+  gw2="$gw1"
+  cluster_summary
+else
+  cat <<EOF
 
 The stack is up.
   gateways   ws://$gw1/ws/{waiter,kitchen,admin,diner}   ws://$gw2/ws/...
@@ -185,8 +211,9 @@ The stack is up.
   nats       $nats_url   monitoring http://127.0.0.1:$nats_http_port
   redis      $redis_url
 EOF
+  ((with_bridge)) && echo "  bridge     http://127.0.0.1:$bridge_port/readyz"
+fi
 ((with_pg)) && echo "  postgres   postgres://postgres@127.0.0.1:$pg_port/menu"
-((with_bridge)) && echo "  bridge     http://127.0.0.1:$bridge_port/readyz"
 cat <<EOF
   logs       $logs/
   secrets    $state/secrets.env
@@ -210,9 +237,14 @@ EOF
 # Wait, and notice if something dies on its own (which stops the rest through the EXIT trap).
 running=(nats redis gateway-1 gateway-2)
 ((with_bridge)) && running+=(publisher-bridge)
+# shellcheck disable=SC2207
+((with_cluster)) && running=(redis $(cluster_names))
 while true; do
   for name in "${running[@]}"; do
-    kill -0 "$(cat "$pids/$name.pid")" 2>/dev/null || fail "$name exited; see $logs/$name.log" "$name"
+    kill -0 "$(cat "$pids/$name.pid")" 2>/dev/null && continue
+    # --cluster: a member that dies is restarted; the others carry on meanwhile.
+    ((with_cluster)) && cluster_revive "$name" && continue
+    fail "$name exited; see $logs/$name.log" "$name"
   done
   if ((with_pg)) && ! pg_running; then fail "postgres stopped; see $logs/postgres.log" postgres; fi
   # `wait` returns at once when a trapped signal arrives, unlike a foreground sleep.

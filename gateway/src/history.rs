@@ -47,6 +47,11 @@ pub struct Reader {
     pub last_sequence: u64,
     messages: Option<jetstream::consumer::pull::Ordered>,
     read: u64,
+    /// What the read asked for. The client library recreates an ordered consumer that failed
+    /// before its first message (for example "no responders" while a new consumer's interest
+    /// propagates through a cluster) from the start of the stream: older messages are skipped.
+    from_sequence: u64,
+    from_time: Option<time::OffsetDateTime>,
 }
 
 pub async fn open(js: &jetstream::Context, filters: Vec<String>, start: Start) -> Result<Reader, HistoryError> {
@@ -56,9 +61,13 @@ pub async fn open(js: &jetstream::Context, filters: Vec<String>, start: Start) -
 async fn open_inner(js: &jetstream::Context, filters: Vec<String>, start: Start) -> Result<Reader, HistoryError> {
     let mut stream = js.get_stream(wire::subject::EVENTS_STREAM).await.map_err(|e| HistoryError::Stream(e.to_string()))?;
     let state = stream.info().await.map_err(|e| HistoryError::Stream(e.to_string()))?.state.clone();
+    let (from_sequence, from_time) = match start {
+        Start::After(sequence) => (sequence + 1, None),
+        Start::Since(time) => (0, Some(time)),
+    };
     let deliver_policy = match start {
         Start::After(sequence) if sequence >= state.last_sequence => {
-            return Ok(Reader { pending: 0, first_sequence: state.first_sequence, last_sequence: state.last_sequence, messages: None, read: 0 });
+            return Ok(Reader { pending: 0, first_sequence: state.first_sequence, last_sequence: state.last_sequence, messages: None, read: 0, from_sequence: 0, from_time: None });
         }
         Start::After(sequence) => DeliverPolicy::ByStartSequence { start_sequence: (sequence + 1).max(state.first_sequence) },
         Start::Since(start_time) => DeliverPolicy::ByStartTime { start_time },
@@ -67,7 +76,7 @@ async fn open_inner(js: &jetstream::Context, filters: Vec<String>, start: Start)
     let consumer = stream.create_consumer(config).await.map_err(|e| HistoryError::Read(e.to_string()))?;
     let pending = consumer.cached_info().num_pending;
     let messages = if pending > 0 { Some(consumer.messages().await.map_err(|e| HistoryError::Read(e.to_string()))?) } else { None };
-    Ok(Reader { pending, first_sequence: state.first_sequence, last_sequence: state.last_sequence, messages, read: 0 })
+    Ok(Reader { pending, first_sequence: state.first_sequence, last_sequence: state.last_sequence, messages, read: 0, from_sequence, from_time })
 }
 
 impl Reader {
@@ -78,21 +87,25 @@ impl Reader {
             return None;
         }
         let messages = self.messages.as_mut()?;
-        let message = match tokio::time::timeout(TIMEOUT, messages.next()).await {
-            Err(_) => return Some(Err(HistoryError::Timeout)),
-            Ok(None) => return None,
-            Ok(Some(Err(e))) => return Some(Err(HistoryError::Read(e.to_string()))),
-            Ok(Some(Ok(m))) => m,
-        };
-        self.read += 1;
-        let sequence = match message.info() {
-            Ok(info) => {
-                if info.pending == 0 {
-                    self.read = self.pending;
-                }
-                info.stream_sequence
+        let (message, sequence) = loop {
+            let message = match tokio::time::timeout(TIMEOUT, messages.next()).await {
+                Err(_) => return Some(Err(HistoryError::Timeout)),
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => return Some(Err(HistoryError::Read(e.to_string()))),
+                Ok(Some(Ok(m))) => m,
+            };
+            let info = match message.info() {
+                Ok(info) => info,
+                Err(e) => return Some(Err(HistoryError::Read(e.to_string()))),
+            };
+            if info.stream_sequence < self.from_sequence || self.from_time.is_some_and(|t| info.published < t) {
+                continue;
             }
-            Err(e) => return Some(Err(HistoryError::Read(e.to_string()))),
+            self.read += 1;
+            if info.pending == 0 {
+                self.read = self.pending;
+            }
+            break (message.clone(), info.stream_sequence);
         };
         Some(Ok(Stored { sequence, subject: message.subject.to_string(), payload: message.payload.clone() }))
     }

@@ -58,7 +58,7 @@ async fn backend_events_in_redis_reach_the_right_sockets() {
         ("session:42", spaced("CART_SYNC", 7, "null", "42", 5), vec![0, 1, 3]),
         ("tenant:1:admin", spaced("ENTITY_CREATED", 0, "null", "null", 6), vec![0]),
     ];
-    let mut clients = [&mut admin, &mut waiter, &mut kitchen, &mut diner];
+    let clients = [&mut admin, &mut waiter, &mut kitchen, &mut diner];
     for (channel, payload, receivers) in &cases {
         let _: i64 = redis.publish(*channel, payload).await.unwrap();
         for i in receivers {

@@ -9,6 +9,7 @@
 //! `spawn_blocking`. Server output goes to a log file in the fixture's tempdir; every panic
 //! message carries its tail.
 
+mod cluster;
 mod http;
 mod nats;
 mod postgres;
@@ -19,6 +20,7 @@ mod redis;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
+pub use cluster::{ClusterOptions, ClusterStack, Service, EVENTS_STREAM};
 pub use http::{http_get, http_request};
 pub use nats::{NatsCluster, NatsServer};
 pub use postgres::Postgres;
