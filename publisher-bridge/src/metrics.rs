@@ -188,17 +188,8 @@ mod tests {
     fn readme_documents_every_series() {
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md");
         let text = Metrics::default().encode();
-        let mut missing = Vec::new();
-        let series: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
-        assert!(series.len() >= 10, "{text}");
-        for line in series {
-            let mut parts = line.split_whitespace();
-            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
-            let exposed = if kind == "counter" { format!("{name}_total") } else { name.to_string() };
-            if !readme.contains(&format!("| `{exposed}` | {kind} |")) {
-                missing.push(format!("{exposed} ({kind})"));
-            }
-        }
+        assert!(text.matches("# TYPE ").count() >= 10, "{text}");
+        let missing = wire::testkit::undocumented_series(&text, &readme);
         assert!(missing.is_empty(), "README's metrics table lacks {missing:?}");
     }
 }

@@ -78,3 +78,18 @@ fn fixture_dir(prefix: &str) -> tempfile::TempDir {
         .tempdir()
         .expect("testkit: create tempdir")
 }
+
+/// Series of a Prometheus text exposition (`# TYPE` lines) that have no row
+/// ``| `name` | type |`` in `readme`'s metrics table; counters are looked up with their `_total`.
+pub fn undocumented_series(exposition: &str, readme: &str) -> Vec<String> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let (name, kind) = (parts.next()?, parts.next()?);
+            let exposed = if kind == "counter" { format!("{name}_total") } else { name.to_string() };
+            (!readme.contains(&format!("| `{exposed}` | {kind} |"))).then(|| format!("{exposed} ({kind})"))
+        })
+        .collect()
+}

@@ -158,3 +158,10 @@ async fn postgres_answers_select_1_twice_in_parallel() {
     drop(a);
     assert!(within(5, "connect to stopped", TcpStream::connect(("127.0.0.1", port))).await.is_err());
 }
+
+#[test]
+fn undocumented_series_names_what_the_table_lacks() {
+    let exposition = "# HELP a_x A.\n# TYPE a_x counter\na_x_total 1\n# TYPE b_y gauge\nb_y 0\n# TYPE c histogram\n";
+    let readme = "| series | type |\n|---|---|\n| `a_x_total` | counter |\n| `c` | histogram |\n| `b_y` | counter |\n";
+    assert_eq!(wire::testkit::undocumented_series(exposition, readme), vec!["b_y (gauge)".to_string()], "a wrong type does not count");
+}
