@@ -67,6 +67,24 @@ pub struct Events {
     pub max_lag_ms: f64,
 }
 
+impl Events {
+    /// What a publish run did: `published` events (failed batches excluded) over its duration.
+    pub fn from_log(path: String, published: u64, log: &crate::publisher::PublishLog, target_rate: f64) -> Events {
+        let publish_s = log.finished_us.saturating_sub(log.started_us) as f64 / 1e6;
+        Events {
+            path,
+            published,
+            publish_errors: log.errors,
+            first_error: log.first_error.clone(),
+            copies: log.copies,
+            target_rate,
+            achieved_rate: if publish_s > 0.0 { published as f64 / publish_s } else { 0.0 },
+            publish_s,
+            max_lag_ms: log.max_lag.as_secs_f64() * 1000.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Deliveries {
     #[serde(flatten)]

@@ -164,7 +164,6 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<Report> {
         }
     }
     let drain_s = stored_at_us.saturating_sub(log.started_us) as f64 / 1e6;
-    let publish_s = log.finished_us.saturating_sub(log.started_us) as f64 / 1e6;
     let received = seen.received.load(Relaxed);
     let latency: Histogram<u64> = timeline_seen.latency;
     Ok(Report {
@@ -178,17 +177,7 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<Report> {
             "max_batch": args.publish.max_batch, "seed": args.publish.seed, "run": run,
         }),
         connections: None,
-        events: Events {
-            path: format!("redis {:?}", args.path).to_lowercase(),
-            published,
-            publish_errors: log.errors,
-            first_error: log.first_error,
-            copies: log.copies,
-            target_rate: rate,
-            achieved_rate: if publish_s > 0.0 { published as f64 / publish_s } else { 0.0 },
-            publish_s,
-            max_lag_ms: log.max_lag.as_secs_f64() * 1000.0,
-        },
+        events: Events::from_log(format!("redis {:?}", args.path).to_lowercase(), published, &log, rate),
         deliveries: Deliveries {
             avg_fanout: 1.0,
             per_s: crate::report::mean_active_rate(received, &timeline_seen.timeline),

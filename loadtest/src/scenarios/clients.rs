@@ -140,7 +140,6 @@ pub async fn run(scenario: Scenario, args: RunArgs) -> anyhow::Result<Report> {
     conns.handshake = hist::summary(&handshake);
 
     let published = log.sent_us.iter().filter(|t| **t != 0).count() as u64;
-    let publish_s = log.finished_us.saturating_sub(log.started_us) as f64 / 1e6;
     let rss = (!pids.is_empty()).then(|| Rss {
         pids: pids.clone(),
         gateway_cpu_s,
@@ -173,17 +172,7 @@ pub async fn run(scenario: Scenario, args: RunArgs) -> anyhow::Result<Report> {
             "run": run,
         }),
         connections: Some(conns),
-        events: Events {
-            path: target.describe().to_string(),
-            published,
-            publish_errors: log.errors,
-            first_error: log.first_error,
-            copies: log.copies,
-            target_rate: rate,
-            achieved_rate: if publish_s > 0.0 { published as f64 / publish_s } else { 0.0 },
-            publish_s,
-            max_lag_ms: log.max_lag.as_secs_f64() * 1000.0,
-        },
+        events: Events::from_log(target.describe().to_string(), published, &log, rate),
         deliveries: Deliveries {
             avg_fanout: tally.expected as f64 / published.max(1) as f64,
             per_s: crate::report::mean_active_rate(received, &seen.timeline),
