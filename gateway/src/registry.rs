@@ -138,7 +138,14 @@ impl Tenant {
         let index = self.index.read().expect("tenant index lock");
         let mut out = Fanout::default();
         let mut offer = |conn: &Arc<Conn>| {
-            if !routing::receives(&conn.audience, &conn.sectors(), scope) {
+            // Sectors matter only for a pure waiter and an event naming a sector: skip the lock
+            // and the reference count for everyone else.
+            let receives = if scope.sector_id.is_some() && conn.audience.is_pure_waiter() {
+                routing::receives(&conn.audience, &conn.sectors(), scope)
+            } else {
+                routing::receives(&conn.audience, &[], scope)
+            };
+            if !receives {
                 return;
             }
             match conn.tx.try_send(event.clone()) {
