@@ -33,20 +33,13 @@ impl Channel {
     pub fn parse(name: &str) -> Option<Channel> {
         let parts: Vec<&str> = name.split(':').collect();
         match parts.as_slice() {
-            ["branch", id, "waiters" | "kitchen" | "admin"] => positive(id).map(Channel::Branch),
-            ["sector", id, "waiters"] => positive(id).map(Channel::Sector),
-            ["session", id] => positive(id).map(Channel::Session),
-            ["tenant", id, "admin"] => positive(id).map(Channel::TenantAdmin),
+            ["branch", id, "waiters" | "kitchen" | "admin"] => envelope::positive_id(id).map(Channel::Branch),
+            ["sector", id, "waiters"] => envelope::positive_id(id).map(Channel::Sector),
+            ["session", id] => envelope::positive_id(id).map(Channel::Session),
+            ["tenant", id, "admin"] => envelope::positive_id(id).map(Channel::TenantAdmin),
             _ => None,
         }
     }
-}
-
-fn positive(token: &str) -> Option<u64> {
-    if token.is_empty() || token.len() > 19 || !token.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    token.parse::<u64>().ok().filter(|id| *id > 0 && *id <= i64::MAX as u64)
 }
 
 /// Why an event went to the dead-letter stream. [`DlqReason::as_str`] is the `Dlq-Reason` header,

@@ -11,6 +11,15 @@ pub const MAX_EVENT_BYTES: usize = 65_536;
 /// Ids are stored by the backend in PostgreSQL integer columns; anything above is not an id.
 const MAX_ID: u64 = i64::MAX as u64;
 
+/// A positive id written as decimal digits (a channel segment, a token's `sub`, a legacy table
+/// token field): `None` for signs, spaces, zero, or anything above `i64::MAX` (the backend's columns).
+pub fn positive_id(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u64>().ok().filter(|id| (1..=MAX_ID).contains(id))
+}
+
 /// Why an event was refused. [`Reject::reason`] is the dead-letter reason and metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reject {
@@ -206,6 +215,16 @@ mod tests {
         assert_eq!(reject(r#"{"type":"X","tenant_id":1,"sector_id":0}"#), Reject::BadSector);
         assert_eq!(reject(r#"{"type":"X","tenant_id":1,"session_id":"s"}"#), Reject::BadSession);
         assert_eq!(reject(r#"{"type":"X","tenant_id":1,"table_id":2.5}"#), Reject::BadTable);
+    }
+
+    #[test]
+    fn positive_ids_are_plain_digits() {
+        assert_eq!(positive_id("7"), Some(7));
+        assert_eq!(positive_id("007"), Some(7));
+        assert_eq!(positive_id(&MAX_ID.to_string()), Some(MAX_ID));
+        for bad in ["", "0", "-1", "+1", " 1", "1.0", "abc", "9223372036854775808", "99999999999999999999999"] {
+            assert_eq!(positive_id(bad), None, "{bad}");
+        }
     }
 
     #[test]

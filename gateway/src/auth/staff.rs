@@ -61,7 +61,7 @@ impl StaffVerifier {
         if claims.exp <= now {
             return Err(AuthError::Expired);
         }
-        let user_id = positive_integer(&claims.sub).ok_or_else(|| AuthError::Malformed("sub is not a positive integer".into()))?;
+        let user_id = wire::envelope::positive_id(&claims.sub).ok_or_else(|| AuthError::Malformed("sub is not a positive integer".into()))?;
         if claims.tenant_id == 0 {
             return Err(AuthError::Malformed("tenant_id must be positive".into()));
         }
@@ -86,11 +86,4 @@ pub(super) fn jwt_error(e: &jsonwebtoken::errors::Error) -> AuthError {
         ErrorKind::InvalidSignature => AuthError::Signature,
         other => AuthError::Malformed(format!("{other:?}")),
     }
-}
-
-pub(super) fn positive_integer(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse::<u64>().ok().filter(|n| *n > 0 && *n <= i64::MAX as u64)
 }

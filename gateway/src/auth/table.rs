@@ -1,7 +1,7 @@
 //! Diner table tokens: the JWT form (exactly two dots) and the legacy
 //! `tenant:branch:table:session:expires_at:sig` form, compared in constant time.
 
-use super::staff::{jwt_error, positive_integer};
+use super::staff::jwt_error;
 use super::AuthError;
 use crate::config::AuthConfig;
 use hmac::{Hmac, Mac};
@@ -92,7 +92,7 @@ impl TableVerifier {
         mac.update(signed.as_bytes());
         // Constant-time comparison of the first 16 bytes (32 hex characters) of the tag.
         mac.verify_truncated_left(&sig).map_err(|_| AuthError::Signature)?;
-        let id = |i: usize| positive_integer(fields[i]).ok_or_else(malformed);
+        let id = |i: usize| wire::envelope::positive_id(fields[i]).ok_or_else(malformed);
         let exp: i64 = fields[4].parse().map_err(|_| malformed())?;
         Ok(Diner { tenant_id: id(0)?, branch_id: id(1)?, table_id: id(2)?, session_id: id(3)?, exp })
     }
