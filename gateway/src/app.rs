@@ -7,6 +7,7 @@ use crate::auth::{Authenticator, Staff};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::{Metrics, ResultLabel};
+use crate::recovery::Link;
 use crate::registry::{Capacity, Registry};
 use crate::sectors::Sectors;
 use crate::subscriptions::Subscriptions;
@@ -48,15 +49,19 @@ impl App {
     pub async fn start(config: Config) -> Result<Arc<App>, StartError> {
         let metrics = Arc::new(Metrics::default());
         let nats_metrics = metrics.clone();
+        let link = Link::default();
+        let nats_link = link.clone();
         let nats = config
             .nats
             .connect(&config.instance_id, FIRST_CONNECT_TIMEOUT, move |event| match event {
                 async_nats::Event::Connected => {
                     nats_metrics.nats_connected.set(1);
+                    nats_link.connected();
                     tracing::info!("NATS connected");
                 }
                 async_nats::Event::Disconnected => {
                     nats_metrics.nats_connected.set(0);
+                    nats_link.disconnected();
                     tracing::warn!("NATS disconnected: reconnecting; live events resume once connected");
                 }
                 async_nats::Event::SlowConsumer(_) => {
@@ -75,7 +80,7 @@ impl App {
         };
         let registry = Arc::new(Registry::new(capacity, limits.send_queue_size));
         let dispatcher = Arc::new(Dispatcher::new(registry.clone(), config.dedup_window, metrics.clone()));
-        let subscriptions = Arc::new(Subscriptions::new(nats.clone(), dispatcher, config.unsubscribe_delay, metrics.clone()));
+        let subscriptions = Arc::new(Subscriptions::new(nats.clone(), link, dispatcher, config.unsubscribe_delay, metrics.clone()));
         let sectors = Sectors::new(config.database_url.as_deref(), config.sector_cache_ttl, metrics.clone());
         Ok(Arc::new(App {
             auth: Authenticator::new(&config.auth),

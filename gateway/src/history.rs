@@ -35,6 +35,8 @@ pub struct Stored {
     pub sequence: u64,
     pub subject: String,
     pub payload: Bytes,
+    /// When the bridge received it (its `Bridge-Received-At` header).
+    pub received_us: Option<u64>,
 }
 
 /// An open read: what it will yield, and the oldest sequence the stream still holds.
@@ -107,6 +109,7 @@ impl Reader {
             }
             break (message.clone(), info.stream_sequence);
         };
-        Some(Ok(Stored { sequence, subject: message.subject.to_string(), payload: message.payload.clone() }))
+        let received_us = message.headers.as_ref().and_then(|h| h.get(wire::headers::RECEIVED_AT)).and_then(|v| v.as_str().parse().ok());
+        Some(Ok(Stored { sequence, subject: message.subject.to_string(), payload: message.payload.clone(), received_us }))
     }
 }

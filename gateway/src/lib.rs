@@ -16,6 +16,7 @@ pub mod history;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod recovery;
 pub mod registry;
 pub mod routing;
 pub mod sectors;

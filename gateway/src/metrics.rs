@@ -55,6 +55,8 @@ pub struct Metrics {
     pub nats_subscriptions: Gauge,
     pub nats_connected: Gauge,
     pub nats_slow_consumers: Counter,
+    pub nats_recovered_events: Counter,
+    pub nats_recovery_incomplete: Counter,
     pub draining: Gauge,
     legacy_connections: Gauge,
     legacy_rejected: Family<ReasonLabel, Counter>,
@@ -85,6 +87,8 @@ impl Metrics {
             nats_subscriptions: Gauge::default(),
             nats_connected: Gauge::default(),
             nats_slow_consumers: Counter::default(),
+            nats_recovered_events: Counter::default(),
+            nats_recovery_incomplete: Counter::default(),
             draining: Gauge::default(),
             legacy_connections: Gauge::default(),
             legacy_rejected: Family::default(),
@@ -114,6 +118,16 @@ impl Metrics {
         r.register("gateway_nats_subscriptions", "Tenant subscriptions held on NATS", self.nats_subscriptions.clone());
         r.register("gateway_nats_connected", "1 while the NATS connection is up", self.nats_connected.clone());
         r.register("gateway_nats_slow_consumers", "NATS slow-consumer events (messages dropped by the client)", self.nats_slow_consumers.clone());
+        r.register(
+            "gateway_nats_recovered_events",
+            "Events missed during a NATS reconnect and dispatched from the stream afterwards",
+            self.nats_recovered_events.clone(),
+        );
+        r.register(
+            "gateway_nats_recovery_incomplete",
+            "Reconnect recoveries that could not read everything missed (stream unavailable or expired)",
+            self.nats_recovery_incomplete.clone(),
+        );
         r.register("gateway_draining", "1 while the instance drains", self.draining.clone());
         r.register("wsgateway_connections", "Legacy: open connections", self.legacy_connections.clone());
         r.register("wsgateway_connections_rejected", "Legacy: connections rejected, by reason", self.legacy_rejected.clone());

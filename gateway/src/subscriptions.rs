@@ -2,10 +2,13 @@
 //! `live.<tenant>.>` (and waits until the server has the subscription); the subscription outlives
 //! the tenant's last connection by a delay, so a reconnecting client does not churn it. Never a
 //! wildcard over all tenants. Each subscription's task hands messages to the dispatcher, inside
-//! the event's routing span when traces are exported.
+//! the event's routing span when traces are exported. After the NATS connection comes back, a
+//! task first dispatches what it missed meanwhile from the stream ([`crate::recovery`]), then
+//! reads live messages again.
 
 use crate::dispatch::{Dispatcher, Meta};
 use crate::metrics::Metrics;
+use crate::recovery::{self, Link, Position};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +34,7 @@ pub struct Subscriptions {
     delay: Duration,
     slots: Mutex<HashMap<u64, Slot>>,
     metrics: Arc<Metrics>,
+    link: Link,
 }
 
 /// Keeps a tenant subscribed; dropping the last lease schedules the unsubscribe.
@@ -46,8 +50,9 @@ impl Drop for Lease {
 }
 
 impl Subscriptions {
-    pub fn new(client: async_nats::Client, dispatcher: Arc<Dispatcher>, delay: Duration, metrics: Arc<Metrics>) -> Self {
-        Subscriptions { client, dispatcher, delay, slots: Mutex::default(), metrics }
+    /// `link` is fed by the NATS client's event callback.
+    pub fn new(client: async_nats::Client, link: Link, dispatcher: Arc<Dispatcher>, delay: Duration, metrics: Arc<Metrics>) -> Self {
+        Subscriptions { client, dispatcher, delay, slots: Mutex::default(), metrics, link }
     }
 
     /// Holds `tenant_id` subscribed, subscribing first if needed.
@@ -110,6 +115,8 @@ impl Subscriptions {
 
     async fn listen(self: Arc<Self>, tenant_id: u64, ready: watch::Sender<bool>, stop: CancellationToken) {
         let subject = live_tenant_filter(tenant_id);
+        let mut link = self.link.watch();
+        let mut position = Position::new(&self.client);
         let mut attempt = 0;
         let mut subscriber = loop {
             match self.client.subscribe(subject.clone()).await {
@@ -132,10 +139,22 @@ impl Subscriptions {
             tracing::debug!(tenant_id, "subscribed to {subject}");
         }
         let _ = ready.send(true);
+        // Set after a reconnect until what was missed has been re-read.
+        let mut settle: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
+                // The sender lives as long as the client.
+                Ok(()) = link.changed() => {
+                    if position.reconnected(&self.client) {
+                        settle.get_or_insert_with(|| tokio::time::Instant::now() + recovery::SETTLE);
+                    }
+                }
+                _ = tokio::time::sleep_until(settle.unwrap_or_else(tokio::time::Instant::now)), if settle.is_some() => {
+                    settle = None;
+                    self.recover(tenant_id, &mut position, None, &link).await;
+                }
                 message = subscriber.next() => match message {
                     Some(m) => {
                         // Standard NATS headers must be looked up by the library's constants: a `&str`
@@ -146,6 +165,15 @@ impl Subscriptions {
                             received_us: value(headers.and_then(|h| h.get(wire::headers::RECEIVED_AT))),
                             sequence: value(headers.and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))),
                         };
+                        // The first message read after a reconnect came on the new connection:
+                        // what was stored before it goes out first.
+                        if position.reconnected(&self.client) || settle.is_some() {
+                            settle = None;
+                            self.recover(tenant_id, &mut position, meta.sequence, &link).await;
+                        }
+                        if !position.admit(meta.sequence) {
+                            continue;
+                        }
                         let span = crate::traces::route(m.subject.as_str(), tenant_id, headers, meta.sequence);
                         let outcome = span.in_scope(|| self.dispatcher.dispatch(tenant_id, m.subject.as_str(), m.payload, meta));
                         crate::traces::routed(&span, outcome);
@@ -157,5 +185,18 @@ impl Subscriptions {
         let _ = subscriber.unsubscribe().await;
         self.metrics.nats_subscriptions.dec();
         tracing::debug!(tenant_id, "unsubscribed from {subject}");
+    }
+
+    /// Re-reads what this tenant missed before `until` (see [`recovery::recover`]).
+    async fn recover(&self, tenant_id: u64, position: &mut Position, until: Option<u64>, link: &watch::Receiver<Option<std::time::SystemTime>>) {
+        let disconnected_at = *link.borrow();
+        match recovery::recover(&self.client, &self.dispatcher, &self.metrics, tenant_id, position, until, disconnected_at).await {
+            Ok(0) => {}
+            Ok(recovered) => tracing::info!(tenant_id, recovered, "NATS reconnected: dispatched the events missed meanwhile from the stream"),
+            Err(error) => {
+                self.metrics.nats_recovery_incomplete.inc();
+                tracing::warn!(tenant_id, %error, "NATS reconnected but the events missed meanwhile could not be read from the stream");
+            }
+        }
     }
 }

@@ -302,7 +302,6 @@ async fn kill_9_the_nats_stream_leader() {
 /// connection while another node leads `EVENTS`, so events keep being stored and re-published on
 /// `live.*` while that replica reconnects to NATS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: live events re-published while a replica reconnects to NATS are not re-read from the stream yet (issue 4 note); run with --ignored"]
 async fn kill_9_a_nats_node_a_replica_uses() {
     let mut stack = start_stack().await;
     let run = Run::begin(&stack).await;

@@ -123,6 +123,11 @@ pub fn live_tenant_filter(tenant_id: u64) -> String {
     format!("{LIVE_PREFIX}.{tenant_id}.>")
 }
 
+/// Stream filter for all of one tenant's stored events (resume, reconnect recovery).
+pub fn events_tenant_filter(tenant_id: u64) -> String {
+    format!("{EVENTS_PREFIX}.{tenant_id}.>")
+}
+
 /// Stream filter for one tenant's stored events of one branch (replays and catch-up).
 pub fn events_branch_filter(tenant_id: u64, branch_id: u64) -> String {
     format!("{EVENTS_PREFIX}.{tenant_id}.{branch_id}.*")

@@ -28,7 +28,7 @@ impl Session {
         let conn = self.registration.conn.clone();
         let tenant_id = conn.audience.tenant_id();
         let js = async_nats::jetstream::new(self.app.nats.clone());
-        let mut reader = match history::open(&js, vec![format!("{}.{tenant_id}.>", wire::subject::EVENTS_PREFIX)], Start::After(after)).await {
+        let mut reader = match history::open(&js, vec![wire::subject::events_tenant_filter(tenant_id)], Start::After(after)).await {
             Ok(reader) => reader,
             Err(error) => {
                 tracing::warn!(%error, tenant_id, "resume: history unavailable");
