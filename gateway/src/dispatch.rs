@@ -2,7 +2,7 @@
 //! gateway trusts no publisher), drops what the de-duplication window has seen, and fans out to
 //! the tenant's connections. Payload bytes go to clients exactly as published.
 
-use crate::dedup::Dedup;
+use wire::dedup::Dedup;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::registry::{Outbound, Registry};
 use crate::routing::EventScope;

@@ -10,7 +10,6 @@ pub mod auth;
 pub mod catchup;
 pub mod config;
 pub mod connection;
-pub mod dedup;
 pub mod dispatch;
 pub mod history;
 pub mod http;

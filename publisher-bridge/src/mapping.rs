@@ -9,7 +9,7 @@
 //! replica", and "the same text on pub/sub and on the stream" alike. A stream entry id would only
 //! cover the second case.
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use wire::envelope::{self, Reject};
 use wire::event_types::TypeClass;
 use wire::subject::{EventSubject, Role};
@@ -113,15 +113,30 @@ pub fn route(via: Via<'_>, payload: &[u8]) -> Result<EventSubject, DlqReason> {
     Ok(EventSubject { tenant_id: envelope.tenant_id, branch_id, role })
 }
 
-/// `Nats-Msg-Id` of an event: lowercase hex SHA-256 of the exact payload bytes.
-pub fn msg_id(payload: &[u8]) -> String {
-    hex::encode(Sha256::digest(payload))
+/// The SHA-256 of an event's exact bytes; in lowercase hex it is the event's `Nats-Msg-Id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest([u8; 32]);
+
+pub fn digest(payload: &[u8]) -> Digest {
+    Digest(Sha256::digest(payload).into())
+}
+
+impl Digest {
+    /// The `Nats-Msg-Id` of a valid event.
+    pub fn msg_id(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The first 128 bits, for in-memory de-duplication.
+    pub fn short(&self) -> u128 {
+        u128::from_le_bytes(self.0[..16].try_into().expect("16 of 32 bytes"))
+    }
 }
 
 /// `Nats-Msg-Id` of a dead letter: the reason too, since the same text refused for a
 /// channel-dependent reason (bad channel, tenant mismatch) on one path may be valid on another.
-pub fn dlq_msg_id(reason: DlqReason, payload: &[u8]) -> String {
-    format!("{}:{}", reason.as_str(), msg_id(payload))
+pub fn dlq_msg_id(reason: DlqReason, digest: &Digest) -> String {
+    format!("{}:{}", reason.as_str(), digest.msg_id())
 }
 
 #[cfg(test)]
@@ -191,8 +206,8 @@ mod tests {
 
     #[test]
     fn msg_id_is_the_payload_digest() {
-        assert_eq!(msg_id(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-        assert_ne!(msg_id(EVENT.as_bytes()), msg_id(format!("{EVENT} ").as_bytes()));
-        assert_eq!(dlq_msg_id(DlqReason::NoData, b"abc").split_once(':').unwrap().0, "no_data");
+        assert_eq!(digest(b"abc").msg_id(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_ne!(digest(EVENT.as_bytes()), digest(format!("{EVENT} ").as_bytes()));
+        assert_eq!(dlq_msg_id(DlqReason::NoData, &digest(b"abc")).split_once(':').unwrap().0, "no_data");
     }
 }

@@ -66,8 +66,10 @@ pub struct Metrics {
     received_by: [Counter; 2],
     pub published: Counter,
     pub duplicates: Counter,
+    pub copies_skipped: Counter,
     dead_lettered: Family<ReasonLabel, Counter>,
     pub retries: Counter,
+    pub conflicts: Counter,
     pub latency: Histogram,
     pub in_flight: Gauge,
     redis_connected: Family<ConnLabel, Gauge>,
@@ -91,8 +93,10 @@ impl Metrics {
             received_by: Default::default(),
             published: Counter::default(),
             duplicates: Counter::default(),
+            copies_skipped: Counter::default(),
             dead_lettered: Family::default(),
             retries: Counter::default(),
+            conflicts: Counter::default(),
             // 100 µs .. ~3.3 s
             latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16)),
             in_flight: Gauge::default(),
@@ -119,9 +123,23 @@ impl Metrics {
         let r = &mut self.registry;
         r.register("bridge_received", "Events read from Redis, by source", self.received.clone());
         r.register("bridge_published", "Events newly stored in the EVENTS stream", self.published.clone());
-        r.register("bridge_duplicates", "Publishes JetStream acknowledged as duplicates (same payload digest within the window)", self.duplicates.clone());
+        r.register(
+            "bridge_duplicates",
+            "Copies of an event not stored again: extra pub/sub copies this bridge skipped, and publishes JetStream acknowledged as duplicates",
+            self.duplicates.clone(),
+        );
+        r.register(
+            "bridge_pubsub_copies_skipped",
+            "Pub/sub copies of an event this bridge took within the last seconds, skipped without a publish",
+            self.copies_skipped.clone(),
+        );
         r.register("bridge_dead_lettered", "Events stored in EVENTS_DLQ, by reason", self.dead_lettered.clone());
         r.register("bridge_publish_retries", "JetStream publishes retried after an error or timeout", self.retries.clone());
+        r.register(
+            "bridge_publish_conflicts",
+            "Publishes retried because JetStream was still storing the same event from another publisher (another bridge replica)",
+            self.conflicts.clone(),
+        );
         r.register("bridge_publish_latency_seconds", "From receipt from Redis to JetStream acknowledgement", self.latency.clone());
         r.register("bridge_in_flight", "Publishes waiting for a JetStream acknowledgement", self.in_flight.clone());
         r.register("bridge_redis_connected", "1 when the Redis connection is up, by connection", self.redis_connected.clone());

@@ -1,20 +1,24 @@
-//! From one received Redis event to one stored JetStream message: takes an in-flight slot
-//! (bounding memory and backpressuring the sources), maps the event ([`crate::mapping`]), builds
+//! From one received Redis event to one stored JetStream message: maps the event
+//! ([`crate::mapping`]), skips a pub/sub copy of an event this bridge already took within
+//! [`COPY_WINDOW`] (the backend publishes one event on several channels: each extra copy would
+//! cost a publish for JetStream to refuse), takes an in-flight slot (bounding memory and
+//! backpressuring the sources), builds
 //! the headers (the trace context of the event's publish span among them), enqueues the publish
 //! in arrival order, and then, in a tracked task, waits for the acknowledgement, records the
 //! metrics and hands a stream entry's id to the Redis acker. The payload bytes are never
 //! re-serialised. It does not read Redis.
 
-use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Span;
+use wire::dedup::Dedup;
 use wire::headers;
-use wire::subject::dlq_subject;
+use wire::subject::{dlq_subject, EventSubject};
 
 use crate::mapping::{self, DlqReason, Via};
 use crate::metrics::{Metrics, Source};
@@ -24,6 +28,10 @@ use crate::sink::jetstream::{Outgoing, Publisher};
 pub const DLQ_TRUNCATED: &str = "Dlq-Truncated-From";
 /// Room left for headers when sizing a dead letter against the stream's message limit.
 const HEADER_ROOM: usize = 4096;
+/// How long this bridge remembers the events it took, to skip their further pub/sub copies
+/// (remembered between one and two windows). The copies of one event arrive within
+/// milliseconds; JetStream's own duplicate window still covers anything later.
+pub const COPY_WINDOW: Duration = Duration::from_secs(2);
 
 /// Where an event was read.
 #[derive(Debug, Clone)]
@@ -69,6 +77,8 @@ pub struct Pipeline {
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
     dlq_payload_limit: usize,
+    /// Digests of the valid events taken recently, from either source.
+    taken: Mutex<Dedup>,
 }
 
 impl Pipeline {
@@ -80,21 +90,40 @@ impl Pipeline {
             permits: Arc::new(Semaphore::new(max_in_flight)),
             tracker,
             dlq_payload_limit: dlq_max_msg_size.saturating_sub(HEADER_ROOM).max(1024),
+            taken: Mutex::new(Dedup::new(COPY_WINDOW, Instant::now())),
         }
     }
 
-    /// Takes the event; returns once its publish is enqueued (waiting first for an in-flight slot).
-    /// When JetStream has stored it, a stream entry's id is sent to `ack`.
+    /// Takes the event; returns once its publish is enqueued (waiting first for an in-flight slot)
+    /// or the event was found to be a copy. When JetStream has stored it, a stream entry's id is
+    /// sent to `ack`.
     pub async fn submit(&self, mut event: Incoming, ack: Option<mpsc::Sender<String>>) {
-        let permit = self.permits.clone().acquire_owned().await.expect("the in-flight semaphore is never closed");
-        let source = match event.origin {
-            Origin::PubSub { .. } => Source::Pubsub,
-            Origin::Stream { .. } => Source::Stream,
+        let (source, via) = match &event.origin {
+            Origin::PubSub { channel } => (Source::Pubsub, Via::Channel(channel)),
+            Origin::Stream { .. } => (Source::Stream, Via::Stream),
         };
         self.metrics.received(source);
+        let routed = match event.refused {
+            Some(reason) => Err(reason),
+            None => mapping::route(via, &event.payload),
+        };
+        let digest = mapping::digest(&event.payload);
+        // Only valid events: a text refused for a channel-dependent reason may be valid on
+        // another channel. Stream entries are always published (their XACK waits for it).
+        if routed.is_ok() {
+            let first = self.taken.lock().expect("copy window lock").first_sighting(digest.short(), Instant::now());
+            if !first && source == Source::Pubsub {
+                self.metrics.duplicates.inc();
+                self.metrics.copies_skipped.inc();
+                crate::traces::mapped(&event.span, None);
+                return;
+            }
+        }
+        let permit = self.permits.clone().acquire_owned().await.expect("the in-flight semaphore is never closed");
         self.metrics.in_flight.inc();
         let receive = std::mem::replace(&mut event.span, Span::none());
-        let (out, refused, publish) = self.outgoing(&event, &receive);
+        let refused = routed.as_ref().err().copied();
+        let (out, publish) = self.outgoing(&event, routed, &digest, &receive);
         let sent = self.publisher.send(&out).await;
         drop(receive);
         let publisher = self.publisher.clone();
@@ -125,17 +154,9 @@ impl Pipeline {
         });
     }
 
-    /// The message to publish, the dead-letter reason when the event is refused, and the publish
-    /// span (a child of `receive`) whose trace context the headers carry.
-    fn outgoing(&self, event: &Incoming, receive: &Span) -> (Outgoing, Option<DlqReason>, Span) {
-        let via = match &event.origin {
-            Origin::PubSub { channel } => Via::Channel(channel),
-            Origin::Stream { .. } => Via::Stream,
-        };
-        let routed = match event.refused {
-            Some(reason) => Err(reason),
-            None => mapping::route(via, &event.payload),
-        };
+    /// The message to publish and the publish span (a child of `receive`) whose trace context
+    /// the headers carry.
+    fn outgoing(&self, event: &Incoming, routed: Result<EventSubject, DlqReason>, digest: &mapping::Digest, receive: &Span) -> (Outgoing, Span) {
         let mut h = HeaderMap::new();
         h.insert(headers::SOURCE, event.origin.header());
         h.insert(headers::RECEIVED_AT, event.received_us.to_string());
@@ -149,11 +170,11 @@ impl Pipeline {
         let subject = subject.into();
         match routed {
             Ok(_) => {
-                h.insert(headers::MSG_ID, mapping::msg_id(&event.payload));
-                (Outgoing { subject, headers: h, payload: event.payload.clone() }, None, publish)
+                h.insert(headers::MSG_ID, digest.msg_id());
+                (Outgoing { subject, headers: h, payload: event.payload.clone() }, publish)
             }
             Err(reason) => {
-                h.insert(headers::MSG_ID, mapping::dlq_msg_id(reason, &event.payload));
+                h.insert(headers::MSG_ID, mapping::dlq_msg_id(reason, digest));
                 h.insert(headers::DLQ_REASON, reason.as_str());
                 h.insert(headers::DLQ_AT, now_rfc3339());
                 let mut payload = event.payload.clone();
@@ -161,7 +182,7 @@ impl Pipeline {
                     h.insert(DLQ_TRUNCATED, payload.len().to_string());
                     payload.truncate(self.dlq_payload_limit);
                 }
-                (Outgoing { subject, headers: h, payload }, Some(reason), publish)
+                (Outgoing { subject, headers: h, payload }, publish)
             }
         }
     }

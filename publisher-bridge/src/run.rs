@@ -70,9 +70,10 @@ async fn run_connected(config: &Config, metrics: &Arc<Metrics>, health: &Arc<Hea
 
     let redis_client = redis::Client::open(config.redis_url.expose_str())
         .map_err(|source| BridgeError::Redis { what: "REDIS_URL", source })?;
-    let first_pubsub = pubsub::subscribe(&redis_client, config.startup_timeout)
+    let pubsub_target = pubsub::Target::of(&redis_client).map_err(|e| BridgeError::Redis { what: "REDIS_URL", source: e.into() })?;
+    let first_pubsub = pubsub::subscribe(&pubsub_target, config.startup_timeout)
         .await
-        .map_err(|source| BridgeError::Redis { what: "pub/sub", source })?;
+        .map_err(|e| BridgeError::Redis { what: "pub/sub", source: e.into() })?;
     let read_conn = connection_manager(&redis_client, config.startup_timeout, Duration::from_secs(8)).await?;
     let ack_conn = connection_manager(&redis_client, config.startup_timeout, Duration::from_secs(3)).await?;
 
@@ -89,7 +90,7 @@ async fn run_connected(config: &Config, metrics: &Arc<Metrics>, health: &Arc<Hea
         None
     };
     let pubsub = PubSubSource {
-        client: redis_client,
+        target: pubsub_target,
         connect_timeout: Duration::from_secs(5),
         pipeline: pipeline.clone(),
         health: health.clone(),

@@ -3,12 +3,14 @@
 //! subject grammar and stream layout ([`subject`]), the header names carried on NATS messages
 //! ([`headers`]), and how backend tokens are minted ([`tokens`], for tests, demos and load).
 //!
-//! Typed settings from the environment ([`settings`]) are shared too.
+//! Typed settings from the environment ([`settings`]) and the de-duplication window ([`dedup`])
+//! are shared too.
 //!
 //! It owns no I/O of its own. The `nats` feature adds the shared NATS connection settings
 //! ([`natsconn`]); the `otel` feature adds the logging and OTLP trace set-up both services use
 //! ([`otel`]); the `testkit` feature adds real-process fixtures for integration tests.
 
+pub mod dedup;
 pub mod envelope;
 pub mod event_types;
 pub mod headers;

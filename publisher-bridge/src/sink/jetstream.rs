@@ -3,11 +3,13 @@
 //! acknowledgement and retries with capped, jittered backoff through errors and timeouts (no
 //! responders during a stream leader election, a lost connection) until JetStream stores it or
 //! the bridge gives up at the end of its shutdown budget. A "duplicate" acknowledgement is a
-//! success. It does not decide subjects or headers (see [`crate::pipeline`]).
+//! success; "duplicate message id is in process" (another replica is storing the same event) is
+//! retried without a warning and counted on its own. It does not decide subjects or headers (see [`crate::pipeline`]).
 
 use std::sync::Arc;
 
-use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::Context;
 use async_nats::{HeaderMap, Subject};
@@ -66,19 +68,24 @@ impl Publisher {
             };
             match result {
                 Ok(ack) => return Some(ack),
+                Err(error) if in_process_elsewhere(&error) => {
+                    // Another bridge replica is storing the same event right now: the retry is
+                    // acknowledged as a duplicate once it has. Expected with two replicas.
+                    self.metrics.conflicts.inc();
+                }
                 Err(error) => {
                     self.metrics.retries.inc();
                     if let Some(held_back) = self.warn.allow() {
                         tracing::warn!(subject = %out.subject, %error, held_back, "JetStream publish failed; retrying");
                     }
-                    tokio::select! {
-                        biased;
-                        _ = self.abandon.cancelled() => return None,
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
-                    sent = self.send(out).await;
                 }
             }
+            tokio::select! {
+                biased;
+                _ = self.abandon.cancelled() => return None,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+            sent = self.send(out).await;
         }
     }
 
@@ -87,4 +94,13 @@ impl Publisher {
         let sent = self.send(out).await;
         self.confirm(sent, out).await
     }
+}
+
+/// JetStream's 10158 "duplicate message id is in process": a publish with the same
+/// `Nats-Msg-Id` is being stored right now.
+fn in_process_elsewhere(error: &PublishError) -> bool {
+    error.kind() == PublishErrorKind::Other
+        && std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+            .is_some_and(|e| e.error_code() == ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT)
 }

@@ -1,8 +1,9 @@
 //! The de-duplication window of protocol section 6: the same event text seen again within the
 //! window is the same event. Keeps 128-bit digests of payload bytes in two generations that
 //! rotate every window, so an entry lives between one and two windows and memory stays bounded
-//! by the event rate. JetStream de-duplicates what it stores; this also covers events that reach
-//! the gateway on several subjects or through several stream entries.
+//! by the event rate. JetStream de-duplicates what it stores; the gateway uses this for events that
+//! reach it on several subjects or through several stream entries, the bridge to skip the extra
+//! pub/sub copies of one event before they cost a publish.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
