@@ -92,16 +92,10 @@ if ! PYTHONPATH="$root/.tools/py" python3 -c 'import websockets' 2>/dev/null; th
     say "warning: could not install websockets; the client command below will not work"
 fi
 
-packages=(-p gateway)
-if ((with_bridge)); then
-  if has_real_main publisher-bridge/src/main.rs; then
-    packages+=(-p publisher-bridge)
-  else
-    say "note: publisher-bridge/src/main.rs has no real main yet: running without the bridge"
-    with_bridge=0
-  fi
-fi
-has_real_main gateway/src/main.rs || fail "gateway/src/main.rs has no real main yet: nothing to run"
+# The loadtest too: README's demo and performance commands use it, and building the three
+# together keeps one feature set (building a subset later would rebuild the shared crates).
+packages=(-p gateway -p loadtest)
+((with_bridge)) && packages+=(-p publisher-bridge)
 say "cargo build --release ${packages[*]} (slow the first time)"
 cargo build --release "${packages[@]}" || fail "cargo build failed (use --no-bridge to leave the bridge out)"
 [ -x "$gateway_bin" ] || fail "the build produced no $gateway_bin"

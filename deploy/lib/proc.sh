@@ -93,13 +93,6 @@ wait_until() {
   say "$name is ready"
 }
 
-# has_real_main FILE: false when FILE is missing or holds only an empty `fn main() {}`.
-has_real_main() {
-  [ -f "$1" ] || return 1
-  grep -q 'fn main' "$1" || return 1
-  [ "$(tr -d '[:space:]' <"$1")" != 'fnmain(){}' ]
-}
-
 # port_busy PORT: true when something already listens on 127.0.0.1:PORT.
 port_busy() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null

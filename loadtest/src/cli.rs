@@ -303,6 +303,11 @@ pub struct BridgeArgs {
     /// Which Redis path the events take.
     #[arg(long, value_enum, default_value_t = BridgePath::Mixed)]
     pub path: BridgePath,
+    /// The bridge's metrics endpoint: its publish-latency histogram (receipt from Redis to
+    /// JetStream's acknowledgement) is read before and after the run to report the latency the
+    /// bridge itself adds. Left out of the report when unreachable.
+    #[arg(long, default_value = "http://127.0.0.1:9100/metrics")]
+    pub bridge_metrics: String,
     /// Shapes of the events (connections are not opened in this scenario).
     #[command(flatten)]
     pub population: Population,

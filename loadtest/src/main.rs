@@ -1,6 +1,7 @@
 //! `loadtest`: see `loadtest --help`. This file only parses the command line, raises the
 //! open-files limit and dispatches; every part lives in a module named for what it owns.
 
+mod bridge_probe;
 mod cli;
 mod client;
 mod events;

@@ -118,6 +118,12 @@ pub struct Bridge {
     /// Events stored in JetStream per second, first publish to last stored.
     pub stored_per_s: f64,
     pub drain_s: f64,
+    /// From the bridge's own histogram: receipt from Redis to JetStream's acknowledgement.
+    pub added_latency: Option<crate::bridge_probe::AddedLatency>,
+    /// CPU seconds used during the run by each process of the pipeline found on this machine.
+    pub cpu_s: std::collections::BTreeMap<String, f64>,
+    /// The bridge's CPU time per stored event.
+    pub bridge_cpu_us_per_event: Option<f64>,
 }
 
 impl Report {

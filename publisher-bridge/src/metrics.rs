@@ -59,6 +59,8 @@ pub struct ConnLabel {
     pub connection: &'static str,
 }
 
+const LATENCY_BUCKETS: [f64; 16] = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+
 pub struct Metrics {
     pub registry: Registry,
     received: Family<SourceLabel, Counter>,
@@ -97,8 +99,8 @@ impl Metrics {
             dead_lettered: Family::default(),
             retries: Counter::default(),
             conflicts: Counter::default(),
-            // 100 µs .. ~3.3 s
-            latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16)),
+            // 1-2-5 steps from 100 µs to 5 s, so the 5 ms target is a bucket bound.
+            latency: Histogram::new(LATENCY_BUCKETS.into_iter()),
             in_flight: Gauge::default(),
             redis_connected: Family::default(),
             nats_connected: Gauge::default(),

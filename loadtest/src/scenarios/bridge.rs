@@ -113,6 +113,8 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<Report> {
         })
     };
 
+    let latency_before = crate::bridge_probe::latency_buckets(&args.bridge_metrics).await;
+    let cpu_before = crate::bridge_probe::cpu_by_process();
     let mut target = Target::redis(&args.publish.redis_url, &args.publish.stream_key).await?;
     let sent = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(seen.clone(), sent.clone(), 0);
@@ -137,6 +139,11 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<Report> {
             (stored, stored_at_us, last_move) = (now, now_micros(), Instant::now());
         }
     }
+    let cpu_s = crate::bridge_probe::cpu_used(&cpu_before, &crate::bridge_probe::cpu_by_process());
+    let added_latency = match (latency_before, crate::bridge_probe::latency_buckets(&args.bridge_metrics).await) {
+        (Some(before), Some(after)) => crate::bridge_probe::added_latency(&before, &after),
+        _ => None,
+    };
     progress.phase("settle");
     let deadline = Instant::now() + Duration::from_secs_f64(args.publish.settle);
     while Instant::now() < deadline && seen.copies.lock().expect("copies lock").iter().filter(|c| **c > 0).count() < published as usize {
@@ -189,7 +196,15 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<Report> {
         latency: hist::summary(&latency),
         latency_percentiles: percentiles(&latency),
         rss: None,
-        bridge: Some(Bridge { stream: args.stream.clone(), stored, stored_per_s: if drain_s > 0.0 { stored as f64 / drain_s } else { 0.0 }, drain_s }),
+        bridge: Some(Bridge {
+            stream: args.stream.clone(),
+            stored,
+            stored_per_s: if drain_s > 0.0 { stored as f64 / drain_s } else { 0.0 },
+            drain_s,
+            added_latency,
+            bridge_cpu_us_per_event: cpu_s.get("publisher-bridge").filter(|_| stored > 0).map(|s| s * 1e6 / stored as f64),
+            cpu_s,
+        }),
         timeline: timeline_seen.timeline,
         problems: Vec::new(),
     })
