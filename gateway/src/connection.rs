@@ -57,13 +57,15 @@ impl Session {
         self.app.metrics.connection_opened(endpoint);
         crate::audit::opened(&self.registration.conn);
         let started = Instant::now();
-        let end = match self.replay(&mut socket).await {
+        // Boxed: the replay's JetStream reads are a large state that every connection's task
+        // would otherwise carry for its whole life (replays are rare and short).
+        let end = match Box::pin(self.replay(&mut socket)).await {
             Ok(()) => self.serve(&mut socket).await,
             Err(end) => end,
         };
         let (label, code, reason, by) = match &end {
             End::Server(closing) => {
-                close_with(&mut socket, closing.code(), closing.reason()).await;
+                Box::pin(close_with(&mut socket, closing.code(), closing.reason())).await;
                 (closing.label(), closing.code(), closing.reason(), "server")
             }
             End::ClientClosed(Some((code, reason))) => ("client_closed", *code, reason.as_str(), "client"),
@@ -95,7 +97,7 @@ impl Session {
                 reason = conn.control.closed() => return End::Server(reason),
                 event = self.queue.recv() => match event {
                     Some(event) => {
-                        if let Err(end) = self.write_events(socket, event, limits.write_timeout).await {
+                        if let Err(end) = Box::pin(self.write_events(socket, event, limits.write_timeout)).await {
                             return end;
                         }
                     }
@@ -107,7 +109,7 @@ impl Session {
                         if !rate.admit(std::time::Instant::now(), limits.message_rate_limit, limits.message_rate_window) {
                             return End::Server(CloseReason::RATE_LIMITED.into());
                         }
-                        if let Some(reply) = self.answer(&text).await {
+                        if let Some(reply) = Box::pin(self.answer(&text)).await {
                             if !send(socket, Message::Text(reply), limits.write_timeout).await {
                                 return End::Broken;
                             }
@@ -152,7 +154,7 @@ impl Session {
         let write = async {
             let mut next = Some(first);
             while let Some(event) = next.take() {
-                if let Some(text) = with_resume(resume, event.payload, event.sequence) {
+                if let Some(text) = with_resume(resume, event.payload.clone(), event.sequence) {
                     batch.push(event.received_us);
                     socket.feed(Message::Text(text)).await?;
                 }

@@ -4,7 +4,7 @@
 
 use wire::dedup::Dedup;
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::registry::{Outbound, Registry};
+use crate::registry::{QueuedEvent, Registry};
 use crate::routing::EventScope;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
@@ -94,7 +94,7 @@ impl Dispatcher {
         };
         let started = Instant::now();
         let span = crate::traces::fan_out();
-        let fanout = span.in_scope(|| tenant.fan_out(&scope, &Outbound { payload: text, received_us: meta.received_us, sequence: meta.sequence }));
+        let fanout = span.in_scope(|| tenant.fan_out(&scope, &Arc::new(QueuedEvent { payload: text, received_us: meta.received_us, sequence: meta.sequence })));
         self.metrics.fanout_seconds.observe(started.elapsed().as_secs_f64());
         if !span.is_disabled() {
             span.record("recipients", fanout.delivered).record("queue_full", fanout.queue_full);
@@ -121,7 +121,7 @@ mod tests {
         (Dispatcher::new(registry.clone(), Duration::from_secs(60), Arc::new(Metrics::default())), registry)
     }
 
-    fn manager_on_waiter(registry: &Arc<Registry>) -> (crate::registry::Registration, tokio::sync::mpsc::Receiver<Outbound>) {
+    fn manager_on_waiter(registry: &Arc<Registry>) -> (crate::registry::Registration, tokio::sync::mpsc::Receiver<crate::registry::Outbound>) {
         let audience = Audience::Staff { tenant_id: 3, branch_ids: vec![7].into(), endpoint: Endpoint::Waiter, admin_view: true };
         registry.admit(Endpoint::Waiter, audience, ConnKey::User { tenant_id: 3, user_id: 1 }, Arc::from([])).unwrap()
     }

@@ -14,10 +14,14 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// One event queued to a connection: the payload as published, when the bridge received it
-/// (unix microseconds, for the delivery latency histogram), and its stream sequence.
-#[derive(Debug, Clone)]
-pub struct Outbound {
+/// One event queued to connections, shared by every recipient of a fan-out: a queue slot is one
+/// pointer (the queue's first block of 32 slots is allocated with the connection).
+pub type Outbound = Arc<QueuedEvent>;
+
+/// The payload as published, when the bridge received it (unix microseconds, for the delivery
+/// latency histogram), and its stream sequence.
+#[derive(Debug)]
+pub struct QueuedEvent {
     pub payload: Utf8Bytes,
     pub received_us: Option<u64>,
     /// Stream sequence (`Nats-Sequence` of JetStream's re-publish): the resume cursor.
