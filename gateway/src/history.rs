@@ -1,7 +1,9 @@
 //! Reading the `EVENTS` stream's history for one tenant: an ordered consumer (ephemeral, no
 //! acknowledgements, recreated by the client library on a gap) starting after a sequence or at
-//! a time, bounded to what was pending when it was opened. Resume and the catch-up endpoints
-//! read through here; neither ever writes to the stream.
+//! a time, bounded to what was pending when it was opened. Resume, reconnect recovery and the
+//! catch-up endpoints read through here; none of them ever writes to the stream. The consumer is
+//! deleted when the read ends: the server would otherwise keep it for 30 s of inactivity, and a
+//! burst of resuming clients (a replica's death) would pass the stream's consumer limit.
 
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
 use bytes::Bytes;
@@ -48,6 +50,8 @@ pub struct Reader {
     /// The stream's last sequence when opened.
     pub last_sequence: u64,
     messages: Option<jetstream::consumer::pull::Ordered>,
+    /// The stream and the consumer's name, to delete it when the read ends.
+    consumer: Option<(jetstream::stream::Stream, String)>,
     read: u64,
     /// What the read asked for. The client library recreates an ordered consumer that failed
     /// before its first message (for example "no responders" while a new consumer's interest
@@ -61,15 +65,24 @@ pub async fn open(js: &jetstream::Context, filters: Vec<String>, start: Start) -
 }
 
 async fn open_inner(js: &jetstream::Context, filters: Vec<String>, start: Start) -> Result<Reader, HistoryError> {
-    let mut stream = js.get_stream(wire::subject::EVENTS_STREAM).await.map_err(|e| HistoryError::Stream(e.to_string()))?;
-    let state = stream.info().await.map_err(|e| HistoryError::Stream(e.to_string()))?.state.clone();
+    let stream = js.get_stream(wire::subject::EVENTS_STREAM).await.map_err(|e| HistoryError::Stream(e.to_string()))?;
+    let state = stream.cached_info().state.clone();
     let (from_sequence, from_time) = match start {
         Start::After(sequence) => (sequence + 1, None),
         Start::Since(time) => (0, Some(time)),
     };
     let deliver_policy = match start {
         Start::After(sequence) if sequence >= state.last_sequence => {
-            return Ok(Reader { pending: 0, first_sequence: state.first_sequence, last_sequence: state.last_sequence, messages: None, read: 0, from_sequence: 0, from_time: None });
+            return Ok(Reader {
+                pending: 0,
+                first_sequence: state.first_sequence,
+                last_sequence: state.last_sequence,
+                messages: None,
+                consumer: None,
+                read: 0,
+                from_sequence: 0,
+                from_time: None,
+            });
         }
         Start::After(sequence) => DeliverPolicy::ByStartSequence { start_sequence: (sequence + 1).max(state.first_sequence) },
         Start::Since(start_time) => DeliverPolicy::ByStartTime { start_time },
@@ -77,8 +90,35 @@ async fn open_inner(js: &jetstream::Context, filters: Vec<String>, start: Start)
     let config = OrderedConfig { filter_subjects: filters, deliver_policy, ..Default::default() };
     let consumer = stream.create_consumer(config).await.map_err(|e| HistoryError::Read(e.to_string()))?;
     let pending = consumer.cached_info().num_pending;
-    let messages = if pending > 0 { Some(consumer.messages().await.map_err(|e| HistoryError::Read(e.to_string()))?) } else { None };
-    Ok(Reader { pending, first_sequence: state.first_sequence, last_sequence: state.last_sequence, messages, read: 0, from_sequence, from_time })
+    let name = consumer.cached_info().name.clone();
+    let mut reader = Reader {
+        pending,
+        first_sequence: state.first_sequence,
+        last_sequence: state.last_sequence,
+        messages: None,
+        consumer: Some((stream, name)),
+        read: 0,
+        from_sequence,
+        from_time,
+    };
+    if pending > 0 {
+        reader.messages = Some(consumer.messages().await.map_err(|e| HistoryError::Read(e.to_string()))?);
+    }
+    Ok(reader)
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.messages = None;
+        let Some((stream, name)) = self.consumer.take() else { return };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = stream.delete_consumer(&name).await {
+                    tracing::debug!(%error, consumer = name, "could not delete a history consumer; the server drops it after 30 s idle");
+                }
+            });
+        }
+    }
 }
 
 impl Reader {

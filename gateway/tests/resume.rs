@@ -57,6 +57,14 @@ async fn a_reconnect_to_another_replica_replays_exactly_the_missed_events() {
     store(&js, 1, 10, "waiters", &live).await;
     assert_eq!(without_cursor(&again.text().await), live, "then live, nothing in between");
     assert_eq!(again.next_within(Duration::from_millis(300)).await, Seen::Nothing);
+
+    // The replay's consumer is gone once it is done (a burst of resumes after a replica's death
+    // must not pile up consumers until the stream's limit), long before the server's 30 s.
+    wait_until("the replay's consumer is deleted", || {
+        let js = js.clone();
+        async move { js.get_stream("EVENTS").await.unwrap().cached_info().state.consumer_count == 0 }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
