@@ -2,51 +2,11 @@
 //! the hidden `worker` subcommand. Defaults that depend on the scenario are resolved in
 //! [`crate::scenarios`]; this module only parses.
 
+mod help;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use help::*;
 use std::path::PathBuf;
-
-const ABOUT: &str = "Load generator for the gateway and the publisher-bridge: real WebSocket clients, backend-shaped Redis traffic, exact delivery accounting.";
-
-const LONG_ABOUT: &str = "\
-Load generator for the gateway and the publisher-bridge.
-
-It opens real WebSocket connections (tokens minted from the backend's secrets, Origin header,
-source addresses spread over 127.0.0.x), publishes events the way the backend does (Redis
-PUBLISH on branch/sector/session/tenant channels, XADD to events:critical), and checks every
-delivery against the routing rules of the wire contract: for each event × connection it knows
-whether a delivery is owed, and reports missing, duplicate and misrouted deliveries exactly.
-Each event carries its publish time, so every client measures end-to-end latency
-(Redis publish -> client receive).
-
-Scenarios:
-  idle     connect and hold; gateway RSS per connection, handshake rate; a final probe round
-           checks that every connection still receives
-  fanout   events with large audiences (whole branches, tenant-wide admin events)
-  steady   a realistic mix (cart, rounds, payments via the stream, admin and tenant-wide events),
-           often the same text on several channels at once
-  churn    steady traffic while connections disconnect and reconnect at a rate
-  bridge   Redis -> JetStream throughput of the publisher-bridge, no WebSocket clients
-
-More than --per-worker connections are spread over worker processes (each under the 20,000
-open-files limit); their results are merged. A live progress line goes to stderr, a summary
-table to stdout, and --report-json / --report-svg write the full report.";
-
-const EXAMPLES: &str = "\
-Examples (against deploy/stack.sh, whose secrets are in .stack/secrets.env):
-  set -a; . .stack/secrets.env; set +a
-  loadtest idle -n 15000 --url ws://127.0.0.1:8001 --duration 20
-  loadtest steady -n 10000 --tenants 100 --branches 7 --rate 2000 --duration 60 \\
-      --url ws://127.0.0.1:8001,ws://127.0.0.1:8002 \\
-      --report-json steady.json --report-svg steady.svg --expect-zero-loss   # fan-out 10
-  loadtest fanout -n 15000 --tenants 1 --branches 1 --rate 20 --duration 20   # ~8,400 per event
-  loadtest churn -n 2000 --churn-rate 200 --rate 500 --duration 30
-  loadtest steady -n 2000 --direct-nats nats://127.0.0.1:4222     # gateway alone, no bridge
-  loadtest bridge --rate 0 --duration 10 --path mixed               # as fast as possible
-  loadtest token staff --tenant 1 --branches 1 --roles WAITER --url ws://127.0.0.1:8001
-
-Exit status: 0 on success; 1 on an error, or with --expect-zero-loss when any delivery is
-missing, duplicated or misrouted, an event failed to publish, a connection never opened, or
-nothing was delivered.";
 
 #[derive(Debug, Parser)]
 #[command(name = "loadtest", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = EXAMPLES)]
@@ -54,78 +14,6 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
-
-const IDLE_HELP: &str = "\
-Connect and hold: gateway RSS per connection and handshake rate.
-
-Measures the gateways' VmRSS (pids from --gateway-pid, or discovered by executable name and
-listen port), opens --connections connections through worker processes, measures RSS again
-(the difference per connection is reported), holds for --duration seconds, then publishes one
-probe round (one event per branch reaching its kitchen, waiters and admins, one session event per
-table) so every connection shows it is still alive. Defaults: --duration 10, probe at --rate 1000.";
-
-const IDLE_EXAMPLES: &str = "\
-Examples:
-  loadtest idle -n 15000 --duration 20 --report-json idle-15k.json
-  loadtest idle -n 30000 --url ws://127.0.0.1:8001,ws://127.0.0.1:8002 --per-worker 8000";
-
-const FANOUT_HELP: &str = "\
-Events to large audiences: ROUND_SUBMITTED to whole branches (kitchen, waiters, admins),
-ROUND_PENDING to every waiter of a branch, and tenant-wide admin events. Fewer tenants and
-branches mean larger audiences; the report gives the average fan-out and deliveries per second.
-Defaults: --rate 200, --duration 10.";
-
-const FANOUT_EXAMPLES: &str = "\
-Examples:
-  loadtest fanout -n 15000 --tenants 1 --branches 1 --rate 20 --duration 20   # ~8,400 per event
-  loadtest fanout -n 10000 --tenants 2 --branches 2 --rate 100 --direct-nats nats://127.0.0.1:4222";
-
-const STEADY_HELP: &str = "\
-Mixed realistic traffic, published as the backend does: cart events to session:{s} and
-branch:{b}:admin, rounds to the kitchen, sector and admin channels (and the session), checks and
-payments also XADDed to events:critical, waiter calls, admin-only entity events and tenant-wide
-events on tenant:{t}:admin. The same text goes to several channels; the gateway must deliver it
-once. Loadtest waiters have no sector assignments, so sector events reach admins only.
-Defaults: --rate 500, --duration 10.";
-
-const STEADY_EXAMPLES: &str = "\
-Examples:
-  loadtest steady -n 10000 --tenants 100 --branches 7 --dry-run      # average fan-out 10.0
-  loadtest steady -n 10000 --tenants 100 --branches 7 --rate 2000 --duration 60 \\
-      --expect-zero-loss --report-svg steady.svg
-  loadtest steady -n 2000 --rate 1000 --direct-nats nats://127.0.0.1:4222   # without the bridge";
-
-const CHURN_HELP: &str = "\
-Steady traffic while connections disconnect and reconnect: every worker closes its slots round
-robin at its share of --churn-rate and reconnects them at once with a fresh token. A connection
-is owed the events published after its handshake completed and more than --churn-grace-ms
-before it chose to close; events arriving outside that window are tolerated and counted. A
-connection the server closes stays owed everything until it is back, so server-side drops show
-up as missing. Defaults: --rate 200, --duration 10, --churn-rate 5% of the connections/s.";
-
-const CHURN_EXAMPLES: &str = "\
-Examples:
-  loadtest churn -n 2000 --churn-rate 200 --rate 500 --duration 30";
-
-const BRIDGE_HELP: &str = "\
-Redis -> JetStream throughput of the publisher-bridge, without WebSocket clients. Publishes
-rate × duration events to Redis (--path: pub/sub only, the stream only, or both as the backend
-does), follows the last sequence of the EVENTS stream to time how fast they are stored, and
-subscribes to live.> to check that each event is re-published exactly once (the same text on
-several channels is stored once) and to measure Redis -> NATS latency. --rate 0 publishes
-50,000 × duration events as fast as the pipeline allows. Defaults: --rate 50000, --duration 10.";
-
-const BRIDGE_EXAMPLES: &str = "\
-Examples:
-  loadtest bridge --rate 0 --duration 10
-  loadtest bridge --rate 20000 --duration 30 --path stream --report-svg bridge.svg";
-
-const TOKEN_EXAMPLES: &str = "\
-Examples:
-  loadtest token staff --user 7 --tenant 1 --branches 1,2 --roles WAITER,MANAGER
-  loadtest token staff --roles KITCHEN --url ws://127.0.0.1:8001     # a ready-to-use URL
-  loadtest token table --tenant 1 --branch 1 --table 3 --session 42 --url ws://127.0.0.1:8001
-  loadtest token table --legacy";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -141,6 +29,12 @@ pub enum Command {
     /// Connect/disconnect at --churn-rate while steady traffic flows.
     #[command(long_about = CHURN_HELP, after_long_help = CHURN_EXAMPLES)]
     Churn(RunArgs),
+    /// SIGKILL one gateway under steady traffic: how soon its clients are live again, zero loss.
+    #[command(long_about = FAILOVER_HELP, after_long_help = FAILOVER_EXAMPLES)]
+    Failover(FailoverArgs),
+    /// Resuming clients that missed events: how fast the gateway replays them.
+    #[command(long_about = REPLAY_HELP, after_long_help = REPLAY_EXAMPLES)]
+    Replay(ReplayArgs),
     /// Redis -> JetStream throughput of the publisher-bridge (no WebSocket clients).
     #[command(long_about = BRIDGE_HELP, after_long_help = BRIDGE_EXAMPLES)]
     Bridge(BridgeArgs),
@@ -160,6 +54,26 @@ pub struct Secrets {
     /// Key of table tokens (the gateway's TABLE_TOKEN_SECRET).
     #[arg(long, env = "TABLE_TOKEN_SECRET", hide_env_values = true)]
     pub table_secret: String,
+}
+
+/// What every handshake carries: tokens minted with the gateway's secrets, and the Origin.
+#[derive(Debug, Clone, Args)]
+pub struct Handshake {
+    #[command(flatten)]
+    pub secrets: Secrets,
+    /// Origin header sent with every handshake.
+    #[arg(long, default_value = "http://localhost:5173")]
+    pub origin: String,
+    /// Send no Origin header (accepted only by gateways with ENVIRONMENT=development).
+    #[arg(long)]
+    pub no_origin: bool,
+}
+
+impl Handshake {
+    /// The Origin header to send, if any.
+    pub fn origin(&self) -> Option<String> {
+        (!self.no_origin).then(|| self.origin.clone())
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -200,7 +114,7 @@ pub struct Publish {
     /// Events per second (0: as fast as possible). Default depends on the scenario.
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Seconds of traffic (idle: seconds of holding before the probe). Default 10.
+    /// Seconds of traffic (idle: seconds of holding before the probe). Default 10 (failover 15).
     #[arg(long)]
     pub duration: Option<f64>,
     /// Seconds to wait for deliveries after the last publish.
@@ -225,19 +139,14 @@ pub struct Publish {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Gateway base URLs, comma-separated or repeated; connections are spread round robin.
+    /// Gateway base URLs, comma-separated or repeated; connections are spread round robin, and a
+    /// slot whose connection the server ended (or whose attempt failed) tries the next one.
     #[arg(long = "url", value_delimiter = ',', default_value = "ws://127.0.0.1:8001")]
     pub urls: Vec<String>,
     #[command(flatten)]
     pub population: Population,
     #[command(flatten)]
-    pub secrets: Secrets,
-    /// Origin header sent with every handshake.
-    #[arg(long, default_value = "http://localhost:5173")]
-    pub origin: String,
-    /// Send no Origin header (accepted only by gateways with ENVIRONMENT=development).
-    #[arg(long)]
-    pub no_origin: bool,
+    pub handshake: Handshake,
     #[command(flatten)]
     pub publish: Publish,
     /// Publish straight to NATS live.<tenant>.<branch>.<role> subjects at this URL instead of
@@ -250,6 +159,12 @@ pub struct RunArgs {
     /// Events published within this many ms before a deliberate disconnect are not owed.
     #[arg(long, default_value_t = 1000)]
     pub churn_grace_ms: u64,
+    /// Resume-capable clients (protocol section 8): connect with resume=live, keep the last
+    /// `_cursor` received, reconnect with resume=<cursor>. Events published while a client was
+    /// away are then owed (replayed), not tolerated. Needs the bridge: not with --direct-nats.
+    /// Always on in failover.
+    #[arg(long)]
+    pub resume: bool,
     /// Connections per worker process (each process stays under its open-files limit).
     #[arg(long, default_value_t = 8000)]
     pub per_worker: u64,
@@ -280,6 +195,78 @@ pub struct RunArgs {
     /// fan-out per event type), then exit without connecting.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FailoverArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub kill: Kill,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Kill {
+    /// Seconds after the traffic starts when the gateway is SIGKILLed (less than --duration).
+    #[arg(long, default_value_t = 5.0)]
+    pub kill_after: f64,
+    /// Pid of the gateway process to kill.
+    #[arg(long, required_unless_present = "kill_url", conflicts_with = "kill_url")]
+    pub kill_pid: Option<i32>,
+    /// Kill the process named --gateway-bin that listens on this URL's port (one of --url, or a
+    /// replica behind the load balancer given as --url).
+    #[arg(long, value_name = "URL")]
+    pub kill_url: Option<String>,
+    /// Seconds of the clients' first reconnect wait, doubled after each failed attempt up to
+    /// 30 s, each wait ±50 % (the browser apps wait from 1 s).
+    #[arg(long, default_value_t = 1.0)]
+    pub backoff_base: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// Gateway base URLs, comma-separated or repeated; clients are spread round robin (their
+    /// reconnect goes to the same URL).
+    #[arg(long = "url", value_delimiter = ',', default_value = "ws://127.0.0.1:8001")]
+    pub urls: Vec<String>,
+    /// Resuming clients (tenant admins).
+    #[arg(short = 'n', long, default_value_t = 20)]
+    pub clients: u64,
+    /// Tenants the clients are spread over (ids from 1000, one branch each).
+    #[arg(long, default_value_t = 1)]
+    pub tenants: u64,
+    /// Events each client misses while it is away (published per tenant).
+    #[arg(long, default_value_t = 1000)]
+    pub missed: u64,
+    /// Events per second while the clients are away (0: as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    #[command(flatten)]
+    pub handshake: Handshake,
+    /// Backend Redis.
+    #[arg(long, default_value = "redis://127.0.0.1:6380")]
+    pub redis_url: String,
+    /// NATS server holding the bridge's EVENTS stream.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// JetStream stream the bridge stores events in.
+    #[arg(long, default_value = "EVENTS")]
+    pub stream: String,
+    /// Most events per Redis pipeline.
+    #[arg(long, default_value_t = 256)]
+    pub max_batch: u64,
+    /// Pad each event to about this many bytes.
+    #[arg(long, default_value_t = 400)]
+    pub payload_bytes: usize,
+    /// Seconds each step may take: connecting, the first event, storing, each replay.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Seconds each client keeps reading after its replay is complete (a late extra copy is a
+    /// duplicate).
+    #[arg(long, default_value_t = 1.0)]
+    pub settle: f64,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -381,5 +368,21 @@ mod tests {
         assert_eq!(args.population.connections, 300);
         assert_eq!(args.publish.rate, Some(50.0));
         assert!(args.output.expect_zero_loss);
+        assert!(!args.resume);
+    }
+
+    #[test]
+    fn failover_needs_exactly_one_gateway_to_kill() {
+        let base = ["loadtest", "failover", "--jwt-secret", "j", "--table-secret", "t", "--url", "ws://a:1,ws://b:2"];
+        let parse = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra)).map(|cli| cli.command);
+        let Ok(Command::Failover(f)) = parse(&["--kill-url", "ws://b:2", "--kill-after", "3"]) else { panic!("failover") };
+        assert_eq!((f.kill.kill_url.as_deref(), f.kill.kill_pid, f.kill.kill_after, f.kill.backoff_base), (Some("ws://b:2"), None, 3.0, 1.0));
+        assert_eq!(f.run.urls.len(), 2);
+        let Ok(Command::Failover(f)) = parse(&["--kill-pid", "42", "--backoff-base", "0.5"]) else { panic!("failover") };
+        assert_eq!((f.kill.kill_pid, f.kill.backoff_base), (Some(42), 0.5));
+        assert!(parse(&[]).is_err(), "which gateway?");
+        assert!(parse(&["--kill-pid", "42", "--kill-url", "ws://b:2"]).is_err(), "one or the other");
+        let Ok(Command::Replay(r)) = Cli::try_parse_from(["loadtest", "replay", "--jwt-secret", "j", "--table-secret", "t"]).map(|c| c.command) else { panic!("replay") };
+        assert_eq!((r.clients, r.missed, r.tenants, r.rate), (20, 1000, 1, 0.0));
     }
 }

@@ -1,16 +1,20 @@
 //! One connection slot: connect (bound to a 127.0.0.x source address, with the `Origin` header and
 //! a freshly minted token), receive and time events, ping to stay alive, close on request
-//! (churn) or at the end, and reconnect with backoff when the server ends the connection. It
-//! returns every connection it held as an [`Incarnation`]; accounting is not its business.
+//! (churn) or at the end, and reconnect with backoff when the server ends the connection (to the
+//! next gateway URL, so a dead replica's clients move to a live one). With resume on, it opens
+//! with `resume=live`, keeps the last cursor it received and comes back with it. It returns every
+//! connection it held as an [`Incarnation`]; accounting is not its business.
 
-use crate::events::parse_marker;
-use crate::expectations::Incarnation;
+use crate::backoff::{self, Backoff};
+use crate::expectations::{Incarnation, Opened};
 use crate::population::Member;
+use crate::resume;
 use crate::stats::Stats;
 use crate::tokens::{self, Secrets};
+use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream};
@@ -24,23 +28,34 @@ use tokio_util::sync::CancellationToken;
 use wire::tokens::now_micros;
 
 /// How long a closing client keeps reading for the server's close.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+pub type Socket = WebSocketStream<TcpStream>;
+
+/// How a member's connection is opened.
+pub struct Dialer {
+    /// Base URL (`ws://host:port`) and resolved address of each gateway.
+    pub gateways: Vec<(String, SocketAddr)>,
+    pub origin: Option<String>,
+    /// Source addresses 127.0.0.1..=127.0.0.N for loopback gateways (0: the kernel's choice).
+    pub source_ips: u32,
+    pub secrets: Secrets,
+}
 
 /// What every slot of a worker shares.
 pub struct Ctx {
     pub run: u64,
-    /// Base URL (`ws://host:port`) and resolved address of each gateway.
-    pub gateways: Vec<(String, SocketAddr)>,
-    pub origin: Option<String>,
-    pub source_ips: u32,
+    pub dialer: Dialer,
     pub connect_timeout: Duration,
     pub ping_interval: Duration,
-    pub secrets: Secrets,
     pub connect_permits: Semaphore,
     pub finish: CancellationToken,
     pub stats: Stats,
+    /// Open with `resume=live`, reconnect with `resume=<last cursor>`.
+    pub resume: bool,
+    pub backoff: backoff::Policy,
+    /// Unix µs of the gateway kill the parent announced, 0 before (see [`Incarnation`]).
+    pub kill_us: AtomicU64,
 }
 
 /// Why a connection ended.
@@ -54,15 +69,20 @@ enum End {
 pub async fn run_slot(ctx: Arc<Ctx>, member: Member, recycle: Arc<Notify>, on_first: impl FnOnce(bool)) -> Vec<Incarnation> {
     let mut held = Vec::new();
     let mut on_first = Some(on_first);
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(ctx.backoff, member.slot);
+    let gateways = ctx.dialer.gateways.len();
+    let mut gateway = (member.slot % gateways as u64) as usize;
+    let mut cursor: Option<u64> = None;
     while !ctx.finish.is_cancelled() {
+        let query = if ctx.resume { resume::param(cursor) } else { String::new() };
         let attempt = async {
             let _permit = ctx.connect_permits.acquire().await.expect("semaphore open");
             if on_first.is_some() {
                 ctx.stats.first_attempt_started(now_micros());
             }
             let started = Instant::now();
-            let result = tokio::time::timeout(ctx.connect_timeout, connect(&ctx, &member)).await.unwrap_or_else(|_| Err("timeout".into()));
+            let connecting = ctx.dialer.connect(&member, gateway, &query);
+            let result = tokio::time::timeout(ctx.connect_timeout, connecting).await.unwrap_or_else(|_| Err("timeout".into()));
             (result, started.elapsed())
         };
         let (result, took) = tokio::select! {
@@ -77,20 +97,31 @@ pub async fn run_slot(ctx: Arc<Ctx>, member: Member, recycle: Arc<Notify>, on_fi
             Ok(ws) => ws,
             Err(reason) => {
                 ctx.stats.failure(reason);
+                gateway = (gateway + 1) % gateways;
                 if !pause(&ctx, &mut backoff).await {
                     break;
                 }
                 continue;
             }
         };
+        backoff.opened();
         ctx.stats.connects.fetch_add(1, Relaxed);
         ctx.stats.handshake.record(member.slot, took.as_micros() as u64);
-        let (incarnation, end) = session(&ctx, member.slot, ws, &recycle).await;
+        let opened = match (ctx.resume, cursor) {
+            (false, _) => Opened::Plain,
+            (true, None) => Opened::Live,
+            (true, Some(_)) => Opened::Resumed,
+        };
+        if opened == Opened::Resumed {
+            ctx.stats.resumed.fetch_add(1, Relaxed);
+        }
+        let (incarnation, end) = session(&ctx, member.slot, ws, &recycle, opened, &mut cursor).await;
         held.push(incarnation);
         match end {
             End::Finish => break,
-            End::Recycled => backoff = BACKOFF_MIN,
+            End::Recycled => backoff.recycled(),
             End::ServerClosed => {
+                gateway = (gateway + 1) % gateways;
                 if !pause(&ctx, &mut backoff).await {
                     break;
                 }
@@ -100,46 +131,58 @@ pub async fn run_slot(ctx: Arc<Ctx>, member: Member, recycle: Arc<Notify>, on_fi
     held
 }
 
-/// Sleeps `backoff` (doubling it) unless the run finishes first; `false` when it did.
-async fn pause(ctx: &Ctx, backoff: &mut Duration) -> bool {
-    let wait = *backoff;
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+/// Sleeps the next backoff unless the run finishes first; `false` when it did.
+async fn pause(ctx: &Ctx, backoff: &mut Backoff) -> bool {
     tokio::select! {
         _ = ctx.finish.cancelled() => false,
-        _ = tokio::time::sleep(wait) => true,
+        _ = tokio::time::sleep(backoff.next_delay()) => true,
     }
 }
 
-async fn connect(ctx: &Ctx, member: &Member) -> Result<WebSocketStream<TcpStream>, String> {
-    let (base, addr) = &ctx.gateways[(member.slot % ctx.gateways.len() as u64) as usize];
-    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {}", e.kind()))?;
-    if ctx.source_ips > 0 && addr.ip().is_loopback() {
-        let ip = Ipv4Addr::new(127, 0, 0, 1 + (member.slot % ctx.source_ips as u64) as u8);
-        socket.bind(SocketAddr::from((ip, 0))).map_err(|e| format!("bind {ip}: {}", e.kind()))?;
-    }
-    let stream = socket.connect(*addr).await.map_err(|e| format!("tcp: {}", e.kind()))?;
-    let _ = stream.set_nodelay(true);
-    let url = format!("{base}{}", tokens::connect_path(member, &ctx.secrets));
-    let mut request = url.into_client_request().map_err(|e| format!("request: {e}"))?;
-    if let Some(origin) = &ctx.origin {
-        let value = HeaderValue::from_str(origin).map_err(|_| "bad origin".to_string())?;
-        request.headers_mut().insert("Origin", value);
-    }
-    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0).max_write_buffer_size(1 << 20);
-    let (ws, _response) = tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await.map_err(|e| match e {
-        WsError::Http(response) => format!("http {}", response.status().as_u16()),
-        other => format!("handshake: {}", short(&other.to_string())),
-    })?;
-    Ok(ws)
+/// The address of a `ws://host:port` URL.
+pub async fn resolve(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url.strip_prefix("ws://").with_context(|| format!("{url}: only ws:// URLs are supported"))?;
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    let host_port = if host_port.contains(':') { host_port.to_string() } else { format!("{host_port}:80") };
+    let mut addrs = tokio::net::lookup_host(&host_port).await.with_context(|| format!("resolve {host_port}"))?;
+    addrs.find(|a| a.is_ipv4()).with_context(|| format!("{host_port} has no IPv4 address"))
 }
 
-fn short(text: &str) -> String {
+impl Dialer {
+    /// Opens `member`'s connection to `self.gateways[gateway]`; `query` (`&resume=...` or
+    /// empty) follows the token.
+    pub async fn connect(&self, member: &Member, gateway: usize, query: &str) -> Result<Socket, String> {
+        let (base, addr) = &self.gateways[gateway];
+        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {}", e.kind()))?;
+        if self.source_ips > 0 && addr.ip().is_loopback() {
+            let ip = Ipv4Addr::new(127, 0, 0, 1 + (member.slot % self.source_ips as u64) as u8);
+            socket.bind(SocketAddr::from((ip, 0))).map_err(|e| format!("bind {ip}: {}", e.kind()))?;
+        }
+        let stream = socket.connect(*addr).await.map_err(|e| format!("tcp: {}", e.kind()))?;
+        let _ = stream.set_nodelay(true);
+        let url = format!("{base}{}{query}", tokens::connect_path(member, &self.secrets));
+        let mut request = url.into_client_request().map_err(|e| format!("request: {e}"))?;
+        if let Some(origin) = &self.origin {
+            let value = HeaderValue::from_str(origin).map_err(|_| "bad origin".to_string())?;
+            request.headers_mut().insert("Origin", value);
+        }
+        let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0).max_write_buffer_size(1 << 20);
+        let (ws, _response) = tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await.map_err(|e| match e {
+            WsError::Http(response) => format!("http {}", response.status().as_u16()),
+            other => format!("handshake: {}", short(&other.to_string())),
+        })?;
+        Ok(ws)
+    }
+}
+
+pub fn short(text: &str) -> String {
     text.chars().take(60).collect()
 }
 
-/// Reads one open connection until the run finishes, the slot is recycled or the server ends it.
-async fn session(ctx: &Ctx, slot: u64, ws: WebSocketStream<TcpStream>, recycle: &Notify) -> (Incarnation, End) {
-    let mut me = Incarnation { slot, connected_us: now_micros(), ..Incarnation::default() };
+/// Reads one open connection until the run finishes, the slot is recycled or the server ends it,
+/// keeping `cursor` at the last one received.
+async fn session(ctx: &Ctx, slot: u64, ws: Socket, recycle: &Notify, opened: Opened, cursor: &mut Option<u64>) -> (Incarnation, End) {
+    let mut me = Incarnation { slot, connected_us: now_micros(), opened, ..Incarnation::default() };
     ctx.stats.open.fetch_add(1, Relaxed);
     let (mut sink, mut stream) = ws.split();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ctx.ping_interval, ctx.ping_interval);
@@ -155,7 +198,7 @@ async fn session(ctx: &Ctx, slot: u64, ws: WebSocketStream<TcpStream>, recycle: 
                 break End::Recycled;
             }
             frame = stream.next() => match frame {
-                Some(Ok(Message::Text(text))) => on_text(ctx, &mut me, text.as_str()),
+                Some(Ok(Message::Text(text))) => on_text(ctx, &mut me, cursor, text.as_str()),
                 Some(Ok(Message::Close(frame))) => {
                     ctx.stats.close_code(frame.map_or_else(|| "no code".to_string(), |f| format!("{} {}", u16::from(f.code), short(&f.reason))));
                     me.server_closed = true;
@@ -195,23 +238,34 @@ async fn session(ctx: &Ctx, slot: u64, ws: WebSocketStream<TcpStream>, recycle: 
             let drain = async {
                 while let Some(Ok(frame)) = stream.next().await {
                     if let Message::Text(text) = frame {
-                        on_text(ctx, &mut me, text.as_str());
+                        on_text(ctx, &mut me, cursor, text.as_str());
                     }
                 }
             };
             let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
         }
     }
+    me.ended_us = now_micros();
     (me, end)
 }
 
-fn on_text(ctx: &Ctx, me: &mut Incarnation, text: &str) {
-    match parse_marker(text) {
-        Some((run, id, sent_us)) if run == ctx.run => {
+fn on_text(ctx: &Ctx, me: &mut Incarnation, cursor: &mut Option<u64>, text: &str) {
+    let frame = resume::read(text);
+    if frame.cursor.is_some() {
+        *cursor = frame.cursor;
+    }
+    match (frame.marker, frame.gap) {
+        (Some((run, id, sent_us)), _) if run == ctx.run => {
+            let now = now_micros();
             ctx.stats.received.fetch_add(1, Relaxed);
-            ctx.stats.latency.record(me.slot, now_micros().saturating_sub(sent_us));
+            ctx.stats.latency.record(me.slot, now.saturating_sub(sent_us));
             me.received.push(id);
+            let kill_us = ctx.kill_us.load(Relaxed);
+            if kill_us != 0 && sent_us >= kill_us && me.first_after_kill.is_none() {
+                me.first_after_kill = Some((sent_us, now));
+            }
         }
+        (_, Some(reason)) => ctx.stats.resume_gap(reason),
         _ => {
             ctx.stats.foreign.fetch_add(1, Relaxed);
         }

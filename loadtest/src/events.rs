@@ -166,14 +166,16 @@ fn sector(branch_id: u64, k: u64) -> u64 {
     branch_id * 10 + k
 }
 
-fn splitmix(mut z: u64) -> u64 {
+/// One step of splitmix64: event ids to well-spread numbers (and the reconnect jitter).
+pub fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
 
-const MARKER_PREFIX: &str = "{\"entity\":{\"lt_run\":";
+/// The event's first key, which opens the marker.
+const MARKER_KEY: &str = "\"entity\":{\"lt_run\":";
 
 /// The event text as the backend would write it, with the loadtest marker first:
 /// `{"entity":{"lt_run":R,"lt_id":N,"lt_sent_us":T,...},"type":...}`. `pad_to` grows the entity
@@ -182,7 +184,7 @@ pub fn render(spec: &EventSpec, run: u64, sent_us: u64, pad_to: usize) -> String
     let opt = |v: Option<u64>| v.map_or_else(|| "null".to_string(), |v| v.to_string());
     let table = spec.session_id.map(|s| s - SESSION_BASE + 1);
     let mut text = format!(
-        "{MARKER_PREFIX}{run},\"lt_id\":{},\"lt_sent_us\":{sent_us}}},\"type\":\"{}\",\"tenant_id\":{},\"branch_id\":{},\"table_id\":{},\"session_id\":{},\"sector_id\":{},\"actor\":{{\"user_id\":1,\"role\":\"loadtest\"}},\"ts\":\"{}\",\"v\":1}}",
+        "{{{MARKER_KEY}{run},\"lt_id\":{},\"lt_sent_us\":{sent_us}}},\"type\":\"{}\",\"tenant_id\":{},\"branch_id\":{},\"table_id\":{},\"session_id\":{},\"sector_id\":{},\"actor\":{{\"user_id\":1,\"role\":\"loadtest\"}},\"ts\":\"{}\",\"v\":1}}",
         spec.id,
         spec.event_type,
         spec.tenant_id,
@@ -202,7 +204,13 @@ pub fn render(spec: &EventSpec, run: u64, sent_us: u64, pad_to: usize) -> String
 
 /// `(run, id, sent_us)` of a loadtest event, `None` for anything else (a pong, a foreign event).
 pub fn parse_marker(text: &str) -> Option<(u64, u32, u64)> {
-    let rest = text.strip_prefix(MARKER_PREFIX)?;
+    parse_marker_keys(text.strip_prefix('{')?)
+}
+
+/// The same from an event's keys: its text after the opening brace, or after the resume cursor
+/// the gateway spliced in front of them (`{"_cursor":12,` + keys).
+pub fn parse_marker_keys(keys: &str) -> Option<(u64, u32, u64)> {
+    let rest = keys.strip_prefix(MARKER_KEY)?;
     let (run, rest) = number(rest)?;
     let (id, rest) = number(rest.strip_prefix(",\"lt_id\":")?)?;
     let (sent, _) = number(rest.strip_prefix(",\"lt_sent_us\":")?)?;

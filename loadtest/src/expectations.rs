@@ -78,6 +78,20 @@ impl Index {
     }
 }
 
+/// How a connection opened, which decides what it owes for the time before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Opened {
+    /// Without the resume parameter: after a server-side close the slot stays owed the gap.
+    #[default]
+    Plain,
+    /// With `resume=live` (the slot had no cursor yet): nothing before it can be replayed, so
+    /// nothing before it is owed to it.
+    Live,
+    /// With `resume=<cursor>`: the gateway replays what the slot missed since its previous
+    /// connection, so the gap is owed, whoever closed that connection.
+    Resumed,
+}
+
 /// One WebSocket connection of one slot, from its `101` to its end.
 #[derive(Debug, Clone, Default)]
 pub struct Incarnation {
@@ -90,6 +104,13 @@ pub struct Incarnation {
     /// The connection ended without the client asking: the slot stays "supposed to be
     /// connected", so events during the gap before its reconnection count as missing.
     pub server_closed: bool,
+    pub opened: Opened,
+    /// Unix µs when the connection ended (the client saw the server's end, or its own close was
+    /// done).
+    pub ended_us: u64,
+    /// `(sent_us, received_us)` of the first event published after a gateway kill the parent
+    /// announced (the failover scenario) that this connection received.
+    pub first_after_kill: Option<(u64, u64)>,
     /// Event ids received, in arrival order.
     pub received: Vec<u32>,
 }
@@ -130,8 +151,9 @@ impl Tally {
 
 const EXAMPLES: usize = 10;
 
-/// Consecutive incarnations of a slot joined across server-side closes: the client meant to be
-/// connected from `start_us` to `end_us` (`None`: to the end of the run).
+/// Consecutive incarnations of a slot joined across server-side closes (without resume) and
+/// resumed reconnects: the client meant to be connected, or to be caught up, from `start_us` to
+/// `end_us` (`None`: to the end of the run).
 struct Lifetime {
     start_us: u64,
     end_us: Option<u64>,
@@ -141,16 +163,29 @@ struct Lifetime {
 fn lifetimes(mut incarnations: Vec<Incarnation>) -> Vec<Lifetime> {
     incarnations.sort_by_key(|i| i.connected_us);
     let mut out: Vec<Lifetime> = Vec::new();
-    let mut open = false;
+    // When the previous incarnation ended without the client asking: the server's end.
+    let mut server_end: Option<u64> = None;
     for inc in incarnations {
-        if open {
-            let last = out.last_mut().expect("an open lifetime");
-            last.received.extend(inc.received);
-            last.end_us = inc.closing_us;
-        } else {
-            out.push(Lifetime { start_us: inc.connected_us, end_us: inc.closing_us, received: inc.received });
+        let joins = match inc.opened {
+            Opened::Plain => server_end.is_some(),
+            Opened::Live => false,
+            Opened::Resumed => !out.is_empty(),
+        };
+        match out.last_mut() {
+            Some(last) if joins => {
+                last.received.extend(inc.received);
+                last.end_us = inc.closing_us;
+            }
+            last => {
+                // A slot that comes back live after the server ended its connection was owed
+                // nothing after that end.
+                if let (Some(last), Some(end)) = (last, server_end) {
+                    last.end_us = Some(end);
+                }
+                out.push(Lifetime { start_us: inc.connected_us, end_us: inc.closing_us, received: inc.received });
+            }
         }
-        open = inc.server_closed;
+        server_end = inc.server_closed.then_some(inc.ended_us);
     }
     out
 }
@@ -291,7 +326,15 @@ mod tests {
     }
 
     fn inc(slot: u64, connected: u64, closing: Option<u64>, server_closed: bool, received: &[u32]) -> Incarnation {
-        Incarnation { slot, connected_us: connected, closing_us: closing, server_closed, received: received.to_vec() }
+        Incarnation { slot, connected_us: connected, closing_us: closing, server_closed, received: received.to_vec(), ..Incarnation::default() }
+    }
+
+    fn resumed(inc: Incarnation) -> Incarnation {
+        Incarnation { opened: Opened::Resumed, ..inc }
+    }
+
+    fn live(inc: Incarnation) -> Incarnation {
+        Incarnation { opened: Opened::Live, ..inc }
     }
 
     /// A population of two tenant admins and events that all reach the first one.
@@ -326,6 +369,39 @@ mod tests {
         // Within the grace before a deliberate close: not expected, allowed.
         let t = tally(&g, &index, vec![inc(0, 50, Some(310), false, &[0])], &sent, 20);
         assert_eq!((t.expected, t.missing), (1, 0));
+    }
+
+    #[test]
+    fn a_resumed_connection_owes_the_gap_exactly_once() {
+        let (g, index, sent) = admin_setup();
+        // Slot 0 closed itself at 250 and came back at 350 with its cursor: event 2 (sent at
+        // 300, during the gap) is owed now, replayed on the new connection.
+        let t = tally(&g, &index, vec![inc(0, 50, Some(250), false, &[0]), resumed(inc(0, 350, None, false, &[2]))], &sent, 20);
+        assert_eq!((t.expected, t.delivered, t.missing, t.outside_window), (2, 2, 0, 0));
+        let t = tally(&g, &index, vec![inc(0, 50, Some(250), false, &[0]), resumed(inc(0, 350, None, false, &[]))], &sent, 20);
+        assert_eq!((t.expected, t.missing), (2, 1), "a replay that left it out misses it");
+        // The seam must not repeat what the first connection already had.
+        let t = tally(&g, &index, vec![inc(0, 50, None, true, &[0]), resumed(inc(0, 350, None, false, &[0, 2]))], &sent, 20);
+        assert_eq!((t.delivered, t.duplicates), (2, 1));
+        // Without a cursor (nothing received before the close) the gap stays tolerated.
+        let t = tally(&g, &index, vec![live(inc(0, 50, Some(250), false, &[0])), live(inc(0, 350, None, false, &[2]))], &sent, 20);
+        assert_eq!((t.expected, t.outside_window), (1, 1));
+    }
+
+    #[test]
+    fn a_slot_back_live_after_a_server_close_owes_nothing_of_the_gap() {
+        let (g, index, sent) = admin_setup();
+        // The server ended the first connection at 250 (seen by the client then); the slot had
+        // no cursor and came back at 350 with resume=live: event 2 (sent at 300) cannot be
+        // replayed, so it is owed to neither connection; event 0 stays owed to the first.
+        let first = Incarnation { ended_us: 250, ..live(inc(0, 50, None, true, &[])) };
+        let t = tally(&g, &index, vec![first.clone(), live(inc(0, 350, None, false, &[]))], &sent, 20);
+        assert_eq!((t.expected, t.missing), (1, 1), "{t:?}");
+        assert_eq!(t.missing_examples, vec!["event 0 -> slot 0 (Admin)".to_string()]);
+        // Without resume the same gap is owed: a server-side drop is a loss.
+        let plain = Incarnation { opened: Opened::Plain, ..first };
+        let t = tally(&g, &index, vec![plain, inc(0, 350, None, false, &[])], &sent, 20);
+        assert_eq!((t.expected, t.missing), (2, 2));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `loadtest`: see `loadtest --help`. This file only parses the command line, raises the
 //! open-files limit and dispatches; every part lives in a module named for what it owns.
 
+mod backoff;
 mod bridge_probe;
 mod cli;
 mod client;
 mod events;
+mod events_stream;
 mod expectations;
 mod hist;
 mod messages;
@@ -12,7 +14,9 @@ mod pacing;
 mod population;
 mod progress;
 mod publisher;
+mod recovery;
 mod report;
+mod resume;
 mod rss;
 mod scenarios;
 mod stats;
@@ -36,10 +40,15 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Worker => worker::main().await.map(|()| true),
-            Command::Idle(a) => run_clients(Scenario::Idle, a).await,
-            Command::Fanout(a) => run_clients(Scenario::Fanout, a).await,
-            Command::Steady(a) => run_clients(Scenario::Steady, a).await,
-            Command::Churn(a) => run_clients(Scenario::Churn, a).await,
+            Command::Idle(a) => run_clients(Scenario::Idle, a, None).await,
+            Command::Fanout(a) => run_clients(Scenario::Fanout, a, None).await,
+            Command::Steady(a) => run_clients(Scenario::Steady, a, None).await,
+            Command::Churn(a) => run_clients(Scenario::Churn, a, None).await,
+            Command::Failover(a) => run_clients(Scenario::Failover, a.run, Some(a.kill)).await,
+            Command::Replay(a) => {
+                let output = a.output.clone();
+                scenarios::finish(scenarios::replay::run(a).await?, &output)
+            }
             Command::Bridge(a) => {
                 let output = a.output.clone();
                 scenarios::finish(scenarios::bridge::run(a).await?, &output)
@@ -60,13 +69,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_clients(scenario: Scenario, args: cli::RunArgs) -> anyhow::Result<bool> {
+async fn run_clients(scenario: Scenario, args: cli::RunArgs, kill: Option<cli::Kill>) -> anyhow::Result<bool> {
     if args.dry_run {
         print!("{}", scenarios::plan::render(scenario, &args)?);
         return Ok(true);
     }
     let output = args.output.clone();
-    scenarios::finish(scenarios::clients::run(scenario, args).await?, &output)
+    scenarios::finish(scenarios::clients::run(scenario, args, kill).await?, &output)
 }
 
 /// Raises the soft open-files limit to the hard one (each process holds up to `--per-worker`

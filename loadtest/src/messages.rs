@@ -3,9 +3,11 @@
 //! ever written to a worker's stdout (its logs go to stderr).
 
 use crate::events::Traffic;
+use crate::backoff::Policy;
 use crate::expectations::Tally;
 use crate::hist::Buckets;
 use crate::population::PopulationParams;
+use crate::recovery::Recovery;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -31,6 +33,9 @@ pub struct WorkerSpec {
     /// This worker's share of the churn rate (connections recycled per second), 0 for none.
     pub churn_rate: f64,
     pub churn_grace_ms: u64,
+    /// Connect with `resume=live`, reconnect with `resume=<last cursor>`.
+    pub resume: bool,
+    pub backoff: Policy,
     pub jwt_secret: String,
     pub table_secret: String,
 }
@@ -40,6 +45,9 @@ pub struct WorkerSpec {
 pub enum ToWorker {
     /// Everyone is connected: start churning (publishing is the parent's).
     Go,
+    /// A gateway is SIGKILLed at `at_us` (sent just before the kill): every connection records
+    /// when it first receives an event published after it.
+    Killing { at_us: u64 },
     /// Publishing and settling are over: close, account and report. `sent_us[id]` is the
     /// publish time of event `id` (0 when its publish failed).
     Finish { sent_us: Vec<u64> },
@@ -59,6 +67,10 @@ pub struct Counters {
     pub server_closes: u64,
     /// Deliberate disconnect-reconnect cycles (churn).
     pub recycles: u64,
+    /// Connections opened with `resume=<cursor>`.
+    pub resumed: u64,
+    /// `RESUME_GAP` frames: the gateway could not replay everything a client missed.
+    pub resume_gaps: u64,
 }
 
 /// The first connection attempt of every slot, for the handshake rate.
@@ -81,12 +93,16 @@ pub struct Final {
     pub never_connected: u64,
     pub failure_reasons: BTreeMap<String, u64>,
     pub close_codes: BTreeMap<String, u64>,
+    /// `RESUME_GAP` frames by reason.
+    pub gap_reasons: BTreeMap<String, u64>,
     /// Latency recorded since the last progress line.
     pub latency: Buckets,
     /// Handshakes after the connect phase (churn, reconnects).
     pub handshake: Buckets,
     /// CPU seconds (user + system) this worker used.
     pub cpu_s: f64,
+    /// What the announced gateway kill did to this worker's slots.
+    pub recovery: Option<Recovery>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -78,7 +78,8 @@ impl Target {
 /// How a publish run went.
 #[derive(Debug, Clone, Default)]
 pub struct PublishLog {
-    /// Publish time of each event id; 0 when its batch failed.
+    /// Publish time of each event id; 0 when its batch failed (or, below the plan's
+    /// `first_id`, when an earlier phase published it).
     pub sent_us: Vec<u64>,
     pub errors: u64,
     pub first_error: Option<String>,
@@ -92,6 +93,8 @@ pub struct PublishLog {
 pub struct Plan<'a> {
     pub generator: &'a Generator,
     pub run: u64,
+    /// Id of the first event: a scenario that publishes in phases continues the ids.
+    pub first_id: u64,
     pub count: u64,
     pub rate: f64,
     pub max_batch: u64,
@@ -102,13 +105,13 @@ pub struct Plan<'a> {
 
 /// Publishes `plan.count` events; `sent` counts them live for the progress line.
 pub async fn run(target: &mut Target, plan: Plan<'_>, sent: &AtomicU64, stop: &CancellationToken) -> PublishLog {
-    let mut log = PublishLog { sent_us: vec![0; plan.count as usize], started_us: now_micros(), ..PublishLog::default() };
+    let mut log = PublishLog { sent_us: vec![0; (plan.first_id + plan.count) as usize], started_us: now_micros(), ..PublishLog::default() };
     let mut pacer = Pacer::new(plan.rate, plan.max_batch, plan.count);
     let start = Instant::now();
     let mut batch = Vec::with_capacity(plan.max_batch as usize);
     while !pacer.done() && !stop.is_cancelled() {
         log.max_lag = log.max_lag.max(pacer.lag(start.elapsed()));
-        let first = pacer.released();
+        let first = plan.first_id + pacer.released();
         let n = pacer.take(start.elapsed());
         if n == 0 {
             let wait = pacer.next_due().saturating_sub(start.elapsed());
@@ -136,7 +139,7 @@ pub async fn run(target: &mut Target, plan: Plan<'_>, sent: &AtomicU64, stop: &C
         }
         sent.fetch_add(n, Relaxed);
     }
-    log.sent_us.truncate(pacer.released() as usize);
+    log.sent_us.truncate((plan.first_id + pacer.released()) as usize);
     log.finished_us = now_micros();
     log
 }

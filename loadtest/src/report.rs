@@ -11,7 +11,7 @@ use crate::progress::Point;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub scenario: String,
     pub started_at: String,
@@ -27,6 +27,8 @@ pub struct Report {
     pub latency_percentiles: Vec<(f64, u64)>,
     pub rss: Option<Rss>,
     pub bridge: Option<Bridge>,
+    pub failover: Option<Failover>,
+    pub replay: Option<Replay>,
     pub timeline: Vec<Point>,
     pub problems: Vec<String>,
 }
@@ -47,6 +49,11 @@ pub struct Connections {
     pub connect_failures_total: u64,
     pub recycles: u64,
     pub server_closes: u64,
+    /// Connections opened with `resume=<cursor>`.
+    pub resumed: u64,
+    /// `RESUME_GAP` frames received (never in a healthy run).
+    pub resume_gaps: u64,
+    pub resume_gap_reasons: BTreeMap<String, u64>,
     pub failure_reasons: BTreeMap<String, u64>,
     pub close_codes: BTreeMap<String, u64>,
     /// CPU seconds the worker processes used (the load generator competes for the same cores).
@@ -126,6 +133,55 @@ pub struct Bridge {
     pub bridge_cpu_us_per_event: Option<f64>,
 }
 
+/// The failover scenario: one gateway SIGKILLed mid-run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Failover {
+    pub killed_pid: i32,
+    /// Seconds after the start of the traffic.
+    pub kill_after_s: f64,
+    pub killed_at: String,
+    /// Base of the clients' reconnect backoff (doubling, ±50 % jitter, capped at 30 s).
+    pub backoff_base_s: f64,
+    /// Connections open at the kill that the server ended after it: the dead replica's clients.
+    pub killed_connections: u64,
+    /// Of those, slots that had no cursor yet (they came back with `resume=live`).
+    pub without_cursor: u64,
+    pub not_reconnected: u64,
+    /// Reconnected but received no event published after the kill (none was routed to them,
+    /// or it is missing).
+    pub not_live_again: u64,
+    /// Kill to the slot's next open connection.
+    pub reconnected: Summary,
+    /// Kill to receiving live events again: to the new connection, plus how late the first
+    /// event published after the kill arrived after it was published or the connection opened,
+    /// whichever came later (so the seconds in which nothing was published for a slot are left
+    /// out).
+    pub live_again: Summary,
+    pub live_again_percentiles: Vec<(f64, u64)>,
+    /// Kill to the first event published after the kill that the slot received on a new
+    /// connection (those seconds included).
+    pub first_event: Summary,
+}
+
+/// The replay scenario: clients that missed events come back with their cursor.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Replay {
+    pub clients: u64,
+    /// Events each client missed while disconnected.
+    pub missed_per_client: u64,
+    /// First publish of the missed events to the last of them stored in JetStream.
+    pub stored_s: f64,
+    /// WebSocket open (the `101`) to the last replayed event, per client.
+    pub replay: Summary,
+    pub replay_percentiles: Vec<(f64, u64)>,
+    /// Clients that did not receive every missed event within the timeout.
+    pub incomplete: u64,
+    /// One client's replay rate at the median replay time.
+    pub events_per_s: f64,
+    /// Every replayed event over the reconnect phase (first open to last replayed event).
+    pub total_events_per_s: f64,
+}
+
 impl Report {
     /// What `--expect-zero-loss` fails on.
     pub fn loss_problems(&self) -> Vec<String> {
@@ -146,6 +202,9 @@ impl Report {
         if let Some(c) = &self.connections {
             if c.never_connected > 0 {
                 problems.push(format!("{} connections never opened ({:?})", c.never_connected, c.failure_reasons));
+            }
+            if c.resume_gaps > 0 {
+                problems.push(format!("{} RESUME_GAP frames {:?}: the gateway could not replay everything its clients missed", c.resume_gaps, c.resume_gap_reasons));
             }
         }
         if d.delivered == 0 {

@@ -38,6 +38,17 @@ pub fn total_cpu_seconds(pids: &[i32]) -> f64 {
     pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
 }
 
+/// [`cpu_seconds`] of each of `pids`, `None` for those not found.
+pub fn cpu_readings(pids: &[i32]) -> Vec<Option<f64>> {
+    pids.iter().map(|p| cpu_seconds(*p)).collect()
+}
+
+/// CPU seconds `pids` used since `before` (their [`cpu_readings`]); a process that is gone now
+/// (a killed gateway) counts for nothing.
+pub fn cpu_used_since(pids: &[i32], before: &[Option<f64>]) -> f64 {
+    pids.iter().zip(before).filter_map(|(pid, before)| Some(cpu_seconds(*pid)? - (*before)?)).sum()
+}
+
 /// Sum of `VmRSS` over `pids` (those that are gone count as 0).
 pub fn total_kib(pids: &[i32]) -> u64 {
     pids.iter().filter_map(|p| rss_kib(*p)).sum()

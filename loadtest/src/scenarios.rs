@@ -1,10 +1,13 @@
-//! The scenarios: [`clients`] runs the four WebSocket scenarios (idle, fanout, steady, churn),
-//! which differ only in their event mix, rate and churn; [`bridge`] measures the bridge alone.
-//! This module holds what they share: the scenario names and defaults, and the final verdict.
+//! The scenarios: [`clients`] runs the WebSocket scenarios (idle, fanout, steady, churn, and
+//! failover with the gateway kill of [`failover`]), which differ in their event mix, rate,
+//! churn and kill; [`replay`] times resumed clients catching up; [`bridge`] measures the bridge
+//! alone. This module holds what they share: the scenario names and defaults, and the verdict.
 
 pub mod bridge;
 pub mod clients;
+pub mod failover;
 pub mod plan;
+pub mod replay;
 
 use crate::cli::Output;
 use crate::report::{self, Report};
@@ -16,6 +19,7 @@ pub enum Scenario {
     Fanout,
     Steady,
     Churn,
+    Failover,
 }
 
 impl Scenario {
@@ -25,6 +29,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Steady => "steady",
             Scenario::Churn => "churn",
+            Scenario::Failover => "failover",
         }
     }
 
@@ -32,7 +37,7 @@ impl Scenario {
         match self {
             Scenario::Idle => Traffic::Probe,
             Scenario::Fanout => Traffic::Fanout,
-            Scenario::Steady | Scenario::Churn => Traffic::Steady,
+            Scenario::Steady | Scenario::Churn | Scenario::Failover => Traffic::Steady,
         }
     }
 
@@ -40,8 +45,17 @@ impl Scenario {
         match self {
             Scenario::Idle => 1000.0,
             Scenario::Fanout => 200.0,
-            Scenario::Steady => 500.0,
+            Scenario::Steady | Scenario::Failover => 500.0,
             Scenario::Churn => 200.0,
+        }
+    }
+
+    /// Seconds of traffic (of holding, for idle) unless --duration says otherwise: failover
+    /// leaves time for the kill and the recovery.
+    pub fn default_duration(self) -> f64 {
+        match self {
+            Scenario::Failover => 15.0,
+            _ => DEFAULT_DURATION_S,
         }
     }
 }

@@ -27,11 +27,14 @@ pub struct Stats {
     pub connect_failures: AtomicU64,
     pub server_closes: AtomicU64,
     pub recycles: AtomicU64,
+    pub resumed: AtomicU64,
+    pub resume_gaps: AtomicU64,
     pub latency: Sharded,
     pub handshake: Sharded,
     phase: Phase,
     failure_reasons: Mutex<BTreeMap<String, u64>>,
     close_codes: Mutex<BTreeMap<String, u64>>,
+    gap_reasons: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Stats {
@@ -44,11 +47,14 @@ impl Stats {
             connect_failures: AtomicU64::new(0),
             server_closes: AtomicU64::new(0),
             recycles: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+            resume_gaps: AtomicU64::new(0),
             latency: Sharded::new(16),
             handshake: Sharded::new(4),
             phase: Phase { first_start_us: AtomicU64::new(u64::MAX), ..Phase::default() },
             failure_reasons: Mutex::default(),
             close_codes: Mutex::default(),
+            gap_reasons: Mutex::default(),
         }
     }
 
@@ -61,6 +67,8 @@ impl Stats {
             connect_failures: self.connect_failures.load(Relaxed),
             server_closes: self.server_closes.load(Relaxed),
             recycles: self.recycles.load(Relaxed),
+            resumed: self.resumed.load(Relaxed),
+            resume_gaps: self.resume_gaps.load(Relaxed),
         }
     }
 
@@ -98,6 +106,16 @@ impl Stats {
 
     pub fn close_code(&self, code: String) {
         bump(&self.close_codes, code);
+    }
+
+    /// A `RESUME_GAP` frame with its reason.
+    pub fn resume_gap(&self, reason: &str) {
+        self.resume_gaps.fetch_add(1, Relaxed);
+        bump(&self.gap_reasons, reason.to_string());
+    }
+
+    pub fn gap_reasons(&self) -> BTreeMap<String, u64> {
+        self.gap_reasons.lock().expect("stats lock").clone()
     }
 
     pub fn failure_reasons(&self) -> BTreeMap<String, u64> {

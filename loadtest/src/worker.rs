@@ -2,16 +2,17 @@
 //! [`WorkerSpec`] and commands from stdin, reports progress every second and its final tally on
 //! stdout (JSON lines), and exits when told to finish or when its parent goes away.
 
-use crate::client::{self, Ctx};
+use crate::client::{self, Ctx, Dialer};
 use crate::events::Generator;
 use crate::expectations::{self, Index};
 use crate::hist;
 use crate::messages::{Final, ToParent, ToWorker, WorkerSpec};
 use crate::population::Population;
+use crate::recovery;
 use crate::stats::Stats;
 use crate::tokens::Secrets;
 use anyhow::{bail, Context};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -52,19 +53,24 @@ async fn run(out: mpsc::UnboundedSender<ToParent>) -> anyhow::Result<()> {
     let pop = Population::new(spec.population.clone())?;
     let mut gateways = Vec::new();
     for url in &spec.urls {
-        gateways.push((url.clone(), resolve(url).await?));
+        gateways.push((url.clone(), client::resolve(url).await?));
     }
     let ctx = Arc::new(Ctx {
         run: spec.run,
-        gateways,
-        origin: spec.origin.clone(),
-        source_ips: spec.source_ips,
+        dialer: Dialer {
+            gateways,
+            origin: spec.origin.clone(),
+            source_ips: spec.source_ips,
+            secrets: Secrets { jwt: spec.jwt_secret.clone(), table: spec.table_secret.clone() },
+        },
         connect_timeout: Duration::from_millis(spec.connect_timeout_ms),
         ping_interval: Duration::from_millis(spec.ping_interval_ms.max(100)),
-        secrets: Secrets { jwt: spec.jwt_secret.clone(), table: spec.table_secret.clone() },
         connect_permits: Semaphore::new(spec.connect_concurrency.max(1)),
         finish: CancellationToken::new(),
         stats: Stats::new(),
+        resume: spec.resume,
+        backoff: spec.backoff,
+        kill_us: AtomicU64::new(0),
     });
 
     let slots = spec.first_slot..spec.end_slot;
@@ -97,6 +103,7 @@ async fn run(out: mpsc::UnboundedSender<ToParent>) -> anyhow::Result<()> {
                     tokio::spawn(churn(ctx.finish.clone(), recycles.clone(), spec.churn_rate));
                 }
             }
+            ToWorker::Killing { at_us } => ctx.kill_us.store(at_us, Relaxed),
             ToWorker::Finish { sent_us } => break sent_us,
         }
     };
@@ -107,6 +114,8 @@ async fn run(out: mpsc::UnboundedSender<ToParent>) -> anyhow::Result<()> {
         incarnations.extend(held.context("a connection task panicked")?);
     }
     let connected: std::collections::HashSet<u64> = incarnations.iter().map(|i| i.slot).collect();
+    let kill_us = ctx.kill_us.load(Relaxed);
+    let recovery = (kill_us != 0).then(|| recovery::measure(&incarnations, kill_us));
     let index = Index::build(&pop, slots.clone());
     let generator = Generator::new(spec.traffic, pop, spec.seed);
     let tally = expectations::tally(&generator, &index, incarnations, &sent_us, spec.churn_grace_ms * 1000);
@@ -117,19 +126,13 @@ async fn run(out: mpsc::UnboundedSender<ToParent>) -> anyhow::Result<()> {
         never_connected: total - connected.len() as u64,
         failure_reasons: stats.failure_reasons(),
         close_codes: stats.close_codes(),
+        gap_reasons: stats.gap_reasons(),
         latency: hist::buckets(&stats.latency.take()),
         handshake: hist::buckets(&stats.handshake.take()),
         cpu_s: crate::rss::cpu_seconds(std::process::id() as i32).unwrap_or(0.0),
+        recovery,
     })));
     Ok(())
-}
-
-async fn resolve(url: &str) -> anyhow::Result<std::net::SocketAddr> {
-    let rest = url.strip_prefix("ws://").with_context(|| format!("{url}: only ws:// URLs are supported"))?;
-    let host_port = rest.split('/').next().unwrap_or(rest);
-    let host_port = if host_port.contains(':') { host_port.to_string() } else { format!("{host_port}:80") };
-    let mut addrs = tokio::net::lookup_host(&host_port).await.with_context(|| format!("resolve {host_port}"))?;
-    addrs.find(|a| a.is_ipv4()).with_context(|| format!("{host_port} has no IPv4 address"))
 }
 
 async fn report_progress(ctx: Arc<Ctx>, out: mpsc::UnboundedSender<ToParent>) {

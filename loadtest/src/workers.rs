@@ -137,6 +137,8 @@ impl Fleet {
             sum.connect_failures += c.connect_failures;
             sum.server_closes += c.server_closes;
             sum.recycles += c.recycles;
+            sum.resumed += c.resumed;
+            sum.resume_gaps += c.resume_gaps;
         }
         sum
     }

@@ -1,6 +1,7 @@
 //! Smoke runs of every loadtest scenario against a real stack (nats-server, redis-server, two
 //! gateway replicas and the publisher-bridge, all on free ports): a few hundred connections for
 //! a few seconds each, with `--expect-zero-loss`, so the tool's own accounting stays correct.
+//! The failover run kills a third gateway started for it, so the other runs keep their two.
 //! The gateway and bridge binaries are taken from the same target directory as `loadtest`
 //! (`cargo test --workspace` builds them; otherwise this test builds them first).
 
@@ -79,6 +80,24 @@ async fn wait_http_ok(url: &str, who: &Proc) {
     }
 }
 
+/// Gateway replica `i` on a free port: its base URL and process.
+fn spawn_gateway(i: u32, nats: &NatsServer, redis: &Redis) -> (String, Proc) {
+    let port = free_port();
+    let gw = Proc::spawn(
+        &format!("gateway-{i}"),
+        &workspace_bin("gateway", "gateway"),
+        &[
+            ("JWT_SECRET", JWT_SECRET.into()),
+            ("TABLE_TOKEN_SECRET", TABLE_SECRET.into()),
+            ("NATS_URL", nats.url()),
+            ("REDIS_URL", redis.url()),
+            ("GATEWAY_LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("ENVIRONMENT", "development".into()),
+        ],
+    );
+    (format!("ws://127.0.0.1:{port}"), gw)
+}
+
 struct Stack {
     nats: NatsServer,
     redis: Redis,
@@ -96,29 +115,19 @@ impl Stack {
             &workspace_bin("publisher-bridge", "publisher-bridge"),
             &[("NATS_URL", nats.url()), ("REDIS_URL", redis.url()), ("BRIDGE_LISTEN_ADDR", format!("127.0.0.1:{bridge_port}"))],
         );
-        let gateway_bin = workspace_bin("gateway", "gateway");
-        let mut gateways = Vec::new();
-        for i in 1..=2 {
-            let port = free_port();
-            let gw = Proc::spawn(
-                &format!("gateway-{i}"),
-                &gateway_bin,
-                &[
-                    ("JWT_SECRET", JWT_SECRET.into()),
-                    ("TABLE_TOKEN_SECRET", TABLE_SECRET.into()),
-                    ("NATS_URL", nats.url()),
-                    ("REDIS_URL", redis.url()),
-                    ("GATEWAY_LISTEN_ADDR", format!("127.0.0.1:{port}")),
-                    ("ENVIRONMENT", "development".into()),
-                ],
-            );
-            gateways.push((format!("ws://127.0.0.1:{port}"), gw));
-        }
+        let gateways = vec![spawn_gateway(1, &nats, &redis), spawn_gateway(2, &nats, &redis)];
         wait_http_ok(&format!("http://127.0.0.1:{bridge_port}/readyz"), &bridge).await;
         for (url, gw) in &gateways {
             wait_http_ok(&format!("{}/ws/health", url.replace("ws://", "http://")), gw).await;
         }
         Stack { nats, redis, gateways, bridge }
+    }
+
+    /// One more gateway replica on the same NATS and Redis, ready.
+    async fn extra_gateway(&self, i: u32) -> (String, Proc) {
+        let (url, gw) = spawn_gateway(i, &self.nats, &self.redis);
+        wait_http_ok(&format!("{}/ws/health", url.replace("ws://", "http://")), &gw).await;
+        (url, gw)
     }
 
     fn logs(&self) -> String {
@@ -215,8 +224,53 @@ async fn every_scenario_delivers_exactly_once() {
     let r = stack.loadtest("churn", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     assert!(r["connections"]["recycles"].as_u64().unwrap() > 0);
 
-    // The gateway alone, fed straight from NATS.
+    // Churn with resume: every recycled client comes back with its cursor, and the events
+    // published while it was away are owed (replayed), not tolerated.
+    let args = run(&["-n", "300", "--rate", "200", "--duration", "2", "--churn-rate", "30", "--resume"], "churn");
+    let r = stack.loadtest("churn-resume", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let c = &r["connections"];
+    assert!(c["recycles"].as_u64().unwrap() > 0 && c["resumed"].as_u64().unwrap() > 0, "{c}");
+    assert_eq!(c["resume_gaps"], 0);
+    assert_eq!(r["settings"]["resume"], true);
+
+    // Replay: 20 admins of 2 tenants miss 300 events each and come back with their cursors.
     let nats = stack.nats.url();
+    let r = stack
+        .loadtest("replay", &["replay", "--url", &urls, "--redis-url", &redis, "--nats-url", &nats, "-n", "20", "--tenants", "2", "--missed", "300", "--settle", "0.5"])
+        .await;
+    let p = &r["replay"];
+    assert_eq!((p["clients"].as_u64(), p["missed_per_client"].as_u64(), p["incomplete"].as_u64()), (Some(20), Some(300), Some(0)), "{p}");
+    assert_eq!(p["replay"]["count"], 20, "{p}");
+    let (p50, max) = (p["replay"]["p50_us"].as_u64().unwrap(), p["replay"]["max_us"].as_u64().unwrap());
+    assert!(p50 > 0 && p50 <= max && max < 30_000_000, "{p}");
+    assert!(p["events_per_s"].as_f64().unwrap() > 0.0 && p["total_events_per_s"].as_f64().unwrap() > 0.0, "{p}");
+    assert_eq!(r["deliveries"]["expected"], 20 * 301, "one event for the cursor, then the 300 missed");
+    assert_eq!((r["connections"]["resumed"].as_u64(), r["connections"]["resume_gaps"].as_u64()), (Some(20), Some(0)));
+
+    // Failover: a third gateway, found by its port, is SIGKILLed 1.5 s into the traffic; its
+    // clients move to the next URL and resume, and nothing is lost or repeated.
+    let (extra_url, mut extra) = stack.extra_gateway(3).await;
+    let three = format!("{urls},{extra_url}");
+    let args = [
+        "failover", "--url", &three, "--redis-url", &redis, "--tenants", "3", "--branches", "2", "--settle", "2", "--per-worker", "200", "-n", "300", "--rate", "200",
+        "--duration", "5", "--kill-after", "1.5", "--kill-url", &extra_url,
+    ];
+    let r = stack.loadtest("failover", &args).await;
+    let status = extra.child.try_wait().expect("wait for the killed gateway").expect("the gateway was killed");
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{status}");
+    let f = &r["failover"];
+    assert_eq!(f["killed_pid"].as_u64(), Some(extra.pid() as u64));
+    assert_eq!(f["killed_connections"], 100, "slots 2, 5, 8, ... were on the third URL: {f}");
+    assert_eq!((f["not_reconnected"].as_u64(), f["not_live_again"].as_u64()), (Some(0), Some(0)), "{f}");
+    assert_eq!(f["live_again"]["count"], 100, "{f}");
+    assert!(f["reconnected"]["min_us"].as_u64().unwrap() >= 500_000, "the first wait is 1 s ± 50 %: {f}");
+    let live = &f["live_again"];
+    assert!(live["min_us"].as_u64().unwrap() >= f["reconnected"]["min_us"].as_u64().unwrap() && live["p99_us"].as_u64().unwrap() < 5_000_000, "{f}");
+    assert!(!f["live_again_percentiles"].as_array().unwrap().is_empty());
+    let c = &r["connections"];
+    assert!(c["resumed"].as_u64().unwrap() + f["without_cursor"].as_u64().unwrap() >= 100 && c["resume_gaps"] == 0, "{c}");
+
+    // The gateway alone, fed straight from NATS.
     let args = run(&["-n", "200", "--rate", "200", "--duration", "1", "--direct-nats", &nats], "steady");
     stack.loadtest("steady-direct-nats", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
 

@@ -1,5 +1,6 @@
 //! `--report-svg`: a self-contained SVG (written by hand) with the run's headline figures, the
-//! latency distribution along the percentile axis, throughput over time and latency over time.
+//! latency distribution along the percentile axis, throughput over time and latency over time;
+//! for failover and replay runs also the distribution of their recovery time.
 
 use super::Report;
 use crate::hist::fmt_us;
@@ -25,7 +26,9 @@ struct Series<'a> {
 pub fn render(r: &Report) -> String {
     let top = 110.0;
     let gap = 70.0;
-    let height = top + 3.0 * (CHART_H + gap);
+    let recovery = recovery(r);
+    let charts = if recovery.is_some() { 4.0 } else { 3.0 };
+    let height = top + charts * (CHART_H + gap);
     let mut s = String::new();
     let _ = write!(
         s,
@@ -46,13 +49,19 @@ pub fn render(r: &Report) -> String {
     if let Some(b) = &r.bridge {
         line3.push_str(&format!("; bridge {:.0} events/s stored", b.stored_per_s));
     }
+    if let Some(f) = &r.failover {
+        line3.push_str(&format!("; 99% of {} killed clients live again after {:.2} s", f.live_again.count, f.live_again.p99_us as f64 / 1e6));
+    }
+    if let Some(p) = &r.replay {
+        line3.push_str(&format!("; {} missed events replayed in {} (p50)", p.missed_per_client, fmt_us(p.replay.p50_us)));
+    }
     let _ = write!(s, r#"<text x="20" y="78">{}</text>"#, esc(&line3));
 
     // 1. Latency by percentile, x = log10(1 / (1 - q)).
     let xq = |p: f64| (1.0 / (1.0 - (p / 100.0).min(0.99999))).log10();
     let dist = Series { name: "latency", color: "#1f77b4", points: r.latency_percentiles.iter().map(|(p, us)| (xq(*p), *us as f64 / 1000.0)).collect() };
-    let ticks = [0.0, 50.0, 90.0, 99.0, 99.9, 99.99, 99.999].iter().map(|p| (xq(*p), format!("{p}%"))).collect();
-    chart(&mut s, top, "End-to-end latency by percentile (Redis publish to client receive)", "ms", &[dist], Some(ticks));
+    let ticks = || [0.0, 50.0, 90.0, 99.0, 99.9, 99.99, 99.999].iter().map(|p| (xq(*p), format!("{p}%"))).collect();
+    chart(&mut s, top, "End-to-end latency by percentile (Redis publish to client receive)", "ms", &[dist], Some(ticks()));
 
     // 2. Throughput over time.
     let t = &r.timeline;
@@ -65,8 +74,22 @@ pub fn render(r: &Report) -> String {
     let p50 = Series { name: "p50", color: "#1f77b4", points: t.iter().filter(|p| p.received_per_s > 0).map(|p| (p.t_s, p.p50_us as f64 / 1000.0)).collect() };
     let p99 = Series { name: "p99", color: "#d62728", points: t.iter().filter(|p| p.received_per_s > 0).map(|p| (p.t_s, p.p99_us as f64 / 1000.0)).collect() };
     chart(&mut s, top + 2.0 * (CHART_H + gap), "Latency over time (s), per second", "ms", &[p50, p99], None);
+
+    // 4. Recovery time by percentile.
+    if let Some((title, points)) = recovery {
+        let series = Series { name: "time", color: "#d62728", points: points.iter().map(|(p, us)| (xq(*p), *us as f64 / 1e6)).collect() };
+        chart(&mut s, top + 3.0 * (CHART_H + gap), title, "s", &[series], Some(ticks()));
+    }
     s.push_str("</svg>\n");
     s
+}
+
+/// The title and percentiles of the recovery chart of failover and replay runs.
+fn recovery(r: &Report) -> Option<(&'static str, &[(f64, u64)])> {
+    if let Some(f) = &r.failover {
+        return Some(("Kill to receiving live events again, per killed connection, by percentile", &f.live_again_percentiles));
+    }
+    r.replay.as_ref().map(|p| ("WebSocket open to the last replayed event, per client, by percentile", p.replay_percentiles.as_slice()))
 }
 
 fn chart(s: &mut String, y0: f64, title: &str, unit: &str, series: &[Series], x_ticks: Option<Vec<(f64, String)>>) {
@@ -136,5 +159,20 @@ mod tests {
         assert_eq!(nice(1800.0), 2000.0);
         assert_eq!(nice(2100.0), 2500.0);
         assert_eq!(esc("a<b&\"c\""), "a&lt;b&amp;&quot;c&quot;");
+    }
+
+    #[test]
+    fn failover_and_replay_runs_get_a_fourth_chart_of_their_recovery() {
+        use crate::report::{Failover, Replay};
+        let plain = render(&Report::default());
+        assert!(!plain.contains("by percentile, per") && plain.contains(r#"height="1040""#), "three charts");
+        let failover = Report {
+            failover: Some(Failover { live_again_percentiles: vec![(50.0, 1_000_000), (99.0, 1_500_000)], ..Default::default() }),
+            ..Report::default()
+        };
+        let svg = render(&failover);
+        assert!(svg.contains("Kill to receiving live events again") && svg.contains(r#"height="1350""#));
+        let replay = Report { replay: Some(Replay { replay_percentiles: vec![(50.0, 200_000)], ..Default::default() }), ..Report::default() };
+        assert!(render(&replay).contains("WebSocket open to the last replayed event"));
     }
 }

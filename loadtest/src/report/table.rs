@@ -14,6 +14,10 @@ pub fn render(r: &Report) -> String {
         if c.recycles > 0 || c.server_closes > 0 || c.connect_failures_total > 0 {
             row("reconnects", format!("{} recycled, {} closed by server, {} failed attempts", c.recycles, c.server_closes, c.connect_failures_total));
         }
+        if c.resumed > 0 || c.resume_gaps > 0 {
+            let reasons = if c.resume_gap_reasons.is_empty() { String::new() } else { format!(" {:?}", c.resume_gap_reasons) };
+            row("resume", format!("{} connections resumed from their cursor, {} RESUME_GAP{reasons}", c.resumed, c.resume_gaps));
+        }
         if !c.close_codes.is_empty() {
             row("server closes", format!("{:?}", c.close_codes));
         }
@@ -44,6 +48,35 @@ pub fn render(r: &Report) -> String {
             let per_event = b.bridge_cpu_us_per_event.map(|us| format!("; bridge {us:.1} µs per event")).unwrap_or_default();
             row("CPU", format!("{} over {:.1} s wall{per_event}", used.join(", "), r.wall_s));
         }
+    }
+    if let Some(f) = &r.failover {
+        row("failover", format!("gateway pid {} SIGKILLed {:.1} s into the traffic ({}): {} connections closed, {} without a cursor yet, {} not back", f.killed_pid, f.kill_after_s, f.killed_at, f.killed_connections, f.without_cursor, f.not_reconnected));
+        let (l, n) = (&f.live_again, f.live_again.count);
+        let mut live = format!("99% of the dead replica's {n} clients receiving live events again after {:.2} s (p50 {} p90 {} max {}; backoff base {} s)", l.p99_us as f64 / 1e6, fmt_us(l.p50_us), fmt_us(l.p90_us), fmt_us(l.max_us), f.backoff_base_s);
+        if f.not_live_again > 0 {
+            live.push_str(&format!("; {} got no event published after the kill", f.not_live_again));
+        }
+        row("live again", live);
+        let b = &f.reconnected;
+        row("reconnected", format!("p50 {} p90 {} p99 {} max {} after the kill", fmt_us(b.p50_us), fmt_us(b.p90_us), fmt_us(b.p99_us), fmt_us(b.max_us)));
+        let e = &f.first_event;
+        row("first event", format!("p50 {} p90 {} p99 {} max {} after the kill (the first published after it, however long none was)", fmt_us(e.p50_us), fmt_us(e.p90_us), fmt_us(e.p99_us), fmt_us(e.max_us)));
+    }
+    if let Some(p) = &r.replay {
+        row("replay", format!("{} clients missed {} events each (stored in JetStream in {:.2} s)", p.clients, p.missed_per_client, p.stored_s));
+        let t = &p.replay;
+        row(
+            "replay time",
+            format!(
+                "p50 {} p99 {} max {} from WebSocket open to the last replayed event; {:.0} events/s per client at p50, {:.0}/s in all; {} incomplete",
+                fmt_us(t.p50_us),
+                fmt_us(t.p99_us),
+                fmt_us(t.max_us),
+                p.events_per_s,
+                p.total_events_per_s,
+                p.incomplete
+            ),
+        );
     }
     for p in &r.problems {
         row("PROBLEM", p.clone());

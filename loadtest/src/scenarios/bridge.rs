@@ -6,6 +6,7 @@
 use super::{command_line, run_id, DEFAULT_DURATION_S};
 use crate::cli::{BridgeArgs, BridgePath};
 use crate::events::{parse_marker, EventSpec, Generator, Traffic};
+use crate::events_stream;
 use crate::expectations::Tally;
 use crate::hist::{self, Sharded};
 use crate::population::{Mix, Population, PopulationParams};
@@ -95,12 +96,8 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<Report> {
         .connect(&args.nats_url)
         .await
         .with_context(|| format!("connect to NATS at {}", args.nats_url))?;
-    let js = async_nats::jetstream::new(nats.clone());
-    let mut stream = js
-        .get_stream(&args.stream)
-        .await
-        .with_context(|| format!("JetStream stream {} not found: the publisher-bridge creates it at start; is the bridge running?", args.stream))?;
-    let seq_before = stream.info().await?.state.last_sequence;
+    let mut stream = events_stream::open(&nats, &args.stream).await?;
+    let seq_before = events_stream::last_sequence(&mut stream).await?;
     let seen = Arc::new(Seen { run, copies: Mutex::default(), received: AtomicU64::new(0), foreign: AtomicU64::new(0), latency: Sharded::new(4) });
     let mut subscriber = nats.subscribe("live.>").await.context("subscribe to live.>")?;
     nats.flush().await?;
@@ -124,21 +121,14 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<Report> {
         BridgePath::Stream => stream_only,
         BridgePath::Mixed => |e| e,
     };
-    let plan = Plan { generator: &generator, run, count, rate, max_batch: args.publish.max_batch, pad_to: args.publish.payload_bytes, shape };
+    let plan = Plan { generator: &generator, run, first_id: 0, count, rate, max_batch: args.publish.max_batch, pad_to: args.publish.payload_bytes, shape };
     let log = publisher::run(&mut target, plan, &sent, &CancellationToken::new()).await;
     let published = log.sent_us.iter().filter(|t| **t != 0).count() as u64;
 
     // Follow the stream until every event is stored or nothing moved for `settle`.
     progress.phase("drain");
-    let (mut stored, mut stored_at_us) = (0, log.finished_us);
-    let mut last_move = Instant::now();
-    while stored < published && last_move.elapsed() < Duration::from_secs_f64(args.publish.settle.max(1.0)) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = stream.info().await?.state.last_sequence.saturating_sub(seq_before);
-        if now != stored {
-            (stored, stored_at_us, last_move) = (now, now_micros(), Instant::now());
-        }
-    }
+    let idle = Duration::from_secs_f64(args.publish.settle.max(1.0));
+    let (stored, stored_at_us) = events_stream::wait_stored(&mut stream, seq_before, published, idle, log.finished_us).await?;
     let cpu_s = crate::bridge_probe::cpu_used(&cpu_before, &crate::bridge_probe::cpu_by_process());
     let added_latency = match (latency_before, crate::bridge_probe::latency_buckets(&args.bridge_metrics).await) {
         (Some(before), Some(after)) => crate::bridge_probe::added_latency(&before, &after),
@@ -205,6 +195,8 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<Report> {
             bridge_cpu_us_per_event: cpu_s.get("publisher-bridge").filter(|_| stored > 0).map(|s| s * 1e6 / stored as f64),
             cpu_s,
         }),
+        failover: None,
+        replay: None,
         timeline: timeline_seen.timeline,
         problems: Vec::new(),
     })

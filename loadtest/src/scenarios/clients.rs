@@ -1,9 +1,12 @@
 //! The WebSocket scenarios, one flow: measure gateway RSS, spawn workers and wait for their
-//! connect phase, measure RSS again, start churn, publish (idle: hold, then one probe round),
-//! settle, collect the workers' tallies and build the report.
+//! connect phase, measure RSS again, start churn, publish (idle: hold, then one probe round;
+//! failover: kill a gateway meanwhile and wait for its clients to be back), settle, collect the
+//! workers' tallies and build the report.
 
-use super::{command_line, run_id, Scenario, DEFAULT_DURATION_S};
-use crate::cli::RunArgs;
+use super::failover;
+use super::{command_line, run_id, Scenario};
+use crate::backoff::Policy;
+use crate::cli::{Kill, RunArgs};
 use crate::events::Generator;
 use crate::expectations::Tally;
 use crate::hist;
@@ -22,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 /// File descriptors a worker needs besides its sockets (runtime, pipes, DNS).
 const FD_HEADROOM: u64 = 256;
 
-pub async fn run(scenario: Scenario, args: RunArgs) -> anyhow::Result<Report> {
+/// Runs `scenario`; `kill` is the failover scenario's.
+pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyhow::Result<Report> {
     if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
         anyhow::ensure!(
             args.per_worker + FD_HEADROOM <= hard,
@@ -43,7 +47,11 @@ pub async fn run(scenario: Scenario, args: RunArgs) -> anyhow::Result<Report> {
     let pop = Population::new(params.clone())?;
     let generator = Generator::new(scenario.traffic(), pop.clone(), args.publish.seed);
     let rate = args.publish.rate.unwrap_or(scenario.default_rate());
-    let duration = args.publish.duration.unwrap_or(DEFAULT_DURATION_S);
+    let duration = args.publish.duration.unwrap_or(scenario.default_duration());
+    let failover = kill.map(|k| failover::Plan::resolve(&k, &args.gateway_bin, duration)).transpose()?;
+    let resume = args.resume || failover.is_some();
+    anyhow::ensure!(!(resume && args.direct_nats.is_some()), "resume needs the events stored in JetStream: leave out --direct-nats");
+    let backoff = failover.as_ref().map_or(Policy::Load, failover::Plan::backoff);
     let churn_rate = match scenario {
         Scenario::Churn => args.churn_rate.unwrap_or((pop.len() as f64 * 0.05).max(1.0)),
         _ => 0.0,
@@ -56,7 +64,7 @@ pub async fn run(scenario: Scenario, args: RunArgs) -> anyhow::Result<Report> {
     };
     let pids = if args.gateway_pids.is_empty() { rss::discover(&args.gateway_bin, &ports(&args.urls)) } else { args.gateway_pids.clone() };
     let rss_before = rss::total_kib(&pids);
-    let cpu_before = rss::total_cpu_seconds(&pids);
+    let cpu_before = rss::cpu_readings(&pids);
 
     let ranges = workers::split(pop.len(), args.per_worker);
     let specs: Vec<WorkerSpec> = ranges
@@ -71,15 +79,17 @@ pub async fn run(scenario: Scenario, args: RunArgs) -> anyhow::Result<Report> {
             seed: args.publish.seed,
             run,
             urls: args.urls.clone(),
-            origin: (!args.no_origin).then(|| args.origin.clone()),
+            origin: args.handshake.origin(),
             source_ips: args.source_ips.min(250),
             connect_concurrency: args.connect_concurrency,
             connect_timeout_ms: (args.connect_timeout * 1000.0) as u64,
             ping_interval_ms: (args.ping_interval * 1000.0) as u64,
             churn_rate: churn_rate * (r.end - r.start) as f64 / pop.len().max(1) as f64,
             churn_grace_ms: args.churn_grace_ms,
-            jwt_secret: args.secrets.jwt_secret.clone(),
-            table_secret: args.secrets.table_secret.clone(),
+            resume,
+            backoff,
+            jwt_secret: args.handshake.secrets.jwt_secret.clone(),
+            table_secret: args.handshake.secrets.table_secret.clone(),
         })
         .collect();
     let workers = specs.len();
@@ -101,14 +111,26 @@ pub async fn run(scenario: Scenario, args: RunArgs) -> anyhow::Result<Report> {
         }
         _ => (rate * duration).round() as u64,
     };
-    let plan = Plan { generator: &generator, run, count, rate, max_batch: args.publish.max_batch, pad_to: args.publish.payload_bytes, shape: |e| e };
-    let log = publisher::run(&mut target, plan, &sent, &CancellationToken::new()).await;
+    let plan = Plan { generator: &generator, run, first_id: 0, count, rate, max_batch: args.publish.max_batch, pad_to: args.publish.payload_bytes, shape: |e| e };
+    let killing = async {
+        match &failover {
+            Some(kill) => Some(failover::kill(kill, &fleet, &progress).await),
+            None => None,
+        }
+    };
+    let never = CancellationToken::new();
+    let (log, killed) = tokio::join!(publisher::run(&mut target, plan, &sent, &never), killing);
+    let kill_us = killed.transpose()?;
+    if failover.is_some() {
+        progress.phase("recover");
+        failover::wait_reconnected(&fleet, phase.connected).await;
+    }
     progress.phase("settle");
     tokio::time::sleep(Duration::from_secs_f64(args.publish.settle)).await;
     fleet.send(&ToWorker::Finish { sent_us: log.sent_us.clone() }).await?;
     let finals = fleet.wait_final(Duration::from_secs(120)).await?;
     let seen = progress.finish().await;
-    let gateway_cpu_s = rss::total_cpu_seconds(&pids) - cpu_before;
+    let gateway_cpu_s = rss::cpu_used_since(&pids, &cpu_before);
 
     let mut tally = Tally::default();
     let mut conns = Connections { requested: pop.len(), workers, ..Connections::default() };
@@ -123,6 +145,8 @@ pub async fn run(scenario: Scenario, args: RunArgs) -> anyhow::Result<Report> {
         conns.connect_failures_total += f.counters.connect_failures;
         conns.recycles += f.counters.recycles;
         conns.server_closes += f.counters.server_closes;
+        conns.resumed += f.counters.resumed;
+        conns.resume_gaps += f.counters.resume_gaps;
         received += f.counters.received;
         conns.client_cpu_s += f.cpu_s;
         foreign += f.counters.foreign;
@@ -132,6 +156,9 @@ pub async fn run(scenario: Scenario, args: RunArgs) -> anyhow::Result<Report> {
         for (k, v) in &f.close_codes {
             *conns.close_codes.entry(k.clone()).or_insert(0) += v;
         }
+        for (k, v) in &f.gap_reasons {
+            *conns.resume_gap_reasons.entry(k.clone()).or_insert(0) += v;
+        }
     }
     conns.connected = phase.connected;
     conns.failed_first_attempt = phase.failed;
@@ -140,6 +167,13 @@ pub async fn run(scenario: Scenario, args: RunArgs) -> anyhow::Result<Report> {
     conns.handshake = hist::summary(&handshake);
 
     let published = log.sent_us.iter().filter(|t| **t != 0).count() as u64;
+    let (failover, problems) = match (&failover, kill_us) {
+        (Some(plan), Some(at_us)) => {
+            let (section, problems) = failover::section(plan, at_us, &finals);
+            (Some(section), problems)
+        }
+        _ => (None, Vec::new()),
+    };
     let rss = (!pids.is_empty()).then(|| Rss {
         pids: pids.clone(),
         gateway_cpu_s,
@@ -164,10 +198,11 @@ pub async fn run(scenario: Scenario, args: RunArgs) -> anyhow::Result<Report> {
             "settle_s": args.publish.settle,
             "churn_rate": churn_rate,
             "churn_grace_ms": args.churn_grace_ms,
+            "resume": resume,
             "payload_bytes": args.publish.payload_bytes,
             "per_worker": args.per_worker,
             "source_ips": args.source_ips,
-            "origin": (!args.no_origin).then_some(&args.origin),
+            "origin": args.handshake.origin(),
             "seed": args.publish.seed,
             "run": run,
         }),
@@ -185,13 +220,15 @@ pub async fn run(scenario: Scenario, args: RunArgs) -> anyhow::Result<Report> {
         latency_percentiles: percentiles(&seen.latency),
         rss,
         bridge: None,
+        failover,
+        replay: None,
         timeline: seen.timeline,
-        problems: Vec::new(),
+        problems,
     })
 }
 
 /// Ports of `ws://host:port` URLs.
-fn ports(urls: &[String]) -> Vec<u16> {
+pub fn ports(urls: &[String]) -> Vec<u16> {
     urls.iter()
         .filter_map(|u| u.strip_prefix("ws://")?.split('/').next()?.rsplit(':').next()?.parse().ok())
         .collect()

@@ -2,7 +2,7 @@
 //! number of events and the deliveries the routing model expects, so that mix, tenants and
 //! branches can be tuned to a target fan-out before a long run.
 
-use super::{Scenario, DEFAULT_DURATION_S};
+use super::Scenario;
 use crate::cli::RunArgs;
 use crate::events::Generator;
 use crate::expectations::Index;
@@ -21,7 +21,7 @@ pub fn render(scenario: Scenario, args: &RunArgs) -> anyhow::Result<String> {
     let rate = args.publish.rate.unwrap_or(scenario.default_rate());
     let events = match scenario {
         Scenario::Idle => generator.probe_len(),
-        _ => (rate * args.publish.duration.unwrap_or(DEFAULT_DURATION_S)).round() as u64,
+        _ => (rate * args.publish.duration.unwrap_or(scenario.default_duration())).round() as u64,
     };
     let index = Index::build(&pop, 0..pop.len());
     let (mut deliveries, mut copies, mut max) = (0u64, 0u64, 0u64);
