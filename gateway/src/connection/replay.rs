@@ -1,7 +1,8 @@
 //! The replay half of resume: before a resuming connection enters its main loop, the events of
 //! its tenant stored after the client's cursor are read from JetStream, filtered by the same
 //! routing rule as live delivery, and written with their cursors. Live events arriving
-//! meanwhile are held (bounded) and written after, minus those the replay covered.
+//! meanwhile are taken off the queue as they come: those the replay covers are dropped, the
+//! others held (bounded) and written after.
 
 use super::resume::{self, Request};
 use super::{send, End, Session};
@@ -49,7 +50,23 @@ impl Session {
         let held_limit = self.app.config.limits.send_queue_size * 4;
         let mut held = VecDeque::new();
         let mut replayed = 0u64;
-        while let Some(item) = reader.next().await {
+        loop {
+            // Live events are taken off the queue while the replay waits for the stream, so a
+            // burst published just before the reconnect cannot fill it (a full queue would cut
+            // the client off as too slow). Those the replay covers are dropped at once.
+            let item = tokio::select! {
+                biased;
+                live = self.queue.recv() => {
+                    match live {
+                        Some(live) if live.sequence.is_some_and(|s| s <= state.floor) => {}
+                        Some(live) if held.len() < held_limit => held.push_back(live),
+                        _ => return Err(End::Server(super::protocol::CloseReason::SLOW_CONSUMER.into())),
+                    }
+                    continue;
+                }
+                item = reader.next() => item,
+            };
+            let Some(item) = item else { break };
             let stored = match item {
                 Ok(stored) => stored,
                 Err(error) => {
@@ -61,12 +78,6 @@ impl Session {
                     break;
                 }
             };
-            while let Ok(live) = self.queue.try_recv() {
-                if held.len() >= held_limit {
-                    return Err(End::Server(super::protocol::CloseReason::SLOW_CONSUMER.into()));
-                }
-                held.push_back(live);
-            }
             // The consumer may deliver events stored after `last_sequence` was read; the floor
             // follows every replayed sequence so live copies of them are skipped at the seam.
             state.floor = state.floor.max(stored.sequence);
