@@ -154,13 +154,16 @@ nats_url="nats://127.0.0.1:$nats_port"
 redis_url="redis://127.0.0.1:$redis_port"
 if ((with_bridge && !with_cluster)); then
   say "starting publisher-bridge on 127.0.0.1:$bridge_port"
-  start_bg publisher-bridge env REDIS_URL="$redis_url" NATS_URL="$nats_url" \
+  start_bg publisher-bridge env REDIS_URL="$redis_url" NATS_URL="$nats_url" BRIDGE_WORKER_THREADS=1 \
     BRIDGE_LISTEN_ADDR="127.0.0.1:$bridge_port" setsid "$bridge_bin"
   wait_until publisher-bridge 60 http_ok "http://127.0.0.1:$bridge_port/readyz"
 fi
 
+# One runtime thread per gateway and bridge: everything shares this machine's cores, and on a
+# small machine (2 cores) fewer threads waking each other cut the latency tail (README,
+# "Performance").
 gw_env=(JWT_SECRET="$JWT_SECRET" TABLE_TOKEN_SECRET="$TABLE_TOKEN_SECRET" ENVIRONMENT=development
-  REDIS_URL="$redis_url" NATS_URL="$nats_url")
+  REDIS_URL="$redis_url" NATS_URL="$nats_url" GATEWAY_WORKER_THREADS=1)
 if ((with_pg)); then
   gw_env+=(DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:$pg_port/menu")
 else

@@ -98,7 +98,7 @@ cluster_spawn_bridge() {
   say "starting publisher-bridge bridge-$((i + 1)) on 127.0.0.1:${cl_bridge_ports[i]}"
   start_bg "publisher-bridge-$((i + 1))" env REDIS_URL="$redis_url" NATS_URL="$(cluster_nats_url)" \
     BRIDGE_LISTEN_ADDR="127.0.0.1:${cl_bridge_ports[i]}" BRIDGE_INSTANCE_ID="bridge-$((i + 1))" \
-    BRIDGE_EVENTS_REPLICAS=3 BRIDGE_STARTUP_TIMEOUT=30s setsid "$bridge_bin"
+    BRIDGE_EVENTS_REPLICAS=3 BRIDGE_STARTUP_TIMEOUT=30s BRIDGE_WORKER_THREADS=1 setsid "$bridge_bin"
 }
 
 # cluster_spawn_gateway I: starts gateway I (0-based) without waiting.

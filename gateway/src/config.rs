@@ -19,6 +19,8 @@ pub use vars::*;
 pub struct Config {
     pub listen_addr: SocketAddr,
     pub instance_id: String,
+    /// Runtime worker threads; 0: one per CPU available to the process.
+    pub worker_threads: usize,
     pub auth: AuthConfig,
     pub limits: Limits,
     pub redis_url: String,
@@ -99,6 +101,7 @@ impl Config {
         let config = Config {
             listen_addr: p.socket_addr(GATEWAY_LISTEN_ADDR, "0.0.0.0:8001"),
             instance_id: p.string(GATEWAY_INSTANCE_ID).unwrap_or_else(default_instance_id),
+            worker_threads: p.number(GATEWAY_WORKER_THREADS, 0, 0..=1024),
             auth: AuthConfig {
                 jwt_secret: p.required_secret(JWT_SECRET, "the HS256 key the backend signs staff tokens with"),
                 jwt_issuer: p.string_or(JWT_ISSUER, "menu-ops"),

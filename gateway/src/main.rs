@@ -5,8 +5,7 @@
 
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = match gateway::Config::from_env() {
         Ok(config) => config,
         Err(error) => {
@@ -14,6 +13,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(serve(config)),
+        Err(error) => {
+            eprintln!("gateway: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: gateway::Config) -> ExitCode {
     let telemetry = match gateway::telemetry::install(&config) {
         Ok(telemetry) => telemetry,
         Err(error) => {

@@ -20,6 +20,7 @@ pub const BRIDGE_READ_COUNT: &str = "BRIDGE_READ_COUNT";
 pub const BRIDGE_CLAIM_IDLE: &str = "BRIDGE_CLAIM_IDLE";
 pub const BRIDGE_CLAIM_INTERVAL: &str = "BRIDGE_CLAIM_INTERVAL";
 pub const BRIDGE_MAX_IN_FLIGHT: &str = "BRIDGE_MAX_IN_FLIGHT";
+pub const BRIDGE_WORKER_THREADS: &str = "BRIDGE_WORKER_THREADS";
 pub const BRIDGE_PUBLISH_TIMEOUT: &str = "BRIDGE_PUBLISH_TIMEOUT";
 pub const BRIDGE_EVENTS_REPLICAS: &str = "BRIDGE_EVENTS_REPLICAS";
 pub const BRIDGE_EVENTS_STORAGE: &str = "BRIDGE_EVENTS_STORAGE";
@@ -42,7 +43,7 @@ pub const VARS: &[&str] = &[
     BRIDGE_CLAIM_INTERVAL, BRIDGE_MAX_IN_FLIGHT, BRIDGE_PUBLISH_TIMEOUT, BRIDGE_EVENTS_REPLICAS,
     BRIDGE_EVENTS_STORAGE, BRIDGE_EVENTS_MAX_AGE, BRIDGE_EVENTS_MAX_BYTES, BRIDGE_EVENTS_MAX_MSG_SIZE,
     BRIDGE_DUPLICATE_WINDOW, BRIDGE_DLQ_MAX_AGE, BRIDGE_DLQ_MAX_BYTES, BRIDGE_DLQ_MAX_MSG_SIZE,
-    BRIDGE_ADVISORY_DLQ, BRIDGE_STARTUP_TIMEOUT, BRIDGE_SHUTDOWN_TIMEOUT,
+    BRIDGE_ADVISORY_DLQ, BRIDGE_STARTUP_TIMEOUT, BRIDGE_SHUTDOWN_TIMEOUT, BRIDGE_WORKER_THREADS,
 ];
 
 /// The smallest events-stream message size that still fits a maximal event plus headers.
@@ -119,6 +120,8 @@ pub struct Config {
     pub claim_idle: Duration,
     pub claim_interval: Duration,
     pub max_in_flight: usize,
+    /// Runtime worker threads; 0: one per CPU available to the process.
+    pub worker_threads: usize,
     pub publish_timeout: Duration,
     pub streams: StreamSettings,
     pub advisory_dlq: bool,
@@ -187,6 +190,7 @@ impl Config {
             claim_idle,
             claim_interval: p.duration(BRIDGE_CLAIM_INTERVAL, (claim_idle / 3).max(Duration::from_millis(100))),
             max_in_flight: p.number(BRIDGE_MAX_IN_FLIGHT, 1024, 1..=65_536),
+            worker_threads: p.number(BRIDGE_WORKER_THREADS, 0, 0..=1024),
             publish_timeout: p.duration(BRIDGE_PUBLISH_TIMEOUT, Duration::from_secs(5)),
             streams,
             advisory_dlq: p.bool(BRIDGE_ADVISORY_DLQ, true),
