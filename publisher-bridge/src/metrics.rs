@@ -100,7 +100,7 @@ impl Metrics {
             retries: Counter::default(),
             conflicts: Counter::default(),
             // 1-2-5 steps from 100 µs to 5 s, so the 5 ms target is a bucket bound.
-            latency: Histogram::new(LATENCY_BUCKETS.into_iter()),
+            latency: Histogram::new(LATENCY_BUCKETS),
             in_flight: Gauge::default(),
             redis_connected: Family::default(),
             nats_connected: Gauge::default(),
