@@ -2,7 +2,6 @@
 //! gateway trusts no publisher), drops what the de-duplication window has seen, and fans out to
 //! the tenant's connections. Payload bytes go to clients exactly as published.
 
-use wire::dedup::Dedup;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::registry::{QueuedEvent, Registry};
 use crate::routing::EventScope;
@@ -10,6 +9,7 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use wire::dedup::Dedup;
 use wire::envelope;
 use wire::event_types::TypeClass;
 use wire::subject::EventSubject;
@@ -38,6 +38,15 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(registry: Arc<Registry>, dedup_window: Duration, metrics: Arc<Metrics>) -> Dispatcher {
         Dispatcher { registry, dedup: Mutex::new(Dedup::new(dedup_window, Instant::now())), metrics }
+    }
+
+    /// [`Dispatcher::dispatch`] inside the event's routing span (a child of the trace context in
+    /// `headers`, when traces are exported).
+    pub fn dispatch_traced(&self, tenant_id: u64, subject: &str, payload: Bytes, meta: Meta, headers: Option<&async_nats::HeaderMap>) -> Outcome {
+        let span = crate::traces::route(subject, tenant_id, headers, meta.sequence);
+        let outcome = span.in_scope(|| self.dispatch(tenant_id, subject, payload, meta));
+        crate::traces::routed(&span, outcome);
+        outcome
     }
 
     /// Handles a message received on the subscription of `tenant_id`.

@@ -101,90 +101,83 @@ fn connects(client: &async_nats::Client) -> u64 {
     client.statistics().connects.load(Ordering::Relaxed)
 }
 
-/// Dispatches what the tenant's subscription missed: every stored event after the last one
-/// dispatched and before `until` (the sequence of the first live message after the reconnect;
-/// `None`: up to the stream's end). Retries a failing read until [`GIVE_UP`]; returns how many
-/// events it dispatched, or the last error once it gave up.
-pub async fn recover(
-    client: &async_nats::Client,
-    dispatcher: &Dispatcher,
-    metrics: &Metrics,
-    tenant_id: u64,
-    position: &mut Position,
-    until: Option<u64>,
-    disconnected_at: Option<SystemTime>,
-) -> Result<u64, HistoryError> {
-    // The resubscription was written before this PING.
-    if !matches!(tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await, Ok(Ok(()))) {
-        tracing::warn!(tenant_id, "NATS did not confirm the resubscription in time; re-reading the stream anyway");
-    }
-    let js = async_nats::jetstream::new(client.clone());
-    let give_up = tokio::time::Instant::now() + GIVE_UP;
-    let mut recovered = 0;
-    let mut attempt = 0;
-    let result = loop {
-        match read(&js, dispatcher, metrics, tenant_id, position, until, disconnected_at, &mut recovered).await {
-            Ok(()) => break Ok(recovered),
-            Err(error) if tokio::time::Instant::now() >= give_up => break Err(error),
-            Err(error) => {
-                attempt += 1;
-                tracing::debug!(tenant_id, attempt, %error, "re-reading the stream after a reconnect failed; retrying");
-                tokio::time::sleep(wire::natsconn::reconnect_delay(attempt + 1)).await;
-            }
-        }
-    };
-    position.floor = position.last;
-    metrics.nats_recovered_events.inc_by(recovered);
-    result
+/// One re-read after a reconnect: every stored event of `tenant_id` after the last one dispatched
+/// and before `until` (the sequence of the first live message after the reconnect; `None`: up to
+/// the stream's end).
+pub struct Recovery<'a> {
+    pub dispatcher: &'a Dispatcher,
+    pub metrics: &'a Metrics,
+    pub tenant_id: u64,
+    pub until: Option<u64>,
+    /// Where a listener that had dispatched nothing starts (shortly before this).
+    pub disconnected_at: Option<SystemTime>,
 }
 
-/// One attempt: dispatches from just after `position.last`, advancing it.
-#[allow(clippy::too_many_arguments)]
-async fn read(
-    js: &async_nats::jetstream::Context,
-    dispatcher: &Dispatcher,
-    metrics: &Metrics,
-    tenant_id: u64,
-    position: &mut Position,
-    until: Option<u64>,
-    disconnected_at: Option<SystemTime>,
-    recovered: &mut u64,
-) -> Result<(), HistoryError> {
-    let start = match (position.last, disconnected_at) {
-        (Some(last), _) => Start::After(last),
-        (None, Some(at)) => Start::Since((at - BEFORE_DISCONNECT).into()),
-        (None, None) => return Ok(()),
-    };
-    if let (Start::After(last), Some(until)) = (start, until) {
-        if last + 1 >= until {
-            return Ok(());
+impl Recovery<'_> {
+    /// Dispatches what was missed, retrying a failing read until [`GIVE_UP`]; returns how many
+    /// events it dispatched, or the last error once it gave up.
+    pub async fn run(&self, client: &async_nats::Client, position: &mut Position) -> Result<u64, HistoryError> {
+        let tenant_id = self.tenant_id;
+        // The resubscription was written before this PING.
+        if !matches!(tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await, Ok(Ok(()))) {
+            tracing::warn!(tenant_id, "NATS did not confirm the resubscription in time; re-reading the stream anyway");
         }
+        let js = async_nats::jetstream::new(client.clone());
+        let give_up = tokio::time::Instant::now() + GIVE_UP;
+        let mut recovered = 0;
+        let mut attempt = 0;
+        let result = loop {
+            match self.read(&js, position, &mut recovered).await {
+                Ok(()) => break Ok(recovered),
+                Err(error) if tokio::time::Instant::now() >= give_up => break Err(error),
+                Err(error) => {
+                    attempt += 1;
+                    tracing::debug!(tenant_id, attempt, %error, "re-reading the stream after a reconnect failed; retrying");
+                    tokio::time::sleep(wire::natsconn::reconnect_delay(attempt + 1)).await;
+                }
+            }
+        };
+        position.floor = position.last;
+        self.metrics.nats_recovered_events.inc_by(recovered);
+        result
     }
-    let mut reader = history::open(js, vec![wire::subject::events_tenant_filter(tenant_id)], start).await?;
-    if let Start::After(last) = start {
-        if last + 1 < reader.first_sequence && last < reader.last_sequence {
-            metrics.nats_recovery_incomplete.inc();
-            tracing::warn!(tenant_id, last, first = reader.first_sequence, "events missed during the NATS reconnect are no longer in the stream");
+
+    /// One attempt: dispatches from just after `position.last`, advancing it.
+    async fn read(&self, js: &async_nats::jetstream::Context, position: &mut Position, recovered: &mut u64) -> Result<(), HistoryError> {
+        let tenant_id = self.tenant_id;
+        let start = match (position.last, self.disconnected_at) {
+            (Some(last), _) => Start::After(last),
+            (None, Some(at)) => Start::Since((at - BEFORE_DISCONNECT).into()),
+            (None, None) => return Ok(()),
+        };
+        if let (Start::After(last), Some(until)) = (start, self.until) {
+            if last + 1 >= until {
+                return Ok(());
+            }
         }
+        let mut reader = history::open(js, vec![wire::subject::events_tenant_filter(tenant_id)], start).await?;
+        if let Start::After(last) = start {
+            if last + 1 < reader.first_sequence && last < reader.last_sequence {
+                self.metrics.nats_recovery_incomplete.inc();
+                tracing::warn!(tenant_id, last, first = reader.first_sequence, "events missed during the NATS reconnect are no longer in the stream");
+            }
+        }
+        while let Some(stored) = reader.next().await {
+            let stored = stored?;
+            if self.until.is_some_and(|until| stored.sequence >= until) {
+                break;
+            }
+            if position.last.is_some_and(|last| stored.sequence <= last) {
+                continue;
+            }
+            position.last = Some(stored.sequence);
+            let meta = Meta { received_us: stored.received_us, sequence: Some(stored.sequence) };
+            if self.dispatcher.dispatch_traced(tenant_id, &stored.subject, stored.payload, meta, None) != Outcome::Duplicate {
+                *recovered += 1;
+            }
+        }
+        Ok(())
     }
-    while let Some(stored) = reader.next().await {
-        let stored = stored?;
-        if until.is_some_and(|until| stored.sequence >= until) {
-            break;
-        }
-        if position.last.is_some_and(|last| stored.sequence <= last) {
-            continue;
-        }
-        position.last = Some(stored.sequence);
-        let meta = Meta { received_us: stored.received_us, sequence: Some(stored.sequence) };
-        let span = crate::traces::route(&stored.subject, tenant_id, None, meta.sequence);
-        let outcome = span.in_scope(|| dispatcher.dispatch(tenant_id, &stored.subject, stored.payload, meta));
-        crate::traces::routed(&span, outcome);
-        if !matches!(outcome, Outcome::Duplicate) {
-            *recovered += 1;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

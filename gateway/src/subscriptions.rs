@@ -174,9 +174,7 @@ impl Subscriptions {
                         if !position.admit(meta.sequence) {
                             continue;
                         }
-                        let span = crate::traces::route(m.subject.as_str(), tenant_id, headers, meta.sequence);
-                        let outcome = span.in_scope(|| self.dispatcher.dispatch(tenant_id, m.subject.as_str(), m.payload, meta));
-                        crate::traces::routed(&span, outcome);
+                        self.dispatcher.dispatch_traced(tenant_id, m.subject.as_str(), m.payload, meta, headers);
                     }
                     None => break,
                 },
@@ -187,10 +185,10 @@ impl Subscriptions {
         tracing::debug!(tenant_id, "unsubscribed from {subject}");
     }
 
-    /// Re-reads what this tenant missed before `until` (see [`recovery::recover`]).
+    /// Re-reads what this tenant missed before `until` (see [`recovery::Recovery`]).
     async fn recover(&self, tenant_id: u64, position: &mut Position, until: Option<u64>, link: &watch::Receiver<Option<std::time::SystemTime>>) {
-        let disconnected_at = *link.borrow();
-        match recovery::recover(&self.client, &self.dispatcher, &self.metrics, tenant_id, position, until, disconnected_at).await {
+        let recovery = recovery::Recovery { dispatcher: &self.dispatcher, metrics: &self.metrics, tenant_id, until, disconnected_at: *link.borrow() };
+        match recovery.run(&self.client, position).await {
             Ok(0) => {}
             Ok(recovered) => tracing::info!(tenant_id, recovered, "NATS reconnected: dispatched the events missed meanwhile from the stream"),
             Err(error) => {
