@@ -3,17 +3,21 @@
 //! [`COPY_WINDOW`] (the backend publishes one event on several channels: each extra copy would
 //! cost a publish for JetStream to refuse), takes an in-flight slot (bounding memory and
 //! backpressuring the sources), builds
-//! the headers (the trace context of the event's publish span among them), enqueues the publish
-//! in arrival order, and then, in a tracked task, waits for the acknowledgement, records the
-//! metrics and hands a stream entry's id to the Redis acker. The payload bytes are never
-//! re-serialised. It does not read Redis.
+//! the headers (the trace context of the event's publish span among them) and enqueues the
+//! publish in arrival order, keeping it in [`InFlight`] under its reply token. One task,
+//! [`Pipeline::confirm`], reads the acknowledgements: it records the metrics and hands a stream
+//! entry's id to the Redis acker, hands whatever was refused or not acknowledged within the
+//! publish timeout to a retrying task, and ends once the sources have stopped and nothing is in
+//! flight. The payload bytes are never re-serialised. It does not read Redis.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, Message, Subscriber};
 use bytes::Bytes;
-use tokio::sync::{mpsc, Semaphore};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Span;
 use wire::dedup::Dedup;
@@ -22,7 +26,10 @@ use wire::subject::{dlq_subject, EventSubject};
 
 use crate::mapping::{self, DlqReason, Via};
 use crate::metrics::{Metrics, Source};
-use crate::sink::jetstream::{Outgoing, Publisher};
+use crate::retry::LogLimiter;
+use crate::sink::ack::{self, Refused, Stored};
+use crate::sink::inflight::InFlight;
+use crate::sink::jetstream::{token_of, Outgoing, Publisher};
 
 /// Header stating that a dead letter's payload was cut, with the original length in bytes.
 pub const DLQ_TRUNCATED: &str = "Dlq-Truncated-From";
@@ -32,6 +39,8 @@ const HEADER_ROOM: usize = 4096;
 /// (remembered between one and two windows). The copies of one event arrive within
 /// milliseconds; JetStream's own duplicate window still covers anything later.
 pub const COPY_WINDOW: Duration = Duration::from_secs(2);
+/// How often [`Pipeline::confirm`] looks for publishes older than the publish timeout.
+const SWEEP: Duration = Duration::from_millis(100);
 
 /// Where an event was read.
 #[derive(Debug, Clone)]
@@ -79,11 +88,65 @@ pub struct Pipeline {
     dlq_payload_limit: usize,
     /// Digests of the valid events taken recently, from either source.
     taken: Mutex<Dedup>,
+    in_flight: Mutex<InFlight<Pending>>,
+    /// How long a publish waits for its acknowledgement before it is retried.
+    publish_timeout: Duration,
+}
+
+/// A publish waiting for its acknowledgement, with everything needed to finish it.
+struct Pending {
+    out: Outgoing,
+    /// The publish span, ended when this is dropped.
+    publish: Span,
+    refused: Option<DlqReason>,
+    received: Instant,
+    /// The acker and the stream entry id to acknowledge in Redis once stored.
+    xack: Option<(mpsc::Sender<String>, String)>,
+    _slot: Slot,
+}
+
+/// An in-flight slot: frees the permit and lowers the gauge when dropped.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+    }
+}
+
+impl Pending {
+    /// Records what JetStream did with it and hands a stream entry to the Redis acker.
+    async fn stored(self, stored: Stored, metrics: &Metrics) {
+        crate::traces::stored(&self.publish, &stored);
+        if stored.duplicate {
+            metrics.duplicates.inc();
+        } else if let Some(reason) = self.refused {
+            metrics.dead_lettered(reason);
+        } else {
+            metrics.published.inc();
+        }
+        metrics.observe_latency(self.received.elapsed());
+        if let Some((ack, id)) = self.xack {
+            // The acker only stops after every sender is gone, so this cannot fail except at
+            // the very end of a timed-out shutdown.
+            let _ = ack.send(id).await;
+        }
+    }
 }
 
 impl Pipeline {
     /// `dlq_max_msg_size` is the smaller of the DLQ stream's and the server's message limits.
-    pub fn new(publisher: Arc<Publisher>, metrics: Arc<Metrics>, max_in_flight: usize, tracker: TaskTracker, dlq_max_msg_size: usize) -> Pipeline {
+    pub fn new(
+        publisher: Arc<Publisher>,
+        metrics: Arc<Metrics>,
+        max_in_flight: usize,
+        publish_timeout: Duration,
+        tracker: TaskTracker,
+        dlq_max_msg_size: usize,
+    ) -> Pipeline {
         Pipeline {
             publisher,
             metrics,
@@ -91,6 +154,8 @@ impl Pipeline {
             tracker,
             dlq_payload_limit: dlq_max_msg_size.saturating_sub(HEADER_ROOM).max(1024),
             taken: Mutex::new(Dedup::new(COPY_WINDOW, Instant::now())),
+            in_flight: Mutex::new(InFlight::default()),
+            publish_timeout,
         }
     }
 
@@ -121,36 +186,83 @@ impl Pipeline {
         }
         let permit = self.permits.clone().acquire_owned().await.expect("the in-flight semaphore is never closed");
         self.metrics.in_flight.inc();
+        let slot = Slot { _permit: permit, metrics: self.metrics.clone() };
         let receive = std::mem::replace(&mut event.span, Span::none());
         let refused = routed.as_ref().err().copied();
         let (out, publish) = self.outgoing(&event, routed, &digest, &receive);
-        let sent = self.publisher.send(&out).await;
+        let xack = match (ack, event.origin) {
+            (Some(ack), Origin::Stream { id, .. }) => Some((ack, id)),
+            _ => None,
+        };
+        let message = out.clone();
+        let pending = Pending { out, publish, refused, received: event.received, xack, _slot: slot };
+        let token = self.in_flight.lock().expect("in-flight lock").push(Instant::now(), pending);
+        if let Err(error) = self.publisher.send(&message, token).await {
+            // Only when the connection is closed for good (at the very end of a shutdown): the
+            // publish stays in flight and is retried when it times out.
+            tracing::debug!(%error, "publish not sent");
+        }
         drop(receive);
+    }
+
+    /// Reads the acknowledgements of [`Pipeline::submit`]'s publishes from `acks` until
+    /// `sources_stopped` has fired and nothing is left in flight, or `abandon` fires.
+    pub async fn confirm(self: Arc<Self>, mut acks: Subscriber, sources_stopped: CancellationToken, abandon: CancellationToken) {
+        let mut sweep = tokio::time::interval(SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let late = LogLimiter::new(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                biased;
+                _ = abandon.cancelled() => return,
+                reply = acks.next() => match reply {
+                    Some(reply) => self.acknowledged(reply, &late).await,
+                    None => {
+                        tracing::warn!("the acknowledgement subscription ended; the remaining publishes are retried");
+                        self.expire(Duration::ZERO);
+                        return;
+                    }
+                },
+                _ = sweep.tick() => {
+                    self.expire(self.publish_timeout);
+                    if sources_stopped.is_cancelled() && self.in_flight.lock().expect("in-flight lock").is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn acknowledged(&self, reply: Message, late: &LogLimiter) {
+        let Some(token) = token_of(&reply.subject) else { return };
+        let Some(pending) = self.in_flight.lock().expect("in-flight lock").take(token) else {
+            // Its publish timed out and is being retried already.
+            if let Some(held_back) = late.allow() {
+                tracing::debug!(token, held_back, "acknowledgement after the publish timeout");
+            }
+            return;
+        };
+        match ack::read(&reply) {
+            Ok(stored) => pending.stored(stored, &self.metrics).await,
+            Err(refused) => self.retry(pending, refused),
+        }
+    }
+
+    /// Hands every publish older than `timeout` to a retrying task.
+    fn expire(&self, timeout: Duration) {
+        let expired = self.in_flight.lock().expect("in-flight lock").expired(Instant::now(), timeout);
+        for pending in expired {
+            self.retry(pending, Refused::TimedOut);
+        }
+    }
+
+    fn retry(&self, pending: Pending, failure: Refused) {
         let publisher = self.publisher.clone();
         let metrics = self.metrics.clone();
         self.tracker.spawn(async move {
-            let stored = publisher.confirm(sent, &out).await;
-            if let Some(ack_reply) = &stored {
-                crate::traces::stored(&publish, ack_reply);
+            if let Some(stored) = publisher.retry(&pending.out, failure).await {
+                pending.stored(stored, &metrics).await;
             }
-            drop(publish);
-            if let Some(ack_reply) = stored {
-                if ack_reply.duplicate {
-                    metrics.duplicates.inc();
-                } else if let Some(reason) = refused {
-                    metrics.dead_lettered(reason);
-                } else {
-                    metrics.published.inc();
-                }
-                metrics.observe_latency(event.received.elapsed());
-                if let (Some(ack), Origin::Stream { id, .. }) = (ack, event.origin) {
-                    // The acker only stops after every sender is gone, so this cannot fail
-                    // except at the very end of a timed-out shutdown.
-                    let _ = ack.send(id).await;
-                }
-            }
-            metrics.in_flight.dec();
-            drop(permit);
         });
     }
 

@@ -32,7 +32,9 @@ pub enum BridgeError {
     #[error("cannot connect to Redis ({what}): {source}")]
     Redis { what: &'static str, source: redis::RedisError },
     #[error("cannot subscribe to JetStream advisories: {0}")]
-    Advisories(#[from] async_nats::SubscribeError),
+    Advisories(#[source] async_nats::SubscribeError),
+    #[error("cannot subscribe to the bridge's publish acknowledgements: {0}")]
+    Acknowledgements(#[source] async_nats::SubscribeError),
 }
 
 /// Runs the bridge until `stop` fires, serving HTTP on `listener`. Returns an error only when
@@ -81,11 +83,14 @@ async fn run_connected(config: &Config, metrics: &Arc<Metrics>, health: &Arc<Hea
     let tracker = TaskTracker::new();
     let publisher = Arc::new(Publisher::new(js, metrics.clone(), abandon.clone()));
     let dlq_limit = (config.streams.dlq_max_msg_size as usize).min(client.server_info().max_payload.max(1024));
-    let pipeline = Arc::new(Pipeline::new(publisher.clone(), metrics.clone(), config.max_in_flight, tracker.clone(), dlq_limit));
+    let pipeline = Arc::new(Pipeline::new(publisher.clone(), metrics.clone(), config.max_in_flight, config.publish_timeout, tracker.clone(), dlq_limit));
+    let acks = publisher.acknowledgements().await.map_err(BridgeError::Acknowledgements)?;
+    let sources_stopped = CancellationToken::new();
+    tracker.spawn(pipeline.clone().confirm(acks, sources_stopped.clone(), abandon.clone()));
 
     let advisories = if config.advisory_dlq {
         let dlq = AdvisoryDlq { client: client.clone(), publisher: publisher.clone(), metrics: metrics.clone() };
-        Some(dlq.start(stop.clone()).await?)
+        Some(dlq.start(stop.clone()).await.map_err(BridgeError::Advisories)?)
     } else {
         None
     };
@@ -112,6 +117,7 @@ async fn run_connected(config: &Config, metrics: &Arc<Metrics>, health: &Arc<Hea
         }
     })
     .await;
+    sources_stopped.cancel();
     drop(pipeline);
     tracker.close();
     if tokio::time::timeout_at(deadline.into(), tracker.wait()).await.is_err() {

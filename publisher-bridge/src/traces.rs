@@ -6,7 +6,7 @@
 //! constructor returns `Span::none()` when export is off.
 
 use crate::pipeline::Origin;
-use async_nats::jetstream::publish::PublishAck;
+use crate::sink::ack::Stored;
 use tracing::field::Empty;
 use tracing::Span;
 use wire::otel::TARGET;
@@ -68,7 +68,7 @@ pub fn mapped(receive: &Span, dead_letter: Option<&'static str>) {
 }
 
 /// Records JetStream's acknowledgement on the publish span.
-pub fn stored(publish: &Span, ack: &PublishAck) {
+pub fn stored(publish: &Span, ack: &Stored) {
     if !publish.is_disabled() {
         publish.record("jetstream.stream", ack.stream.as_str()).record("jetstream.sequence", ack.sequence).record("jetstream.duplicate", ack.duplicate);
     }

@@ -1,23 +1,26 @@
-//! Publishing to JetStream with asynchronous acknowledgements: [`Publisher::send`] enqueues a
-//! publish in order (cheap, does not wait for the server), [`Publisher::confirm`] waits for its
-//! acknowledgement and retries with capped, jittered backoff through errors and timeouts (no
-//! responders during a stream leader election, a lost connection) until JetStream stores it or
-//! the bridge gives up at the end of its shutdown budget. A "duplicate" acknowledgement is a
-//! success; "duplicate message id is in process" (another replica is storing the same event) is
-//! retried without a warning and counted on its own. It does not decide subjects or headers (see [`crate::pipeline`]).
+//! Publishing to JetStream. The pipeline's hot path sends each publish with a reply subject of its
+//! own ([`Publisher::send`], the reply token of [`crate::sink::inflight::InFlight`]) and reads the
+//! acknowledgements on one subscription ([`Publisher::acknowledgements`]); this costs one
+//! message each way and no task, timer or channel per publish. Whatever was not acknowledged
+//! (no responders during a stream leader election, a lost connection, a timeout, an error) goes
+//! through [`Publisher::retry`], which republishes and waits, with capped, jittered backoff, until
+//! JetStream stores it or the bridge gives up at the end of its shutdown budget. A "duplicate"
+//! acknowledgement is a success; "duplicate message id is in process" (another replica is storing
+//! the same event) is retried without a warning and counted on its own. It does not decide
+//! subjects or headers (see [`crate::pipeline`]).
 
+use std::fmt::Write;
 use std::sync::Arc;
 
-use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
-use async_nats::jetstream::ErrorCode;
-use async_nats::jetstream::publish::PublishAck;
-use async_nats::jetstream::Context;
-use async_nats::{HeaderMap, Subject};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::{Context, ErrorCode};
+use async_nats::{Client, HeaderMap, Subject, Subscriber};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::retry::{Backoff, LogLimiter};
+use crate::sink::ack::{Refused, Stored, IN_PROCESS_ELSEWHERE};
 
 /// One message to store.
 #[derive(Debug, Clone)]
@@ -27,11 +30,11 @@ pub struct Outgoing {
     pub payload: Bytes,
 }
 
-/// The result of [`Publisher::send`], handed to [`Publisher::confirm`].
-pub type Sent = Result<PublishAckFuture, PublishError>;
-
 pub struct Publisher {
     js: Context,
+    client: Client,
+    /// `<inbox>.`: a reply subject is this followed by the publish's token.
+    reply_prefix: String,
     metrics: Arc<Metrics>,
     /// Fired when the shutdown budget is spent: stop retrying.
     abandon: CancellationToken,
@@ -40,44 +43,46 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(js: Context, metrics: Arc<Metrics>, abandon: CancellationToken) -> Publisher {
-        Publisher { js, metrics, abandon, warn: LogLimiter::new(std::time::Duration::from_secs(5)) }
+        let client = js.client();
+        let reply_prefix = format!("{}.", client.new_inbox());
+        Publisher { js, client, reply_prefix, metrics, abandon, warn: LogLimiter::new(std::time::Duration::from_secs(5)) }
     }
 
     pub fn context(&self) -> &Context {
         &self.js
     }
 
-    /// Enqueues the publish on the NATS connection; calls made in order are sent in order.
-    pub async fn send(&self, out: &Outgoing) -> Sent {
-        self.js.publish_with_headers(out.subject.clone(), out.headers.clone(), out.payload.clone()).await
+    /// Subscribes to the acknowledgements of [`Publisher::send`]; each message's subject ends in
+    /// the token it was sent with ([`token_of`]).
+    pub async fn acknowledgements(&self) -> Result<Subscriber, async_nats::SubscribeError> {
+        self.client.subscribe(format!("{}*", self.reply_prefix)).await
     }
 
-    /// Waits until JetStream stored `out` (or reports it a duplicate), retrying as long as it
-    /// takes. `None` only when the shutdown budget ran out first.
-    pub async fn confirm(&self, sent: Sent, out: &Outgoing) -> Option<PublishAck> {
+    /// Enqueues the publish on the NATS connection, its acknowledgement to come on
+    /// [`Publisher::acknowledgements`] with `token`. Calls made in order are sent in order. An
+    /// error means the connection is closed for good; the caller's timeout retries it.
+    pub async fn send(&self, out: &Outgoing, token: u64) -> Result<(), async_nats::PublishError> {
+        let mut reply = String::with_capacity(self.reply_prefix.len() + 20);
+        reply.push_str(&self.reply_prefix);
+        let _ = write!(reply, "{token}");
+        self.client.publish_with_reply_and_headers(out.subject.clone(), reply, out.headers.clone(), out.payload.clone()).await
+    }
+
+    /// Republishes `out`, which failed with `failure`, and waits, as long as it takes, until
+    /// JetStream stored it (or reports it a duplicate). `None` only when the shutdown budget ran
+    /// out first.
+    pub async fn retry(&self, out: &Outgoing, failure: Refused) -> Option<Stored> {
         let mut backoff = Backoff::publish();
-        let mut sent = sent;
+        let mut failure = failure;
         loop {
-            let result = match sent {
-                Ok(ack) => tokio::select! {
-                    biased;
-                    _ = self.abandon.cancelled() => return None,
-                    r = ack => r,
-                },
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(ack) => return Some(ack),
-                Err(error) if in_process_elsewhere(&error) => {
-                    // Another bridge replica is storing the same event right now: the retry is
-                    // acknowledged as a duplicate once it has. Expected with two replicas.
-                    self.metrics.conflicts.inc();
-                }
-                Err(error) => {
-                    self.metrics.retries.inc();
-                    if let Some(held_back) = self.warn.allow() {
-                        tracing::warn!(subject = %out.subject, %error, held_back, "JetStream publish failed; retrying");
-                    }
+            if failure.in_process_elsewhere() {
+                // Another bridge replica is storing the same event right now: the retry is
+                // acknowledged as a duplicate once it has. Expected with two replicas.
+                self.metrics.conflicts.inc();
+            } else {
+                self.metrics.retries.inc();
+                if let Some(held_back) = self.warn.allow() {
+                    tracing::warn!(subject = %out.subject, error = %failure, held_back, "JetStream publish failed; retrying");
                 }
             }
             tokio::select! {
@@ -85,22 +90,62 @@ impl Publisher {
                 _ = self.abandon.cancelled() => return None,
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            sent = self.send(out).await;
+            match self.attempt(out).await? {
+                Ok(stored) => return Some(stored),
+                Err(refused) => failure = refused,
+            }
         }
     }
 
     /// Publishes and waits (advisory copies and other low-rate paths).
-    pub async fn publish(&self, out: &Outgoing) -> Option<PublishAck> {
-        let sent = self.send(out).await;
-        self.confirm(sent, out).await
+    pub async fn publish(&self, out: &Outgoing) -> Option<Stored> {
+        match self.attempt(out).await? {
+            Ok(stored) => Some(stored),
+            Err(failure) => self.retry(out, failure).await,
+        }
+    }
+
+    /// One request-reply publish through the JetStream context (with its own timeout); `None`
+    /// when abandoned meanwhile.
+    async fn attempt(&self, out: &Outgoing) -> Option<Result<Stored, Refused>> {
+        let attempt = async {
+            let ack = self.js.publish_with_headers(out.subject.clone(), out.headers.clone(), out.payload.clone()).await?;
+            ack.await
+        };
+        tokio::select! {
+            biased;
+            _ = self.abandon.cancelled() => None,
+            r = attempt => Some(r.map(Stored::from).map_err(|e| refused(&e))),
+        }
     }
 }
 
-/// JetStream's 10158 "duplicate message id is in process": a publish with the same
-/// `Nats-Msg-Id` is being stored right now.
-fn in_process_elsewhere(error: &PublishError) -> bool {
-    error.kind() == PublishErrorKind::Other
-        && std::error::Error::source(error)
-            .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
-            .is_some_and(|e| e.error_code() == ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT)
+/// The token at the end of an acknowledgement's subject.
+pub fn token_of(subject: &str) -> Option<u64> {
+    subject.rsplit_once('.')?.1.parse().ok()
+}
+
+fn refused(error: &PublishError) -> Refused {
+    let api = std::error::Error::source(error).and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>());
+    match (error.kind(), api) {
+        (PublishErrorKind::TimedOut, _) => Refused::TimedOut,
+        (PublishErrorKind::StreamNotFound, _) => Refused::NoResponders,
+        (_, Some(e)) if e.error_code() == ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT => {
+            Refused::Api { code: e.code() as u16, err_code: IN_PROCESS_ELSEWHERE, description: e.to_string() }
+        }
+        _ => Refused::Other(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_come_from_the_last_subject_token() {
+        assert_eq!(token_of("_INBOX.abc123.42"), Some(42));
+        assert_eq!(token_of("_INBOX.abc123.0"), Some(0));
+        assert_eq!(token_of("_INBOX.abc123.x"), None);
+        assert_eq!(token_of("nodots"), None);
+    }
 }
