@@ -9,7 +9,6 @@
 //! replica", and "the same text on pub/sub and on the stream" alike. A stream entry id would only
 //! cover the second case.
 
-use sha2::{Digest as _, Sha256};
 use wire::envelope::{self, Reject};
 use wire::event_types::TypeClass;
 use wire::subject::{EventSubject, Role};
@@ -114,17 +113,26 @@ pub fn route(via: Via<'_>, payload: &[u8]) -> Result<EventSubject, DlqReason> {
 }
 
 /// The SHA-256 of an event's exact bytes; in lowercase hex it is the event's `Nats-Msg-Id`.
+/// (`ring`'s assembly SHA-256: on CPUs without SHA extensions the portable one took a sixth of
+/// the bridge's CPU time.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Digest([u8; 32]);
 
 pub fn digest(payload: &[u8]) -> Digest {
-    Digest(Sha256::digest(payload).into())
+    let digest = ring::digest::digest(&ring::digest::SHA256, payload);
+    Digest(digest.as_ref().try_into().expect("SHA-256 is 32 bytes"))
 }
 
 impl Digest {
     /// The `Nats-Msg-Id` of a valid event.
     pub fn msg_id(&self) -> String {
-        hex::encode(self.0)
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = String::with_capacity(64);
+        for byte in self.0 {
+            id.push(HEX[usize::from(byte >> 4)] as char);
+            id.push(HEX[usize::from(byte & 0xf)] as char);
+        }
+        id
     }
 
     /// The first 128 bits, for in-memory de-duplication.
