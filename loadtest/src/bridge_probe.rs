@@ -67,13 +67,26 @@ pub fn added_latency(before: &Buckets, after: &Buckets) -> Option<AddedLatency> 
 
 /// CPU seconds used so far by every process named in [`PROCESSES`], by name.
 pub fn cpu_by_process() -> BTreeMap<String, f64> {
-    PROCESSES
-        .iter()
-        .map(|name| {
-            let pids = crate::rss::discover(name, &[]);
-            (name.to_string(), crate::rss::total_cpu_seconds(&pids))
-        })
-        .collect()
+    PROCESSES.iter().map(|name| (name.to_string(), crate::rss::total_cpu_seconds(&pids_named(name)))).collect()
+}
+
+/// Processes named `name`: by their executable (`argv[0]`), or by their kernel name
+/// (`/proc/<pid>/comm`, cut to 15 bytes), all that is left of one that rewrote its command line
+/// as redis-server does (`redis-server 127.0.0.1:6380` in a single argument).
+fn pids_named(name: &str) -> Vec<i32> {
+    let comm = name.get(..15).unwrap_or(name);
+    let mut pids = crate::rss::discover(name, &[]);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        pids.extend(
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm)),
+        );
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
 }
 
 /// The difference of two [`cpu_by_process`] readings, without processes that used nothing.
@@ -108,5 +121,14 @@ mod tests {
         assert_eq!(added.p50_le_ms, 2.0);
         assert_eq!(added.p99_le_ms, f64::INFINITY, "69 of 70 is below the 99th percentile");
         assert!(added_latency(&after, &after).is_none(), "nothing happened");
+    }
+
+    #[test]
+    fn processes_are_found_by_their_kernel_name_too() {
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        let me = std::process::id() as i32;
+        // The test binary's kernel name is its file name cut to 15 bytes: found either way.
+        assert!(pids_named(comm.trim_end()).contains(&me));
+        assert!(!pids_named("no-such-process-name").contains(&me));
     }
 }

@@ -277,6 +277,9 @@ pub enum BridgePath {
     Stream,
     /// As the backend does: channels, and the stream too for critical events.
     Mixed,
+    /// Neither Redis nor the bridge: each event stored straight into the EVENTS stream with the
+    /// bridge's subject and headers (nats-server's own ceiling).
+    Direct,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -287,9 +290,18 @@ pub struct BridgeArgs {
     /// JetStream stream the bridge stores events in.
     #[arg(long, default_value = "EVENTS")]
     pub stream: String,
-    /// Which Redis path the events take.
+    /// Which Redis path the events take (direct: none, straight into the stream).
     #[arg(long, value_enum, default_value_t = BridgePath::Mixed)]
     pub path: BridgePath,
+    /// Stop the bridge (SIGSTOP) while every event is XADDed, then continue it (SIGCONT) and time
+    /// how fast it drains the backlog into the stream. Needs --path stream and the bridge's
+    /// processes on this machine.
+    #[arg(long)]
+    pub backlog: bool,
+    /// Bridge pids to stop with --backlog (repeatable). Default: every process named
+    /// publisher-bridge.
+    #[arg(long = "bridge-pid", requires = "backlog")]
+    pub bridge_pids: Vec<i32>,
     /// The bridge's metrics endpoint: its publish-latency histogram (receipt from Redis to
     /// JetStream's acknowledgement) is read before and after the run to report the latency the
     /// bridge itself adds. Left out of the report when unreachable.
@@ -384,5 +396,17 @@ mod tests {
         assert!(parse(&["--kill-pid", "42", "--kill-url", "ws://b:2"]).is_err(), "one or the other");
         let Ok(Command::Replay(r)) = Cli::try_parse_from(["loadtest", "replay", "--jwt-secret", "j", "--table-secret", "t"]).map(|c| c.command) else { panic!("replay") };
         assert_eq!((r.clients, r.missed, r.tenants, r.rate), (20, 1000, 1, 0.0));
+    }
+
+    #[test]
+    fn bridge_paths_and_backlog_parse() {
+        let parse = |extra: &[&str]| Cli::try_parse_from(["loadtest", "bridge"].iter().chain(extra)).map(|cli| cli.command);
+        let Ok(Command::Bridge(b)) = parse(&[]) else { panic!("bridge") };
+        assert_eq!((b.path, b.backlog), (BridgePath::Mixed, false));
+        let Ok(Command::Bridge(b)) = parse(&["--path", "stream", "--backlog", "--bridge-pid", "7", "--bridge-pid", "9"]) else { panic!("backlog") };
+        assert_eq!((b.path, b.backlog, b.bridge_pids), (BridgePath::Stream, true, vec![7, 9]));
+        let Ok(Command::Bridge(b)) = parse(&["--path", "direct"]) else { panic!("direct") };
+        assert_eq!(b.path, BridgePath::Direct);
+        assert!(parse(&["--bridge-pid", "7"]).is_err(), "--bridge-pid only with --backlog");
     }
 }

@@ -1,12 +1,18 @@
 //! Publishing events the way the backend does: the same text PUBLISHed on each of the event's
 //! Redis channels and, for critical events, XADDed to `events:critical` (field `data`), pipelined
 //! per batch; or, with `--direct-nats`, straight to the gateway's `live.<tenant>.<branch>.<role>`
-//! subjects (one copy per channel, so the gateway's de-duplication is exercised too). Paced by
-//! [`Pacer`]; every event carries its publish time. It owns no accounting.
+//! subjects (one copy per channel, so the gateway's de-duplication is exercised too); or, for
+//! `loadtest bridge --path direct`, stored straight into JetStream as the bridge would
+//! ([`JetStreamSink`]). Paced by [`Pacer`]; every event carries its publish time. It owns no
+//! accounting.
+
+mod jetstream_sink;
+mod sha256;
 
 use crate::events::{render, EventSpec, Generator};
 use crate::pacing::Pacer;
 use anyhow::Context;
+use jetstream_sink::JetStreamSink;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -14,11 +20,13 @@ use wire::subject::{EventSubject, Role};
 use wire::tokens::now_micros;
 
 /// Redis streams are trimmed (approximately) to this length so long runs stay bounded.
-const STREAM_MAXLEN: u64 = 1_000_000;
+pub const STREAM_MAXLEN: u64 = 1_000_000;
 
 pub enum Target {
     Redis { conn: redis::aio::MultiplexedConnection, stream_key: String },
     Nats { client: async_nats::Client },
+    /// The EVENTS stream itself, with the bridge's subjects and headers.
+    JetStream(Box<JetStreamSink>),
 }
 
 impl Target {
@@ -39,10 +47,16 @@ impl Target {
         Ok(Target::Nats { client })
     }
 
+    /// JetStream at `url`; `stream_key` names the Redis stream the bridge would have read.
+    pub async fn jetstream(url: &str, stream_key: &str) -> anyhow::Result<Target> {
+        Ok(Target::JetStream(Box::new(JetStreamSink::connect(url, stream_key).await?)))
+    }
+
     pub fn describe(&self) -> &'static str {
         match self {
             Target::Redis { .. } => "redis",
             Target::Nats { .. } => "direct-nats",
+            Target::JetStream(_) => "jetstream",
         }
     }
 
@@ -70,8 +84,22 @@ impl Target {
                 }
                 client.flush().await.context("NATS flush")?;
             }
+            Target::JetStream(sink) => sink.send(batch).await,
         }
         Ok(())
+    }
+
+    /// Waits for what is still in flight (JetStream acknowledgements) and counts the events
+    /// that were not stored as failed to publish.
+    async fn finish(&mut self, log: &mut PublishLog) {
+        let Target::JetStream(sink) = self else { return };
+        for (id, error) in sink.finish().await {
+            if let Some(sent_us) = log.sent_us.get_mut(id as usize).filter(|t| **t != 0) {
+                *sent_us = 0;
+                log.errors += 1;
+                log.first_error.get_or_insert(error);
+            }
+        }
     }
 }
 
@@ -140,6 +168,7 @@ pub async fn run(target: &mut Target, plan: Plan<'_>, sent: &AtomicU64, stop: &C
         sent.fetch_add(n, Relaxed);
     }
     log.sent_us.truncate((plan.first_id + pacer.released()) as usize);
+    target.finish(&mut log).await;
     log.finished_us = now_micros();
     log
 }

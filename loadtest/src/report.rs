@@ -121,16 +121,26 @@ pub struct Rss {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Bridge {
     pub stream: String,
+    /// `--path direct`: loadtest stored the events itself, without Redis and the bridge.
+    pub direct: bool,
+    /// `--backlog`: the bridge was stopped while the events were written to Redis; `drain_s`
+    /// and `cpu_s` count from its SIGCONT.
+    pub backlog: bool,
     pub stored: u64,
-    /// Events stored in JetStream per second, first publish to last stored.
+    /// Events stored in JetStream per second, first publish (with `backlog`, the SIGCONT) to
+    /// last stored.
     pub stored_per_s: f64,
     pub drain_s: f64,
-    /// From the bridge's own histogram: receipt from Redis to JetStream's acknowledgement.
+    /// From the bridge's own histogram: receipt from Redis to JetStream's acknowledgement (not
+    /// with `direct` or `backlog`, where it means nothing).
     pub added_latency: Option<crate::bridge_probe::AddedLatency>,
-    /// CPU seconds used during the run by each process of the pipeline found on this machine.
+    /// CPU seconds used during the run (with `backlog`, the drain) by each process of the
+    /// pipeline found on this machine.
     pub cpu_s: std::collections::BTreeMap<String, f64>,
     /// The bridge's CPU time per stored event.
     pub bridge_cpu_us_per_event: Option<f64>,
+    /// nats-server's CPU time per stored event.
+    pub nats_cpu_us_per_event: Option<f64>,
 }
 
 /// The failover scenario: one gateway SIGKILLed mid-run.

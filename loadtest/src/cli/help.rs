@@ -24,7 +24,8 @@ Scenarios:
   failover steady traffic with resume on while one gateway is SIGKILLed: how long its clients
            take to receive live events again, with nothing lost or repeated
   replay   clients that missed events come back with their cursor: how fast they are replayed
-  bridge   Redis -> JetStream throughput of the publisher-bridge, no WebSocket clients
+  bridge   Redis -> JetStream throughput of the publisher-bridge, no WebSocket clients (or,
+           with --backlog, of its drain alone; with --path direct, of nats-server alone)
 
 --resume makes the clients of idle, fanout, steady and churn resume-capable (protocol section
 8): events published while a client was away are then owed, replayed by the gateway.
@@ -47,6 +48,8 @@ Examples (against deploy/stack.sh, whose secrets are in .stack/secrets.env):
   loadtest replay --missed 1000
   loadtest steady -n 2000 --direct-nats nats://127.0.0.1:4222     # gateway alone, no bridge
   loadtest bridge --rate 0 --duration 10 --path mixed               # as fast as possible
+  loadtest bridge --rate 0 --duration 2 --path stream --backlog     # the bridge's drain alone
+  loadtest bridge --rate 0 --duration 2 --path direct               # JetStream without the bridge
   loadtest token staff --tenant 1 --branches 1 --roles WAITER --url ws://127.0.0.1:8001
 
 Exit status: 0 on success; 1 on an error, or with --expect-zero-loss when any delivery is
@@ -160,12 +163,32 @@ rate × duration events to Redis (--path: pub/sub only, the stream only, or both
 does), follows the last sequence of the EVENTS stream to time how fast they are stored, and
 subscribes to live.> to check that each event is re-published exactly once (the same text on
 several channels is stored once) and to measure Redis -> NATS latency. --rate 0 publishes
-50,000 × duration events as fast as the pipeline allows. Defaults: --rate 50000, --duration 10.";
+50,000 × duration events as fast as the pipeline allows. Defaults: --rate 50000, --duration 10.
+
+On a small machine the generator competes with the bridge, nats-server and Redis for the same
+cores, so a --rate 0 run understates what the bridge can store. Two variants take it out:
+
+--backlog (with --path stream) stops every process named publisher-bridge (or --bridge-pid)
+with SIGSTOP, XADDs all the events while it is stopped, then continues it (SIGCONT) and times
+the drain of that backlog alone: stored/s and CPU count from the SIGCONT. The bridge is continued
+on every way out (errors, Ctrl-C, SIGTERM); only a SIGKILL of loadtest leaves it stopped (then
+`kill -CONT <pid>`). The bridge's own latency histogram is not reported, and the live.>
+latency includes the wait in Redis. At most 1,000,000 events (the Redis stream's trim length);
+keep the stop short (the bridge's Redis and NATS connections may time out and reconnect).
+
+--path direct bypasses Redis and the bridge: loadtest stores the same events straight into the
+EVENTS stream as the bridge would (subject events.<tenant>.<branch>.<role>, headers
+Nats-Msg-Id = SHA-256 of the payload, Bridge-Source, Bridge-Received-Us; asynchronous
+acknowledgements, 1,024 in flight). It measures nats-server's own ceiling for storing
+bridge-shaped messages on this machine, the number the bridge is compared to. The bridge need not
+run (the EVENTS stream must exist); CPU is reported for nats-server and loadtest.";
 
 pub const BRIDGE_EXAMPLES: &str = "\
 Examples:
   loadtest bridge --rate 0 --duration 10
-  loadtest bridge --rate 20000 --duration 30 --path stream --report-svg bridge.svg";
+  loadtest bridge --rate 20000 --duration 30 --path stream --report-svg bridge.svg
+  loadtest bridge --path stream --backlog --rate 0 --duration 2 --expect-zero-loss   # drain only
+  loadtest bridge --path direct --rate 0 --duration 2 --expect-zero-loss   # nats-server's ceiling";
 
 pub const TOKEN_EXAMPLES: &str = "\
 Examples:

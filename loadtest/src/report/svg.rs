@@ -47,7 +47,8 @@ pub fn render(r: &Report) -> String {
         line3.push_str(&format!("; gateway RSS {:.2} KiB per connection", m.per_connection_kib));
     }
     if let Some(b) = &r.bridge {
-        line3.push_str(&format!("; bridge {:.0} events/s stored", b.stored_per_s));
+        let who = if b.direct { "JetStream direct" } else if b.backlog { "bridge backlog" } else { "bridge" };
+        line3.push_str(&format!("; {who} {:.0} events/s stored", b.stored_per_s));
     }
     if let Some(f) = &r.failover {
         line3.push_str(&format!("; 99% of {} killed clients live again after {:.2} s", f.live_again.count, f.live_again.p99_us as f64 / 1e6));

@@ -39,13 +39,21 @@ pub fn render(r: &Report) -> String {
     let l = &r.latency;
     row("latency", format!("p50 {} p90 {} p99 {} p99.9 {} max {} (n={})", fmt_us(l.p50_us), fmt_us(l.p90_us), fmt_us(l.p99_us), fmt_us(l.p999_us), fmt_us(l.max_us), l.count));
     if let Some(b) = &r.bridge {
-        row("bridge", format!("{} stored in {} at {:.0}/s (drained in {:.2} s)", b.stored, b.stream, b.stored_per_s, b.drain_s));
+        let (key, from) = match (b.direct, b.backlog) {
+            (true, _) => ("jetstream", "first publish, straight to JetStream without Redis and the bridge"),
+            (false, true) => ("bridge", "SIGCONT, a backlog in Redis"),
+            (false, false) => ("bridge", "first publish"),
+        };
+        row(key, format!("{} stored in {} at {:.0}/s (drained in {:.2} s from {from})", b.stored, b.stream, b.stored_per_s, b.drain_s));
         if let Some(a) = &b.added_latency {
             row("bridge adds", format!("p50 <= {} ms, p99 <= {} ms (its histogram's buckets, n={})", a.p50_le_ms, a.p99_le_ms, a.count));
         }
         if !b.cpu_s.is_empty() {
             let used: Vec<String> = b.cpu_s.iter().map(|(name, s)| format!("{name} {s:.1} s")).collect();
-            let per_event = b.bridge_cpu_us_per_event.map(|us| format!("; bridge {us:.1} µs per event")).unwrap_or_default();
+            let per_event: String = [("bridge", b.bridge_cpu_us_per_event), ("nats-server", b.nats_cpu_us_per_event)]
+                .iter()
+                .filter_map(|(name, us)| us.map(|us| format!("; {name} {us:.1} µs per event")))
+                .collect();
             row("CPU", format!("{} over {:.1} s wall{per_event}", used.join(", "), r.wall_s));
         }
     }
