@@ -7,7 +7,6 @@
 //! accounting.
 
 mod jetstream_sink;
-mod sha256;
 
 use crate::events::{render, EventSpec, Generator};
 use crate::pacing::Pacer;

@@ -13,6 +13,8 @@ use wire::envelope::{self, Reject};
 use wire::event_types::TypeClass;
 use wire::subject::{EventSubject, Role};
 
+pub use wire::msg_id::Digest;
+
 /// The pattern subscriptions of protocol section 5.
 pub const PATTERNS: [&str; 6] =
     ["branch:*:waiters", "branch:*:kitchen", "branch:*:admin", "sector:*:waiters", "session:*", "tenant:*:admin"];
@@ -112,35 +114,6 @@ pub fn route(via: Via<'_>, payload: &[u8]) -> Result<EventSubject, DlqReason> {
     Ok(EventSubject { tenant_id: envelope.tenant_id, branch_id, role })
 }
 
-/// The SHA-256 of an event's exact bytes; in lowercase hex it is the event's `Nats-Msg-Id`.
-/// (`ring`'s assembly SHA-256: on CPUs without SHA extensions the portable one took a sixth of
-/// the bridge's CPU time.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Digest([u8; 32]);
-
-pub fn digest(payload: &[u8]) -> Digest {
-    let digest = ring::digest::digest(&ring::digest::SHA256, payload);
-    Digest(digest.as_ref().try_into().expect("SHA-256 is 32 bytes"))
-}
-
-impl Digest {
-    /// The `Nats-Msg-Id` of a valid event.
-    pub fn msg_id(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut id = String::with_capacity(64);
-        for byte in self.0 {
-            id.push(HEX[usize::from(byte >> 4)] as char);
-            id.push(HEX[usize::from(byte & 0xf)] as char);
-        }
-        id
-    }
-
-    /// The first 128 bits, for in-memory de-duplication.
-    pub fn short(&self) -> u128 {
-        u128::from_le_bytes(self.0[..16].try_into().expect("16 of 32 bytes"))
-    }
-}
-
 /// `Nats-Msg-Id` of a dead letter: the reason too, since the same text refused for a
 /// channel-dependent reason (bad channel, tenant mismatch) on one path may be valid on another.
 pub fn dlq_msg_id(reason: DlqReason, digest: &Digest) -> String {
@@ -214,8 +187,8 @@ mod tests {
 
     #[test]
     fn msg_id_is_the_payload_digest() {
-        assert_eq!(digest(b"abc").msg_id(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-        assert_ne!(digest(EVENT.as_bytes()), digest(format!("{EVENT} ").as_bytes()));
-        assert_eq!(dlq_msg_id(DlqReason::NoData, &digest(b"abc")).split_once(':').unwrap().0, "no_data");
+        assert_eq!(Digest::of(b"abc").msg_id(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_ne!(Digest::of(EVENT.as_bytes()), Digest::of(format!("{EVENT} ").as_bytes()));
+        assert_eq!(dlq_msg_id(DlqReason::NoData, &Digest::of(b"abc")).split_once(':').unwrap().0, "no_data");
     }
 }

@@ -172,7 +172,7 @@ impl Pipeline {
             Some(reason) => Err(reason),
             None => mapping::route(via, &event.payload),
         };
-        let digest = mapping::digest(&event.payload);
+        let digest = mapping::Digest::of(&event.payload);
         // Only valid events: a text refused for a channel-dependent reason may be valid on
         // another channel. Stream entries are always published (their XACK waits for it).
         if routed.is_ok() {
@@ -194,10 +194,10 @@ impl Pipeline {
             (Some(ack), Origin::Stream { id, .. }) => Some((ack, id)),
             _ => None,
         };
-        let message = out.clone();
-        let pending = Pending { out, publish, refused, received: event.received, xack, _slot: slot };
+        // The copy kept in flight for a retry; `out` itself goes to the connection.
+        let pending = Pending { out: out.clone(), publish, refused, received: event.received, xack, _slot: slot };
         let token = self.in_flight.lock().expect("in-flight lock").push(Instant::now(), pending);
-        if let Err(error) = self.publisher.send(&message, token).await {
+        if let Err(error) = self.publisher.send(out, token).await {
             // Only when the connection is closed for good (at the very end of a shutdown): the
             // publish stays in flight and is retried when it times out.
             tracing::debug!(%error, "publish not sent");

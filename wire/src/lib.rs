@@ -1,7 +1,7 @@
 //! The contract shared by the publisher-bridge, the gateway and the loadtest: what a valid
 //! backend event is ([`envelope`]), which type sets drive routing ([`event_types`]), the NATS
 //! subject grammar and stream layout ([`subject`]), the header names carried on NATS messages
-//! ([`headers`]), and how backend tokens are minted ([`tokens`], for tests, demos and load).
+//! ([`headers`]) and the `Nats-Msg-Id` of an event ([`msg_id`]), and how backend tokens are minted ([`tokens`], for tests, demos and load).
 //!
 //! Typed settings from the environment ([`settings`]) and the de-duplication window ([`dedup`])
 //! are shared too.
@@ -14,6 +14,7 @@ pub mod dedup;
 pub mod envelope;
 pub mod event_types;
 pub mod headers;
+pub mod msg_id;
 #[cfg(feature = "nats")]
 pub mod natsconn;
 #[cfg(feature = "otel")]

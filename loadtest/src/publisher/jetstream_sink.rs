@@ -6,7 +6,6 @@
 //! is nats-server's own ceiling for storing bridge-shaped messages on this machine, the number
 //! the bridge's throughput is compared to.
 
-use super::sha256;
 use crate::events::EventSpec;
 use anyhow::Context as _;
 use async_nats::jetstream::context::{Context, PublishError};
@@ -17,6 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 use wire::headers;
+use wire::msg_id::Digest;
 use wire::subject::{EventSubject, Role};
 use wire::tokens::now_micros;
 
@@ -50,7 +50,7 @@ pub fn outgoing(event: &EventSpec, text: &str, stream_key: &str, received_us: u6
     let mut h = HeaderMap::new();
     h.insert(headers::SOURCE, format!("stream:{stream_key}:{}-{}", received_us / 1000, event.id));
     h.insert(headers::RECEIVED_AT, received_us.to_string());
-    h.insert(headers::MSG_ID, sha256::hex_digest(text.as_bytes()));
+    h.insert(headers::MSG_ID, Digest::of(text.as_bytes()).msg_id());
     Outgoing { subject, headers: h }
 }
 
@@ -126,7 +126,7 @@ mod tests {
             assert!(out.subject.starts_with(&format!("events.{}.{}.", event.tenant_id, event.branch_id)), "{}", out.subject);
             let header = |name: &str| out.headers.get(name).map(|v| v.as_str().to_string());
             let msg_id = header(headers::MSG_ID).expect("Nats-Msg-Id");
-            assert_eq!(msg_id, sha256::hex_digest(text.as_bytes()));
+            assert_eq!(msg_id, Digest::of(text.as_bytes()).msg_id());
             assert!(msg_id.len() == 64 && msg_id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
             assert_eq!(header(headers::SOURCE), Some(format!("stream:events:critical:1700000000999-{id}")));
             assert_eq!(header(headers::RECEIVED_AT).as_deref(), Some("1700000000999999"));

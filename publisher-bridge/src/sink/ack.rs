@@ -2,13 +2,14 @@
 //! stored message), or refused with the reason. No I/O.
 
 use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::ErrorCode;
 use async_nats::Message;
 use async_nats::StatusCode;
 use serde::Deserialize;
 
 /// JetStream's 10158 "duplicate message id is in process": a publish with the same
 /// `Nats-Msg-Id` is being stored right now (by another bridge replica).
-pub const IN_PROCESS_ELSEWHERE: u16 = 10158;
+pub const IN_PROCESS_ELSEWHERE: u16 = ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT.0 as u16;
 
 /// A publish JetStream acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]

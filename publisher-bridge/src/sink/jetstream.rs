@@ -61,11 +61,11 @@ impl Publisher {
     /// Enqueues the publish on the NATS connection, its acknowledgement to come on
     /// [`Publisher::acknowledgements`] with `token`. Calls made in order are sent in order. An
     /// error means the connection is closed for good; the caller's timeout retries it.
-    pub async fn send(&self, out: &Outgoing, token: u64) -> Result<(), async_nats::PublishError> {
+    pub async fn send(&self, out: Outgoing, token: u64) -> Result<(), async_nats::PublishError> {
         let mut reply = String::with_capacity(self.reply_prefix.len() + 20);
         reply.push_str(&self.reply_prefix);
         let _ = write!(reply, "{token}");
-        self.client.publish_with_reply_and_headers(out.subject.clone(), reply, out.headers.clone(), out.payload.clone()).await
+        self.client.publish_with_reply_and_headers(out.subject, reply, out.headers, out.payload).await
     }
 
     /// Republishes `out`, which failed with `failure`, and waits, as long as it takes, until
