@@ -43,7 +43,12 @@ pub fn router(app: Arc<App>, token: &Secret, shutdown: CancellationToken) -> Rou
 
 /// Serves the admin API on `listener` until `stop`; logs that it is off when either the token
 /// or the listener is missing.
-pub fn spawn(app: &Arc<App>, listener: Option<TcpListener>, shutdown: CancellationToken, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+pub fn spawn(
+    app: &Arc<App>,
+    listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
     let (Some(token), Some(listener)) = (app.config.admin_token.as_ref(), listener) else {
         if app.config.admin_token.is_none() {
             tracing::info!("admin API disabled: GATEWAY_ADMIN_TOKEN is not set");
@@ -54,7 +59,8 @@ pub fn spawn(app: &Arc<App>, listener: Option<TcpListener>, shutdown: Cancellati
     };
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%addr, "admin API listening");
-    let server = axum::serve(listener, router(app.clone(), token, shutdown)).with_graceful_shutdown(stop.cancelled_owned());
+    let server =
+        axum::serve(listener, router(app.clone(), token, shutdown)).with_graceful_shutdown(stop.cancelled_owned());
     Some(tokio::spawn(async move {
         if let Err(error) = server.await {
             tracing::error!(%error, "admin API stopped");
@@ -72,7 +78,8 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
     let allowed = presented.is_some_and(|digest| bool::from(digest.ct_eq(&state.token_digest)));
     if !allowed {
         tracing::warn!(target: crate::audit::TARGET, action = "admin_denied", path = request.uri().path(), "admin request without a valid token");
-        let body = Json(json!({"error": "a valid bearer token is required (Authorization: Bearer <GATEWAY_ADMIN_TOKEN>)"}));
+        let body =
+            Json(json!({"error": "a valid bearer token is required (Authorization: Bearer <GATEWAY_ADMIN_TOKEN>)"}));
         return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
     }
     next.run(request).await

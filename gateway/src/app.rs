@@ -80,7 +80,8 @@ impl App {
         };
         let registry = Arc::new(Registry::new(capacity, limits.send_queue_size));
         let dispatcher = Arc::new(Dispatcher::new(registry.clone(), config.dedup_window, metrics.clone()));
-        let subscriptions = Arc::new(Subscriptions::new(nats.clone(), link, dispatcher, config.unsubscribe_delay, metrics.clone()));
+        let subscriptions =
+            Arc::new(Subscriptions::new(nats.clone(), link, dispatcher, config.unsubscribe_delay, metrics.clone()));
         let sectors = Sectors::new(config.database_url.as_deref(), config.sector_cache_ttl, metrics.clone());
         Ok(Arc::new(App {
             auth: Authenticator::new(&config.auth),

@@ -45,7 +45,11 @@ fn since(params: &HashMap<String, String>) -> Result<f64, Response> {
 }
 
 fn token<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Response> {
-    params.get(name).map(String::as_str).filter(|t| !t.is_empty()).ok_or_else(|| detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("{name} is required")))
+    params
+        .get(name)
+        .map(String::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("{name} is required")))
 }
 
 pub async fn staff(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Response {
@@ -74,7 +78,11 @@ pub async fn staff(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Re
             admin_view: endpoint == Endpoint::Admin || staff.roles.is_admin(),
         })
         .collect();
-    let sectors = if audiences.iter().any(Audience::is_pure_waiter) { app.sectors.get(staff.tenant_id, staff.user_id).await } else { Arc::from([]) };
+    let sectors = if audiences.iter().any(Audience::is_pure_waiter) {
+        app.sectors.get(staff.tenant_id, staff.user_id).await
+    } else {
+        Arc::from([])
+    };
     let tenant = staff.tenant_id;
     let mut filters = vec![format!("{EVENTS_PREFIX}.{tenant}.{branch_id}.*")];
     if staff.roles.is_admin() {
@@ -85,10 +93,11 @@ pub async fn staff(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Re
 
 pub async fn session(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Response {
     let params = params(query);
-    let (session_id, since, token) = match (positive(&params, "session_id"), since(&params), token(&params, "table_token")) {
-        (Ok(s), Ok(t), Ok(k)) => (s, t, k),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
-    };
+    let (session_id, since, token) =
+        match (positive(&params, "session_id"), since(&params), token(&params, "table_token")) {
+            (Ok(s), Ok(t), Ok(k)) => (s, t, k),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+        };
     let Ok(diner) = app.auth.verify_table(token, crate::auth::unix_now()) else {
         return detail(StatusCode::UNAUTHORIZED, "Invalid token");
     };
@@ -97,7 +106,11 @@ pub async fn session(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> 
     }
     let audience = Audience::Diner { tenant_id: diner.tenant_id, session_id };
     let (tenant, branch) = (diner.tenant_id, diner.branch_id);
-    let filters = ["session", "kitchen"].iter().map(|role| format!("{EVENTS_PREFIX}.{tenant}.{branch}.{role}")).chain([format!("{EVENTS_PREFIX}.{tenant}.0.admin")]).collect();
+    let filters = ["session", "kitchen"]
+        .iter()
+        .map(|role| format!("{EVENTS_PREFIX}.{tenant}.{branch}.{role}"))
+        .chain([format!("{EVENTS_PREFIX}.{tenant}.0.admin")])
+        .collect();
     collect(&app, filters, since, |scope| routing::receives(&audience, &[], scope)).await
 }
 

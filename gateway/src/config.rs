@@ -106,7 +106,8 @@ impl Config {
                 jwt_secret: p.required_secret(JWT_SECRET, "the HS256 key the backend signs staff tokens with"),
                 jwt_issuer: p.string_or(JWT_ISSUER, "menu-ops"),
                 jwt_audience: p.string_or(JWT_AUDIENCE, "menu-ops-users"),
-                table_token_secret: p.required_secret(TABLE_TOKEN_SECRET, "the key the backend signs table tokens with"),
+                table_token_secret: p
+                    .required_secret(TABLE_TOKEN_SECRET, "the key the backend signs table tokens with"),
                 allow_legacy_table_tokens: p.bool(ALLOW_LEGACY_TABLE_TOKENS, true),
                 allowed_origins: p.list(ALLOWED_ORIGINS).unwrap_or_else(default_origins),
                 allow_missing_origin: development && !production_check,
@@ -166,10 +167,19 @@ fn cross_check<F: Fn(&str) -> Option<String>>(p: &mut Parser<F>, config: &Config
         p.problem(ALLOWED_ORIGINS, "'*' is not accepted: list exact origins");
     }
     if config.admin_token.as_ref().is_some_and(|t| t.expose().len() < MIN_ADMIN_TOKEN_LEN) {
-        p.problem(GATEWAY_ADMIN_TOKEN, format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters (generate one: openssl rand -hex 32)"));
+        p.problem(
+            GATEWAY_ADMIN_TOKEN,
+            format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters (generate one: openssl rand -hex 32)"),
+        );
     }
-    if config.admin_token.is_some() && config.admin_listen_addr.port() == config.listen_addr.port() && config.listen_addr.port() != 0 {
-        p.problem(GATEWAY_ADMIN_LISTEN_ADDR, "must be another port than GATEWAY_LISTEN_ADDR: the admin API is never public");
+    if config.admin_token.is_some()
+        && config.admin_listen_addr.port() == config.listen_addr.port()
+        && config.listen_addr.port() != 0
+    {
+        p.problem(
+            GATEWAY_ADMIN_LISTEN_ADDR,
+            "must be another port than GATEWAY_LISTEN_ADDR: the admin API is never public",
+        );
     }
     if config.dedup_window < Duration::from_secs(60) {
         p.problem(GATEWAY_DEDUP_WINDOW, "must be at least 60 s (protocol section 6)");

@@ -218,7 +218,9 @@ impl Session {
                 }
                 None
             }
-            Identity::Diner(diner) => recheck_diner(&self.app, diner, self.table_token.as_deref().unwrap_or_default(), now),
+            Identity::Diner(diner) => {
+                recheck_diner(&self.app, diner, self.table_token.as_deref().unwrap_or_default(), now)
+            }
         }
     }
 }

@@ -42,7 +42,14 @@ impl Dispatcher {
 
     /// [`Dispatcher::dispatch`] inside the event's routing span (a child of the trace context in
     /// `headers`, when traces are exported).
-    pub fn dispatch_traced(&self, tenant_id: u64, subject: &str, payload: Bytes, meta: Meta, headers: Option<&async_nats::HeaderMap>) -> Outcome {
+    pub fn dispatch_traced(
+        &self,
+        tenant_id: u64,
+        subject: &str,
+        payload: Bytes,
+        meta: Meta,
+        headers: Option<&async_nats::HeaderMap>,
+    ) -> Outcome {
         let span = crate::traces::route(subject, tenant_id, headers, meta.sequence);
         let outcome = span.in_scope(|| self.dispatch(tenant_id, subject, payload, meta));
         crate::traces::routed(&span, outcome);
@@ -103,15 +110,28 @@ impl Dispatcher {
         };
         let started = Instant::now();
         let span = crate::traces::fan_out();
-        let fanout = span.in_scope(|| tenant.fan_out(&scope, &Arc::new(QueuedEvent { payload: text, received_us: meta.received_us, sequence: meta.sequence })));
+        let fanout = span.in_scope(|| {
+            tenant.fan_out(
+                &scope,
+                &Arc::new(QueuedEvent { payload: text, received_us: meta.received_us, sequence: meta.sequence }),
+            )
+        });
         self.metrics.fanout_seconds.observe(started.elapsed().as_secs_f64());
         if !span.is_disabled() {
             span.record("recipients", fanout.delivered).record("queue_full", fanout.queue_full);
         }
         if fanout.queue_full > 0 {
-            self.metrics.deliveries_dropped.get_or_create(&ReasonLabel { reason: "queue_full" }).inc_by(fanout.queue_full);
+            self.metrics
+                .deliveries_dropped
+                .get_or_create(&ReasonLabel { reason: "queue_full" })
+                .inc_by(fanout.queue_full);
             if let Some(held_back) = crate::telemetry::SLOW_CLIENTS.allow_with_count() {
-                tracing::warn!(tenant_id, closed = fanout.queue_full, held_back, "outbound queue full: closing slow clients");
+                tracing::warn!(
+                    tenant_id,
+                    closed = fanout.queue_full,
+                    held_back,
+                    "outbound queue full: closing slow clients"
+                );
             }
         }
         Outcome::Delivered(fanout.delivered)
@@ -130,8 +150,11 @@ mod tests {
         (Dispatcher::new(registry.clone(), Duration::from_secs(60), Arc::new(Metrics::default())), registry)
     }
 
-    fn manager_on_waiter(registry: &Arc<Registry>) -> (crate::registry::Registration, tokio::sync::mpsc::Receiver<crate::registry::Outbound>) {
-        let audience = Audience::Staff { tenant_id: 3, branch_ids: vec![7].into(), endpoint: Endpoint::Waiter, admin_view: true };
+    fn manager_on_waiter(
+        registry: &Arc<Registry>,
+    ) -> (crate::registry::Registration, tokio::sync::mpsc::Receiver<crate::registry::Outbound>) {
+        let audience =
+            Audience::Staff { tenant_id: 3, branch_ids: vec![7].into(), endpoint: Endpoint::Waiter, admin_view: true };
         registry.admit(Endpoint::Waiter, audience, ConnKey::User { tenant_id: 3, user_id: 1 }, Arc::from([])).unwrap()
     }
 
@@ -139,7 +162,8 @@ mod tests {
     fn the_same_text_on_three_subjects_is_delivered_once() {
         let (d, registry) = setup();
         let (_reg, mut rx) = manager_on_waiter(&registry);
-        let event = Bytes::from_static(br#"{"type":"ROUND_READY","tenant_id":3,"branch_id":7,"sector_id":2,"session_id":9}"#);
+        let event =
+            Bytes::from_static(br#"{"type":"ROUND_READY","tenant_id":3,"branch_id":7,"sector_id":2,"session_id":9}"#);
         assert_eq!(d.dispatch(3, "live.3.7.kitchen", event.clone(), Meta::default()), Outcome::Delivered(1));
         assert_eq!(d.dispatch(3, "live.3.7.waiters", event.clone(), Meta::default()), Outcome::Duplicate);
         assert_eq!(d.dispatch(3, "live.3.7.admin", event.clone(), Meta::default()), Outcome::Duplicate);
@@ -152,13 +176,31 @@ mod tests {
         let (d, registry) = setup();
         let (_reg, mut rx) = manager_on_waiter(&registry);
         let other_tenant = Bytes::from_static(br#"{"type":"ROUND_READY","tenant_id":4,"branch_id":7}"#);
-        assert_eq!(d.dispatch(3, "live.3.7.waiters", other_tenant, Meta::default()), Outcome::Invalid("tenant_mismatch"));
+        assert_eq!(
+            d.dispatch(3, "live.3.7.waiters", other_tenant, Meta::default()),
+            Outcome::Invalid("tenant_mismatch")
+        );
         let valid = Bytes::from_static(br#"{"type":"ROUND_READY","tenant_id":3,"branch_id":7}"#);
         assert_eq!(d.dispatch(3, "live.4.7.waiters", valid.clone(), Meta::default()), Outcome::Invalid("bad_subject"));
-        assert_eq!(d.dispatch(3, "live.3.7.waiters", Bytes::from_static(b"[1]"), Meta::default()), Outcome::Invalid("not_object"));
-        assert_eq!(d.dispatch(3, "live.3.7.waiters", Bytes::from_static(b"{\"type\":\"X\",\"tenant_id\":3,\"x\":\"\xff\"}"), Meta::default()), Outcome::Invalid("not_json"));
+        assert_eq!(
+            d.dispatch(3, "live.3.7.waiters", Bytes::from_static(b"[1]"), Meta::default()),
+            Outcome::Invalid("not_object")
+        );
+        assert_eq!(
+            d.dispatch(
+                3,
+                "live.3.7.waiters",
+                Bytes::from_static(b"{\"type\":\"X\",\"tenant_id\":3,\"x\":\"\xff\"}"),
+                Meta::default()
+            ),
+            Outcome::Invalid("not_json")
+        );
         assert!(rx.try_recv().is_err());
-        assert_eq!(d.dispatch(3, "live.3.7.waiters", valid, Meta::default()), Outcome::Delivered(1), "the next valid event still flows");
+        assert_eq!(
+            d.dispatch(3, "live.3.7.waiters", valid, Meta::default()),
+            Outcome::Delivered(1),
+            "the next valid event still flows"
+        );
     }
 
     #[test]
@@ -169,9 +211,17 @@ mod tests {
         let (reg, _rx) = manager_on_waiter(&registry);
         let event = |n: u32| Bytes::from(format!(r#"{{"type":"ROUND_READY","tenant_id":3,"branch_id":7,"n":{n}}}"#));
         assert_eq!(d.dispatch(3, "live.3.7.waiters", event(1), Meta::default()), Outcome::Delivered(1));
-        assert_eq!(d.dispatch(3, "live.3.7.waiters", event(2), Meta::default()), Outcome::Delivered(0), "the queue of one is full");
+        assert_eq!(
+            d.dispatch(3, "live.3.7.waiters", event(2), Meta::default()),
+            Outcome::Delivered(0),
+            "the queue of one is full"
+        );
         assert!(reg.conn.control.is_closing());
-        assert!(metrics.encode().contains("gateway_deliveries_dropped_total{reason=\"queue_full\"} 1"), "{}", metrics.encode());
+        assert!(
+            metrics.encode().contains("gateway_deliveries_dropped_total{reason=\"queue_full\"} 1"),
+            "{}",
+            metrics.encode()
+        );
     }
 
     #[test]

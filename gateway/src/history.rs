@@ -84,7 +84,9 @@ async fn open_inner(js: &jetstream::Context, filters: Vec<String>, start: Start)
                 from_time: None,
             });
         }
-        Start::After(sequence) => DeliverPolicy::ByStartSequence { start_sequence: (sequence + 1).max(state.first_sequence) },
+        Start::After(sequence) => {
+            DeliverPolicy::ByStartSequence { start_sequence: (sequence + 1).max(state.first_sequence) }
+        }
         Start::Since(start_time) => DeliverPolicy::ByStartTime { start_time },
     };
     let config = OrderedConfig { filter_subjects: filters, deliver_policy, ..Default::default() };
@@ -149,7 +151,16 @@ impl Reader {
             }
             break (message.clone(), info.stream_sequence);
         };
-        let received_us = message.headers.as_ref().and_then(|h| h.get(wire::headers::RECEIVED_AT)).and_then(|v| v.as_str().parse().ok());
-        Some(Ok(Stored { sequence, subject: message.subject.to_string(), payload: message.payload.clone(), received_us }))
+        let received_us = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(wire::headers::RECEIVED_AT))
+            .and_then(|v| v.as_str().parse().ok());
+        Some(Ok(Stored {
+            sequence,
+            subject: message.subject.to_string(),
+            payload: message.payload.clone(),
+            received_us,
+        }))
     }
 }

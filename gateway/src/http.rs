@@ -110,7 +110,8 @@ async fn jetstream_state(app: &App) -> Result<Value, String> {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode()).into_response()
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
+        .into_response()
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {

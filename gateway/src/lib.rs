@@ -38,7 +38,9 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), StartError> {
     let admin = match config.admin_token {
         Some(_) => Some(
-            TcpListener::bind(config.admin_listen_addr).await.map_err(|e| StartError::AdminListen(config.admin_listen_addr, e))?,
+            TcpListener::bind(config.admin_listen_addr)
+                .await
+                .map_err(|e| StartError::AdminListen(config.admin_listen_addr, e))?,
         ),
         None => None,
     };

@@ -47,7 +47,11 @@ async fn serve(config: gateway::Config) -> ExitCode {
     telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error @ (gateway::StartError::Nats(_) | gateway::StartError::Redis(_) | gateway::StartError::AdminListen(..))) => {
+        Err(
+            error @ (gateway::StartError::Nats(_)
+            | gateway::StartError::Redis(_)
+            | gateway::StartError::AdminListen(..)),
+        ) => {
             tracing::error!(%error, "cannot start");
             ExitCode::from(69)
         }

@@ -103,21 +103,49 @@ impl Metrics {
         r.register("gateway_connections", "Open WebSocket connections", self.connections.clone());
         r.register("gateway_connections_opened", "Connections accepted", self.connections_opened.clone());
         r.register("gateway_connections_closed", "Connections ended, by close reason", self.connections_closed.clone());
-        r.register("gateway_handshake_rejections", "Connections refused at the handshake, by reason", self.handshake_rejections.clone());
+        r.register(
+            "gateway_handshake_rejections",
+            "Connections refused at the handshake, by reason",
+            self.handshake_rejections.clone(),
+        );
         r.register("gateway_events_received", "Events received from NATS", self.events_received.clone());
-        r.register("gateway_events_duplicate", "Events dropped as already seen within the de-duplication window", self.events_duplicate.clone());
+        r.register(
+            "gateway_events_duplicate",
+            "Events dropped as already seen within the de-duplication window",
+            self.events_duplicate.clone(),
+        );
         r.register("gateway_events_invalid", "Events refused by validation, by reason", self.events_invalid.clone());
-        r.register("gateway_events_unrouted", "Valid events that no open connection receives", self.events_unrouted.clone());
+        r.register(
+            "gateway_events_unrouted",
+            "Valid events that no open connection receives",
+            self.events_unrouted.clone(),
+        );
         r.register("gateway_deliveries", "Events queued to a connection", self.deliveries.clone());
-        r.register("gateway_deliveries_dropped", "Events not queued to a connection, by reason", self.deliveries_dropped.clone());
+        r.register(
+            "gateway_deliveries_dropped",
+            "Events not queued to a connection, by reason",
+            self.deliveries_dropped.clone(),
+        );
         r.register("gateway_fanout_seconds", "Time to route one event to every queue", self.fanout_seconds.clone());
-        r.register("gateway_delivery_latency_seconds", "Bridge receive (Bridge-Received-Us) to socket write", self.delivery_latency_seconds.clone());
+        r.register(
+            "gateway_delivery_latency_seconds",
+            "Bridge receive (Bridge-Received-Us) to socket write",
+            self.delivery_latency_seconds.clone(),
+        );
         r.register("gateway_client_messages", "Client text frames, by kind", self.client_messages.clone());
-        r.register("gateway_revocation_checks", "Revocation look-ups in Redis, by result", self.revocation_checks.clone());
+        r.register(
+            "gateway_revocation_checks",
+            "Revocation look-ups in Redis, by result",
+            self.revocation_checks.clone(),
+        );
         r.register("gateway_sector_lookups", "Waiter sector look-ups, by result", self.sector_lookups.clone());
         r.register("gateway_nats_subscriptions", "Tenant subscriptions held on NATS", self.nats_subscriptions.clone());
         r.register("gateway_nats_connected", "1 while the NATS connection is up", self.nats_connected.clone());
-        r.register("gateway_nats_slow_consumers", "NATS slow-consumer events (messages dropped by the client)", self.nats_slow_consumers.clone());
+        r.register(
+            "gateway_nats_slow_consumers",
+            "NATS slow-consumer events (messages dropped by the client)",
+            self.nats_slow_consumers.clone(),
+        );
         r.register(
             "gateway_nats_recovered_events",
             "Events missed during a NATS reconnect and dispatched from the stream afterwards",
@@ -130,7 +158,11 @@ impl Metrics {
         );
         r.register("gateway_draining", "1 while the instance drains", self.draining.clone());
         r.register("wsgateway_connections", "Legacy: open connections", self.legacy_connections.clone());
-        r.register("wsgateway_connections_rejected", "Legacy: connections rejected, by reason", self.legacy_rejected.clone());
+        r.register(
+            "wsgateway_connections_rejected",
+            "Legacy: connections rejected, by reason",
+            self.legacy_rejected.clone(),
+        );
         r.register("wsgateway_events_processed", "Legacy: events processed", self.legacy_processed.clone());
         r.register("wsgateway_events_dropped", "Legacy: events dropped, by reason", self.legacy_dropped.clone());
         self

@@ -143,7 +143,12 @@ impl Recovery<'_> {
     }
 
     /// One attempt: dispatches from just after `position.last`, advancing it.
-    async fn read(&self, js: &async_nats::jetstream::Context, position: &mut Position, recovered: &mut u64) -> Result<(), HistoryError> {
+    async fn read(
+        &self,
+        js: &async_nats::jetstream::Context,
+        position: &mut Position,
+        recovered: &mut u64,
+    ) -> Result<(), HistoryError> {
         let tenant_id = self.tenant_id;
         let start = match (position.last, self.disconnected_at) {
             (Some(last), _) => Start::After(last),
@@ -159,7 +164,12 @@ impl Recovery<'_> {
         if let Start::After(last) = start {
             if last + 1 < reader.first_sequence && last < reader.last_sequence {
                 self.metrics.nats_recovery_incomplete.inc();
-                tracing::warn!(tenant_id, last, first = reader.first_sequence, "events missed during the NATS reconnect are no longer in the stream");
+                tracing::warn!(
+                    tenant_id,
+                    last,
+                    first = reader.first_sequence,
+                    "events missed during the NATS reconnect are no longer in the stream"
+                );
             }
         }
         while let Some(stored) = reader.next().await {
@@ -172,7 +182,9 @@ impl Recovery<'_> {
             }
             position.last = Some(stored.sequence);
             let meta = Meta { received_us: stored.received_us, sequence: Some(stored.sequence) };
-            if self.dispatcher.dispatch_traced(tenant_id, &stored.subject, stored.payload, meta, None) != Outcome::Duplicate {
+            if self.dispatcher.dispatch_traced(tenant_id, &stored.subject, stored.payload, meta, None)
+                != Outcome::Duplicate
+            {
                 *recovered += 1;
             }
         }

@@ -277,7 +277,9 @@ impl Registry {
         let held = inner.per_key.get(&key).copied().unwrap_or(0);
         match key {
             ConnKey::User { .. } if held >= self.capacity.per_user => return Err(CloseReason::TOO_MANY_FOR_USER),
-            ConnKey::Session { .. } if held >= self.capacity.per_session => return Err(CloseReason::TOO_MANY_FOR_SESSION),
+            ConnKey::Session { .. } if held >= self.capacity.per_session => {
+                return Err(CloseReason::TOO_MANY_FOR_SESSION)
+            }
             _ => {}
         }
         let (tx, rx) = mpsc::channel(self.queue_size);
@@ -293,7 +295,11 @@ impl Registry {
         });
         *inner.per_key.entry(key).or_default() += 1;
         inner.all.insert(conn.id, conn.clone());
-        inner.tenants.entry(conn.audience.tenant_id()).or_insert_with(|| Arc::new(Tenant { index: RwLock::default() })).insert(&conn);
+        inner
+            .tenants
+            .entry(conn.audience.tenant_id())
+            .or_insert_with(|| Arc::new(Tenant { index: RwLock::default() }))
+            .insert(&conn);
         Ok((Registration { registry: self.clone(), conn }, rx))
     }
 
@@ -341,7 +347,8 @@ impl Registry {
     pub fn stats(&self) -> Stats {
         let all = self.snapshot();
         let mut s = Stats { total: all.len(), ..Stats::default() };
-        let (mut users, mut branches, mut sectors, mut sessions) = (HashSet::new(), HashSet::new(), HashSet::new(), HashSet::new());
+        let (mut users, mut branches, mut sectors, mut sessions) =
+            (HashSet::new(), HashSet::new(), HashSet::new(), HashSet::new());
         for conn in &all {
             s.per_endpoint[conn.endpoint as usize] += 1;
             match (&conn.audience, conn.key) {

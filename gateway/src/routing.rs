@@ -133,7 +133,8 @@ mod tests {
     #[test]
     fn tenant_wide_events_reach_every_admin_of_the_tenant_only() {
         let e = event("ROUND_READY", 0, None, Some(77));
-        let other_branch_admin = Audience::Staff { tenant_id: 1, branch_ids: vec![99].into(), endpoint: Endpoint::Admin, admin_view: true };
+        let other_branch_admin =
+            Audience::Staff { tenant_id: 1, branch_ids: vec![99].into(), endpoint: Endpoint::Admin, admin_view: true };
         assert!(receives(&other_branch_admin, &[], &e));
         assert!(receives(&staff(Endpoint::Kitchen, true), &[], &e));
         assert!(!receives(&staff(Endpoint::Waiter, false), &[], &e));
@@ -145,7 +146,8 @@ mod tests {
     fn never_across_tenants_or_branches() {
         let mut e = event("ROUND_SUBMITTED", 10, None, Some(77));
         e.tenant_id = 2;
-        for a in [staff(Endpoint::Admin, true), staff(Endpoint::Waiter, false), staff(Endpoint::Kitchen, false), DINER] {
+        for a in [staff(Endpoint::Admin, true), staff(Endpoint::Waiter, false), staff(Endpoint::Kitchen, false), DINER]
+        {
             assert!(!receives(&a, &[], &e));
         }
         let e = event("ROUND_SUBMITTED", 11, None, None);

@@ -31,7 +31,11 @@ impl Sectors {
     pub fn new(database_url: Option<&str>, ttl: Duration, metrics: Arc<Metrics>) -> Sectors {
         let pool = database_url.map(|url| {
             let config = tokio_postgres::Config::from_str(url).expect("DATABASE_URL validated at start");
-            let manager = Manager::from_config(config, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            let manager = Manager::from_config(
+                config,
+                tokio_postgres::NoTls,
+                ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            );
             Pool::builder(manager)
                 .max_size(8)
                 .wait_timeout(Some(TIMEOUT))

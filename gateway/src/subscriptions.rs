@@ -51,7 +51,13 @@ impl Drop for Lease {
 
 impl Subscriptions {
     /// `link` is fed by the NATS client's event callback.
-    pub fn new(client: async_nats::Client, link: Link, dispatcher: Arc<Dispatcher>, delay: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: async_nats::Client,
+        link: Link,
+        dispatcher: Arc<Dispatcher>,
+        delay: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Subscriptions { client, dispatcher, delay, slots: Mutex::default(), metrics, link }
     }
 
@@ -186,11 +192,27 @@ impl Subscriptions {
     }
 
     /// Re-reads what this tenant missed before `until` (see [`recovery::Recovery`]).
-    async fn recover(&self, tenant_id: u64, position: &mut Position, until: Option<u64>, link: &watch::Receiver<Option<std::time::SystemTime>>) {
-        let recovery = recovery::Recovery { dispatcher: &self.dispatcher, metrics: &self.metrics, tenant_id, until, disconnected_at: *link.borrow() };
+    async fn recover(
+        &self,
+        tenant_id: u64,
+        position: &mut Position,
+        until: Option<u64>,
+        link: &watch::Receiver<Option<std::time::SystemTime>>,
+    ) {
+        let recovery = recovery::Recovery {
+            dispatcher: &self.dispatcher,
+            metrics: &self.metrics,
+            tenant_id,
+            until,
+            disconnected_at: *link.borrow(),
+        };
         match recovery.run(&self.client, position).await {
             Ok(0) => {}
-            Ok(recovered) => tracing::info!(tenant_id, recovered, "NATS reconnected: dispatched the events missed meanwhile from the stream"),
+            Ok(recovered) => tracing::info!(
+                tenant_id,
+                recovered,
+                "NATS reconnected: dispatched the events missed meanwhile from the stream"
+            ),
             Err(error) => {
                 self.metrics.nats_recovery_incomplete.inc();
                 tracing::warn!(tenant_id, %error, "NATS reconnected but the events missed meanwhile could not be read from the stream");

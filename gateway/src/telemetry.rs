@@ -19,7 +19,8 @@ pub fn init(format: LogFormat) {
 /// Logs, and trace export when `OTEL_EXPORTER_OTLP_*ENDPOINT` is set. Call from async code;
 /// [`Telemetry::shutdown`] at exit flushes the last spans.
 pub fn install(config: &Config) -> Result<Telemetry, OtelError> {
-    let service = Service { name: SERVICE_NAME, version: env!("CARGO_PKG_VERSION"), instance_id: config.instance_id.clone() };
+    let service =
+        Service { name: SERVICE_NAME, version: env!("CARGO_PKG_VERSION"), instance_id: config.instance_id.clone() };
     wire::otel::init(config.log_format, Output::Stdout, &config.otel, service)
 }
 

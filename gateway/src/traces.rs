@@ -62,7 +62,14 @@ pub fn fan_out() -> Span {
 /// Exports one connection's span once it ended: from the start of its admission to its close,
 /// with the close code, reason and who closed (`server`, `client`, `lost`, or `refused` at
 /// admission, without a tenant). It is built after the fact, so an open connection holds no span.
-pub fn connection(endpoint: Endpoint, tenant_id: Option<u64>, info: &ConnInfo, code: u16, reason: &str, by: &'static str) {
+pub fn connection(
+    endpoint: Endpoint,
+    tenant_id: Option<u64>,
+    info: &ConnInfo,
+    code: u16,
+    reason: &str,
+    by: &'static str,
+) {
     if !wire::otel::enabled() {
         return;
     }

@@ -73,15 +73,22 @@ async fn sigterm_closes_every_client_with_1012_and_exits_0() {
     }
 
     let sent = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().unwrap() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().unwrap() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
     let mut closed_at = Vec::new();
     for c in &mut clients {
         c.expect_close(1012, "Service restart").await;
         closed_at.push(sent.elapsed());
     }
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits within the grace period").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits within the grace period")
+        .unwrap();
     assert_eq!(status.code(), Some(0));
     let spread = closed_at.iter().max().unwrap().saturating_sub(*closed_at.iter().min().unwrap());
     eprintln!("closes after SIGTERM: {closed_at:?}");
-    assert!(spread >= Duration::from_millis(400), "closes are spread over the 1 s drain window, not all at once: {closed_at:?}");
+    assert!(
+        spread >= Duration::from_millis(400),
+        "closes are spread over the 1 s drain window, not all at once: {closed_at:?}"
+    );
 }

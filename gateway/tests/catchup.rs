@@ -43,9 +43,17 @@ async fn staff_and_diners_get_exactly_what_they_would_have_received() {
 
     let ask = |token: String| format!("/ws/catchup?branch_id=10&since={since}&token={token}");
     let cases: [(&str, String, Vec<&String>); 4] = [
-        ("waiter", staff_token(2, 1, &[10, 11], &["WAITER"]), vec![&kitchen_event, &session_77, &session_78, &ready_77]),
+        (
+            "waiter",
+            staff_token(2, 1, &[10, 11], &["WAITER"]),
+            vec![&kitchen_event, &session_77, &session_78, &ready_77],
+        ),
         ("kitchen", staff_token(3, 1, &[10], &["KITCHEN"]), vec![&kitchen_event, &ready_77]),
-        ("manager", staff_token(4, 1, &[10], &["MANAGER"]), vec![&kitchen_event, &admin_only, &session_77, &session_78, &tenant_wide, &ready_77]),
+        (
+            "manager",
+            staff_token(4, 1, &[10], &["MANAGER"]),
+            vec![&kitchen_event, &admin_only, &session_77, &session_78, &tenant_wide, &ready_77],
+        ),
         ("admin of tenant 2", staff_token(5, 2, &[10], &["ADMIN"]), vec![&other_tenant_same_branch]),
     ];
     for (who, token, expected) in cases {
@@ -56,16 +64,27 @@ async fn staff_and_diners_get_exactly_what_they_would_have_received() {
         assert_eq!(body["count"], expected.len(), "{who}");
     }
 
-    let (status, body) = gw.get_json(&format!("/ws/catchup/session?session_id=77&since={since}&table_token={}", urlencode(&table_token(1, 10, 3, 77)))).await;
+    let (status, body) = gw
+        .get_json(&format!(
+            "/ws/catchup/session?session_id=77&since={since}&table_token={}",
+            urlencode(&table_token(1, 10, 3, 77))
+        ))
+        .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(events_of(&body), vec![canonical(&session_77), canonical(&ready_77)], "only this session's SESSION events");
+    assert_eq!(
+        events_of(&body),
+        vec![canonical(&session_77), canonical(&ready_77)],
+        "only this session's SESSION events"
+    );
     let legacy = urlencode(&legacy_table_token(1, 10, 4, 78));
     let (_, body) = gw.get_json(&format!("/ws/catchup/session?session_id=78&since={since}&table_token={legacy}")).await;
     assert_eq!(events_of(&body), vec![canonical(&session_78)]);
 
     // `since` after everything: nothing.
     let later = wire::tokens::now_unix() as f64 + 5.0;
-    let (_, body) = gw.get_json(&format!("/ws/catchup?branch_id=10&since={later}&token={}", staff_token(4, 1, &[10], &["MANAGER"]))).await;
+    let (_, body) = gw
+        .get_json(&format!("/ws/catchup?branch_id=10&since={later}&token={}", staff_token(4, 1, &[10], &["MANAGER"])))
+        .await;
     assert_eq!(body["count"], 0);
 }
 
@@ -88,7 +107,11 @@ async fn every_documented_error() {
         (format!("/ws/catchup/session?since=1&table_token={diner}"), 422, None),
         (format!("/ws/catchup/session?session_id=77&since=-1&table_token={diner}"), 422, None),
         (format!("/ws/catchup/session?session_id=77&since=1&table_token={staff}"), 401, Some("Invalid token")),
-        (format!("/ws/catchup/session?session_id=78&since=1&table_token={diner}"), 403, Some("No access to this session")),
+        (
+            format!("/ws/catchup/session?session_id=78&since=1&table_token={diner}"),
+            403,
+            Some("No access to this session"),
+        ),
     ];
     for (path, status, detail) in cases {
         let (got, body) = gw.get_json(&path).await;
@@ -114,7 +137,9 @@ async fn bounded_by_the_configured_count() {
     for seq in 0..6 {
         store(&js, 1, 10, "waiters", &event("ROUND_PENDING", 1, 10, None, None, seq)).await;
     }
-    let (status, body) = gw.get_json(&format!("/ws/catchup?branch_id=10&since={since}&token={}", staff_token(2, 1, &[10], &["WAITER"]))).await;
+    let (status, body) = gw
+        .get_json(&format!("/ws/catchup?branch_id=10&since={since}&token={}", staff_token(2, 1, &[10], &["WAITER"])))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["count"], 3, "oldest first, at most the limit");
     assert_eq!(body["truncated"], true);

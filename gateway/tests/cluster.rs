@@ -28,10 +28,10 @@
 //! The fixture runs one cluster at a time per machine; each test takes 5 to 30 s once the
 //! binaries are built (the fixture builds a missing or stale `publisher-bridge` first).
 
-#[path = "support/harness.rs"]
-mod harness;
 #[path = "cluster/fleet.rs"]
 mod fleet;
+#[path = "support/harness.rs"]
+mod harness;
 #[path = "cluster/traffic.rs"]
 mod traffic;
 
@@ -55,7 +55,8 @@ const QUIET: Duration = Duration::from_secs(8);
 
 async fn start_stack() -> ClusterStack {
     let started = Instant::now();
-    let stack = ClusterStack::start(ClusterOptions::new(env!("CARGO_BIN_EXE_gateway")).secrets(JWT_SECRET, TABLE_SECRET)).await;
+    let stack =
+        ClusterStack::start(ClusterOptions::new(env!("CARGO_BIN_EXE_gateway")).secrets(JWT_SECRET, TABLE_SECRET)).await;
     eprintln!("cluster: up after {:.1} s; clients enter at {}", started.elapsed().as_secs_f64(), stack.ws(""));
     stack
 }
@@ -77,9 +78,20 @@ impl Run {
         let connecting = Instant::now();
         let fleet = Fleet::connect(&stack.ws(""), members).await;
         let spread = per_replica(stack).await;
-        eprintln!("cluster: {} clients connected in {:.1} s, per replica {spread:?}", fleet.len(), connecting.elapsed().as_secs_f64());
-        assert_eq!(spread.iter().map(|n| n.unwrap_or(0)).sum::<u64>(), fleet.len() as u64, "every client is on a replica");
-        assert!(spread.iter().all(|n| n.unwrap_or(0) > 0), "HAProxy spreads the clients over every replica: {spread:?}");
+        eprintln!(
+            "cluster: {} clients connected in {:.1} s, per replica {spread:?}",
+            fleet.len(),
+            connecting.elapsed().as_secs_f64()
+        );
+        assert_eq!(
+            spread.iter().map(|n| n.unwrap_or(0)).sum::<u64>(),
+            fleet.len() as u64,
+            "every client is on a replica"
+        );
+        assert!(
+            spread.iter().all(|n| n.unwrap_or(0) > 0),
+            "HAProxy spreads the clients over every replica: {spread:?}"
+        );
         let publisher = Publisher::start(&stack.redis_url(), layout, RATE, 1).await;
         Run { fleet, publisher, started: Instant::now() }
     }
@@ -95,17 +107,24 @@ impl Run {
         assert_eq!(stored.len() as u64, stored_n);
         // Wait until every client has at least as many events as it should, or the time is up.
         let expected: Vec<usize> = {
-            let by_payload: std::collections::HashMap<&str, &traffic::Published> = published.iter().map(|p| (p.payload.as_str(), p)).collect();
+            let by_payload: std::collections::HashMap<&str, &traffic::Published> =
+                published.iter().map(|p| (p.payload.as_str(), p)).collect();
             self.fleet
                 .members
                 .iter()
-                .map(|m| stored.iter().filter(|(_, p)| by_payload.get(p.as_str()).is_some_and(|e| traffic::receives(m, e))).count())
+                .map(|m| {
+                    stored
+                        .iter()
+                        .filter(|(_, p)| by_payload.get(p.as_str()).is_some_and(|e| traffic::receives(m, e)))
+                        .count()
+                })
                 .collect()
         };
         let deadline = Instant::now() + SETTLE;
         let (mut total, mut progress) = (0, Instant::now());
         loop {
-            let counts: Vec<usize> = (0..self.fleet.len()).map(|i| self.fleet.with_log(i, |l| l.received.len())).collect();
+            let counts: Vec<usize> =
+                (0..self.fleet.len()).map(|i| self.fleet.with_log(i, |l| l.received.len())).collect();
             let behind = counts.iter().zip(&expected).filter(|(got, want)| got < want).count();
             if behind == 0 {
                 break;
@@ -114,7 +133,10 @@ impl Run {
                 (total, progress) = (counts.iter().sum(), Instant::now());
             }
             if Instant::now() >= deadline || progress.elapsed() >= QUIET {
-                eprintln!("cluster: {behind} clients still short of events, nothing new for {:.1} s", progress.elapsed().as_secs_f64());
+                eprintln!(
+                    "cluster: {behind} clients still short of events, nothing new for {:.1} s",
+                    progress.elapsed().as_secs_f64()
+                );
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -171,7 +193,11 @@ async fn kill_9_one_gateway() {
     eprintln!("cluster: SIGKILL {} holding {held} clients", stack.gateways[victim].name());
     let deadline = killed + Duration::from_secs(30);
     while run.fleet.closes_after(killed) < held as usize {
-        assert!(Instant::now() < deadline, "only {} of {held} clients noticed the death", run.fleet.closes_after(killed));
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {held} clients noticed the death",
+            run.fleet.closes_after(killed)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     run.fleet.wait_all_connected(Duration::from_secs(30)).await;
@@ -242,8 +268,16 @@ async fn rolling_restart_with_sigterm() {
             .map(|c| (c.at - drain.signalled).as_secs_f64())
             .collect();
         offsets.sort_by(f64::total_cmp);
-        let refused = logs.iter().flat_map(|l| &l.closes).filter(|c| c.code == Some(1012) && c.opened >= drain.signalled && during(c.at)).count();
-        let other = logs.iter().flat_map(|l| &l.closes).filter(|c| c.code != Some(1012) && c.opened < drain.signalled && during(c.at)).count();
+        let refused = logs
+            .iter()
+            .flat_map(|l| &l.closes)
+            .filter(|c| c.code == Some(1012) && c.opened >= drain.signalled && during(c.at))
+            .count();
+        let other = logs
+            .iter()
+            .flat_map(|l| &l.closes)
+            .filter(|c| c.code != Some(1012) && c.opened < drain.signalled && during(c.at))
+            .count();
         let shown: Vec<String> = offsets.iter().map(|o| format!("{o:.2}")).collect();
         eprintln!(
             "cluster: {name}: {} closes with 1012 (held {}), s after SIGTERM: [{}]; {refused} reconnects refused with 1012 while draining; {other} other closes",
@@ -252,16 +286,29 @@ async fn rolling_restart_with_sigterm() {
             shown.join(" ")
         );
         if offsets.len() as u64 != drain.held || other > 0 {
-            failures.push(format!("{name}: {} of {} held clients closed with 1012, {other} closed otherwise", offsets.len(), drain.held));
+            failures.push(format!(
+                "{name}: {} of {} held clients closed with 1012, {other} closed otherwise",
+                offsets.len(),
+                drain.held
+            ));
             continue;
         }
         let span = offsets.last().unwrap() - offsets.first().unwrap();
         let tenth = window.as_secs_f64() / 10.0;
         // The busiest tenth of the window: with an even spread, about a tenth of the closes.
-        let busiest = offsets.iter().map(|start| offsets.iter().filter(|o| **o >= *start && **o < start + tenth).count()).max().unwrap();
-        eprintln!("cluster: {name}: closes span {span:.2} s of the {:.1} s window; at most {busiest} within any {tenth:.2} s", window.as_secs_f64());
+        let busiest = offsets
+            .iter()
+            .map(|start| offsets.iter().filter(|o| **o >= *start && **o < start + tenth).count())
+            .max()
+            .unwrap();
+        eprintln!(
+            "cluster: {name}: closes span {span:.2} s of the {:.1} s window; at most {busiest} within any {tenth:.2} s",
+            window.as_secs_f64()
+        );
         if span < window.as_secs_f64() / 2.0 || busiest as f64 > (offsets.len() as f64 * 0.3).max(3.0) {
-            failures.push(format!("{name}: closes not spread over the drain window (span {span:.2} s, {busiest} within {tenth:.2} s)"));
+            failures.push(format!(
+                "{name}: closes not spread over the drain window (span {span:.2} s, {busiest} within {tenth:.2} s)"
+            ));
         }
     }
     assert_exact(&verdict, &stack);
@@ -314,7 +361,9 @@ async fn kill_9_a_nats_node_a_replica_uses() {
         let js = traffic::jetstream(&stack.nats_urls()).await;
         let subject = format!("STREAM.LEADER.STEPDOWN.{}", wire::testkit::EVENTS_STREAM);
         let answer: Result<Value, _> =
-            tokio::time::timeout(Duration::from_secs(10), js.request(subject, &serde_json::json!({}))).await.expect("step-down answered");
+            tokio::time::timeout(Duration::from_secs(10), js.request(subject, &serde_json::json!({})))
+                .await
+                .expect("step-down answered");
         eprintln!("cluster: asked n{leader} to step down as leader of EVENTS: {answer:?}");
         let deadline = Instant::now() + Duration::from_secs(20);
         while stack.events_leader().await == leader {
@@ -324,7 +373,8 @@ async fn kill_9_a_nats_node_a_replica_uses() {
         leader = stack.events_leader().await;
         holding = gateways_on_nats(&stack).await;
     }
-    let (victim, replicas) = holding.into_iter().find(|(node, _)| *node != leader).expect("a replica on a follower node");
+    let (victim, replicas) =
+        holding.into_iter().find(|(node, _)| *node != leader).expect("a replica on a follower node");
     let killed = Instant::now();
     stack.kill_nats(victim);
     eprintln!("cluster: SIGKILL NATS node n{victim} (n{leader} leads EVENTS), used by {replicas:?}");
@@ -371,12 +421,18 @@ async fn kill_9_one_bridge() {
 /// `GET` through HAProxy, parsed.
 async fn get_json(stack: &ClusterStack, path: &str) -> (u16, Value) {
     let url = stack.url(path);
-    let (status, body) = tokio::time::timeout(Duration::from_secs(15), http_get(&url)).await.expect("answer in time").expect("HTTP GET");
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(15), http_get(&url)).await.expect("answer in time").expect("HTTP GET");
     (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
 }
 
 /// Publishes about `n` events (100/s) from `first_seq` and waits until JetStream stored them.
-async fn publish_batch(stack: &ClusterStack, layout: &Arc<Layout>, first_seq: u64, n: usize) -> Vec<traffic::Published> {
+async fn publish_batch(
+    stack: &ClusterStack,
+    layout: &Arc<Layout>,
+    first_seq: u64,
+    n: usize,
+) -> Vec<traffic::Published> {
     let js = traffic::jetstream(&stack.nats_urls()).await;
     let before = traffic::stored_count(&js).await;
     let publisher = Publisher::start(&stack.redis_url(), layout.clone(), 100, first_seq).await;
@@ -408,7 +464,9 @@ async fn catch_up_returns_exactly_the_missed_events() {
     // One client of each role per tenant, and one diner per session of the first tenant.
     let mut sample: Vec<&Member> = Vec::new();
     for tenant in 1..=3 {
-        for role in [Role::Waiter, Role::Kitchen, Role::Manager, Role::ManagerOnWaiter, Role::ManagerOnKitchen, Role::Admin] {
+        for role in
+            [Role::Waiter, Role::Kitchen, Role::Manager, Role::ManagerOnWaiter, Role::ManagerOnKitchen, Role::Admin]
+        {
             sample.extend(members.iter().find(|m| m.tenant == tenant && m.role == role));
         }
     }
@@ -418,8 +476,14 @@ async fn catch_up_returns_exactly_the_missed_events() {
     let mut checked = 0;
     for member in sample {
         let asks: Vec<(String, Option<u64>)> = match member.session {
-            Some(session) => vec![(format!("/ws/catchup/session?session_id={session}&since={since}&{}", member.credential), None)],
-            None => member.branches.iter().map(|b| (format!("/ws/catchup?branch_id={b}&since={since}&{}", member.credential), Some(*b))).collect(),
+            Some(session) => {
+                vec![(format!("/ws/catchup/session?session_id={session}&since={since}&{}", member.credential), None)]
+            }
+            None => member
+                .branches
+                .iter()
+                .map(|b| (format!("/ws/catchup?branch_id={b}&since={since}&{}", member.credential), Some(*b)))
+                .collect(),
         };
         for (path, branch) in asks {
             let (status, body) = get_json(&stack, &path).await;
@@ -431,7 +495,8 @@ async fn catch_up_returns_exactly_the_missed_events() {
                 .collect();
             let got = body["events"].as_array().cloned().unwrap_or_default();
             // Events are told apart by `entity.seq`, the publisher's numbering.
-            let seqs = |events: &[Value]| events.iter().map(|e| e["entity"]["seq"].as_u64().unwrap_or(0)).collect::<Vec<_>>();
+            let seqs =
+                |events: &[Value]| events.iter().map(|e| e["entity"]["seq"].as_u64().unwrap_or(0)).collect::<Vec<_>>();
             assert!(
                 got == expected,
                 "{} (branch {branch:?}): exactly its missed events (after {}), oldest first\n expected {:?}\n got      {:?}",
@@ -448,7 +513,8 @@ async fn catch_up_returns_exactly_the_missed_events() {
     // Never another session's: a diner asking for its neighbour's session is refused.
     let diner = members.iter().find(|m| m.role == Role::Diner).unwrap();
     let other = diner.session.unwrap() + 1;
-    let (status, body) = get_json(&stack, &format!("/ws/catchup/session?session_id={other}&since={since}&{}", diner.credential)).await;
+    let (status, body) =
+        get_json(&stack, &format!("/ws/catchup/session?session_id={other}&since={since}&{}", diner.credential)).await;
     assert_eq!((status, body), (403, serde_json::json!({"detail": "No access to this session"})));
     eprintln!("cluster: {checked} catch-up answers exact through HAProxy with {} down", stack.gateways[0].name());
 }

@@ -25,17 +25,23 @@ fn histogram(text: &str, name: &str) -> (f64, f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_is_observed_from_the_bridge_to_the_socket_write() {
     let stack = Stack::start().await;
-    let env: std::collections::HashMap<String, String> =
-        [("REDIS_URL", stack.redis.url()), ("NATS_URL", stack.nats.url()), ("BRIDGE_INSTANCE_ID", "bridge-latency".to_string())]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+    let env: std::collections::HashMap<String, String> = [
+        ("REDIS_URL", stack.redis.url()),
+        ("NATS_URL", stack.nats.url()),
+        ("BRIDGE_INSTANCE_ID", "bridge-latency".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     let config = publisher_bridge::Config::from_lookup(|k| env.get(k).cloned()).unwrap_or_else(|e| panic!("{e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bridge_http = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
     let bridge = tokio::spawn(publisher_bridge::run(config, listener, stop.clone()));
-    wait_until("the bridge is ready", || async { matches!(wire::testkit::http_get(&format!("{bridge_http}/readyz")).await, Ok((200, _))) }).await;
+    wait_until("the bridge is ready", || async {
+        matches!(wire::testkit::http_get(&format!("{bridge_http}/readyz")).await, Ok((200, _)))
+    })
+    .await;
 
     let gw = stack.gateway().await;
     let mut waiter = gw.staff("waiter", &staff_token(2, 1, &[7], &["WAITER"])).await;
@@ -66,9 +72,14 @@ async fn latency_is_observed_from_the_bridge_to_the_socket_write() {
     assert!(sum > 0.0 && sum / count < 5.0, "plausible latencies (sum {sum}s over {count})");
     assert!(text.contains(&format!("gateway_delivery_latency_seconds_bucket{{le=\"+Inf\"}} {expected}")), "{text}");
 
-    let (_, bridge_text) = tokio::time::timeout(SOON, wire::testkit::http_get(&format!("{bridge_http}/metrics"))).await.unwrap().unwrap();
+    let (_, bridge_text) =
+        tokio::time::timeout(SOON, wire::testkit::http_get(&format!("{bridge_http}/metrics"))).await.unwrap().unwrap();
     let published = (EVENTS + 1) as f64;
-    assert_eq!(histogram(&bridge_text, "bridge_publish_latency_seconds").0, published, "the bridge observes each publish's acknowledgement");
+    assert_eq!(
+        histogram(&bridge_text, "bridge_publish_latency_seconds").0,
+        published,
+        "the bridge observes each publish's acknowledgement"
+    );
 
     gw.stop().await;
     stop.cancel();

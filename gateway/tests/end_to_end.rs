@@ -48,7 +48,9 @@ async fn backend_events_in_redis_reach_the_right_sockets() {
 
     // Odd spacing and key order: bytes must reach clients unchanged.
     let spaced = |ty: &str, branch: u64, sector: &str, session: &str, seq: u64| {
-        format!(r#"{{ "v":1, "type" : "{ty}", "tenant_id":1, "branch_id":{branch}, "sector_id":{sector}, "session_id":{session}, "table_id":3, "entity":{{"seq":{seq}}}, "actor":{{}}, "ts":"2026-11-23T10:00:00.000001Z" }}"#)
+        format!(
+            r#"{{ "v":1, "type" : "{ty}", "tenant_id":1, "branch_id":{branch}, "sector_id":{sector}, "session_id":{session}, "table_id":3, "entity":{{"seq":{seq}}}, "actor":{{}}, "ts":"2026-11-23T10:00:00.000001Z" }}"#
+        )
     };
     let cases: Vec<(&str, String, Vec<usize>)> = vec![
         ("branch:7:waiters", spaced("ROUND_PENDING", 7, "null", "null", 1), vec![0, 1]),

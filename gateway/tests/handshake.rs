@@ -144,7 +144,10 @@ async fn every_token_failure_closes_4001() {
         ("expired", sign(&claims(&|c| c["exp"] = json!(now() - 10)))),
         ("wrong key", wire::tokens::sign_jwt(b"another-secret", &claims(&|_| {}))),
         ("alg none, empty signature", alg_none),
-        ("alg none header over an HS256 signature", wire::tokens::sign_jwt_with_alg(JWT_SECRET.as_bytes(), "none", &claims(&|_| {}))),
+        (
+            "alg none header over an HS256 signature",
+            wire::tokens::sign_jwt_with_alg(JWT_SECRET.as_bytes(), "none", &claims(&|_| {})),
+        ),
         ("HS512", hs512),
         ("no exp", sign(&claims(&|c| drop(c.as_object_mut().unwrap().remove("exp"))))),
         ("type refresh", sign(&claims(&|c| c["type"] = json!("refresh")))),
@@ -174,7 +177,11 @@ async fn every_token_failure_closes_4001() {
                 edit(c);
                 c["sub"] = json!(control_user.to_string());
             }));
-            assert_eq!(outcome(&staff_url(&gw, endpoint, &token)).await, accepted(), "control: {row} on /ws/{endpoint}");
+            assert_eq!(
+                outcome(&staff_url(&gw, endpoint, &token)).await,
+                accepted(),
+                "control: {row} on /ws/{endpoint}"
+            );
         }
         for (row, token) in &staff_failures {
             assert_eq!(outcome(&staff_url(&gw, endpoint, token)).await, auth_failed(), "{row} on /ws/{endpoint}");
@@ -205,7 +212,10 @@ async fn every_token_failure_closes_4001() {
         ("staff token", staff_token(7, 1, &[10], &roles)),
         ("staff claims signed with the table key", wire::tokens::sign_jwt(TABLE_SECRET.as_bytes(), &claims(&|_| {}))),
         ("JWT table token expired", table(&|c| c["exp"] = json!(t - 10))),
-        ("JWT table token, wrong key", wire::tokens::sign_jwt(b"another-secret", &wire::tokens::table_claims(1, 10, 3, 77, 3600))),
+        (
+            "JWT table token, wrong key",
+            wire::tokens::sign_jwt(b"another-secret", &wire::tokens::table_claims(1, 10, 3, 77, 3600)),
+        ),
         ("JWT table token, type access", table(&|c| c["type"] = json!("access"))),
         ("JWT table token, session_id a string", table(&|c| c["session_id"] = json!("77"))),
         ("legacy expired", legacy(t - 10)),
@@ -243,11 +253,19 @@ async fn origin_is_checked_on_every_endpoint_before_the_token() {
     let mut refusals = 0.0;
     for (endpoint, url) in &valid {
         for origin in [EVIL, "http://localhost:5174", "https://localhost:5173", "http://localhost:5173.evil.example"] {
-            assert_eq!(outcome_from(url, Some(origin)).await, not_allowed, "valid token, origin {origin} on /ws/{endpoint}");
+            assert_eq!(
+                outcome_from(url, Some(origin)).await,
+                not_allowed,
+                "valid token, origin {origin} on /ws/{endpoint}"
+            );
             refusals += 1.0;
         }
         let bad_token = gw.ws(&format!("/ws/{endpoint}?token=garbage&table_token=garbage"));
-        assert_eq!(outcome_from(&bad_token, Some(EVIL)).await, not_allowed, "bad origin and bad token on /ws/{endpoint}");
+        assert_eq!(
+            outcome_from(&bad_token, Some(EVIL)).await,
+            not_allowed,
+            "bad origin and bad token on /ws/{endpoint}"
+        );
         assert_eq!(
             outcome_from(&gw.ws(&format!("/ws/{endpoint}")), Some(EVIL)).await,
             not_allowed,
@@ -255,11 +273,19 @@ async fn origin_is_checked_on_every_endpoint_before_the_token() {
         );
         refusals += 2.0;
         assert_eq!(outcome(url).await, accepted(), "allowed origin on /ws/{endpoint}");
-        assert_eq!(outcome_from(url, Some("http://127.0.0.1:5173")).await, accepted(), "second allowed origin on /ws/{endpoint}");
+        assert_eq!(
+            outcome_from(url, Some("http://127.0.0.1:5173")).await,
+            accepted(),
+            "second allowed origin on /ws/{endpoint}"
+        );
     }
     let counted = gw.metric(r#"wsgateway_connections_rejected_total{reason="origin_not_allowed"}"#).await;
     assert_eq!(counted, refusals, "origin refusals counted");
-    assert_eq!(gw.metric(r#"wsgateway_connections_rejected_total{reason="auth_failed"}"#).await, 0.0, "no token was looked at");
+    assert_eq!(
+        gw.metric(r#"wsgateway_connections_rejected_total{reason="auth_failed"}"#).await,
+        0.0,
+        "no token was looked at"
+    );
     gw.stop().await;
 }
 
@@ -269,14 +295,25 @@ async fn a_missing_origin_is_accepted_only_in_development() {
     let cases = [
         ("production (default)", vec![], false),
         ("ENVIRONMENT=development", vec![("ENVIRONMENT", "development")], true),
-        ("ENVIRONMENT=development and PRODUCTION_CHECK=1", vec![("ENVIRONMENT", "development"), ("PRODUCTION_CHECK", "1")], false),
+        (
+            "ENVIRONMENT=development and PRODUCTION_CHECK=1",
+            vec![("ENVIRONMENT", "development"), ("PRODUCTION_CHECK", "1")],
+            false,
+        ),
     ];
     for (row, env, allowed) in cases {
         let gw = stack.gateway_with(&env).await;
-        for url in [staff_url(&gw, "waiter", &staff_token(2, 1, &[10], &["WAITER"])), diner_url(&gw, &table_token(1, 10, 3, 77))] {
+        for url in [
+            staff_url(&gw, "waiter", &staff_token(2, 1, &[10], &["WAITER"])),
+            diner_url(&gw, &table_token(1, 10, 3, 77)),
+        ] {
             let expected = if allowed { accepted() } else { Seen::Close(4003, "Origin not allowed".into()) };
             assert_eq!(outcome_from(&url, None).await, expected, "no Origin header, {row}: {url}");
-            assert_eq!(outcome_from(&url, Some(EVIL)).await, Seen::Close(4003, "Origin not allowed".into()), "bad Origin, {row}");
+            assert_eq!(
+                outcome_from(&url, Some(EVIL)).await,
+                Seen::Close(4003, "Origin not allowed".into()),
+                "bad Origin, {row}"
+            );
         }
         gw.stop().await;
     }
@@ -319,12 +356,20 @@ async fn redis_down_refuses_staff_unless_fail_open_and_still_admits_diners() {
     let staff = staff_token(2, 1, &[10], &["WAITER"]);
     assert_eq!(outcome(&staff_url(&strict, "waiter", &staff)).await, accepted(), "baseline with Redis up");
     stack.redis.kill();
-    assert_eq!(outcome(&staff_url(&strict, "waiter", &staff)).await, auth_failed(), "Redis down: staff refused (fail closed)");
+    assert_eq!(
+        outcome(&staff_url(&strict, "waiter", &staff)).await,
+        auth_failed(),
+        "Redis down: staff refused (fail closed)"
+    );
     let seen = outcome(&staff_url(&strict, "admin", &staff_token(3, 1, &[10], &["ADMIN"]))).await;
     assert_eq!(seen, auth_failed(), "Redis down: admin refused (fail closed)");
     let diner = table_token(1, 10, 3, 77);
     assert_eq!(outcome(&diner_url(&strict, &diner)).await, accepted(), "Redis down: diners need no Redis");
-    assert_eq!(outcome(&diner_url(&strict, &legacy_table_token(1, 10, 3, 77))).await, accepted(), "Redis down: legacy diner");
+    assert_eq!(
+        outcome(&diner_url(&strict, &legacy_table_token(1, 10, 3, 77))).await,
+        accepted(),
+        "Redis down: legacy diner"
+    );
     assert_eq!(outcome(&staff_url(&open, "waiter", &staff)).await, accepted(), "Redis down, REVOCATION_FAIL_OPEN=true");
     strict.stop().await;
     open.stop().await;
@@ -336,7 +381,8 @@ async fn per_user_and_total_connection_limits() {
     let gw = stack.gateway().await;
     let mut held = Vec::new();
     for (i, endpoint) in ["waiter", "kitchen", "admin"].iter().enumerate() {
-        let (seen, client) = attempt(&staff_url(&gw, endpoint, &staff_token(2, 1, &[10], &["WAITER", "KITCHEN", "MANAGER"]))).await;
+        let (seen, client) =
+            attempt(&staff_url(&gw, endpoint, &staff_token(2, 1, &[10], &["WAITER", "KITCHEN", "MANAGER"]))).await;
         assert_eq!(seen, accepted(), "connection {} of user 2", i + 1);
         held.push(client);
     }
@@ -360,12 +406,20 @@ async fn per_user_and_total_connection_limits() {
     let (seen, _second) = attempt(&diner_url(&small, &table_token(1, 10, 3, 77))).await;
     assert_eq!(seen, accepted(), "2nd of 2");
     let at_capacity = Seen::Close(1013, "Server at capacity".into());
-    assert_eq!(outcome(&staff_url(&small, "kitchen", &staff_token(3, 1, &[10], &["KITCHEN"]))).await, at_capacity, "3rd staff");
+    assert_eq!(
+        outcome(&staff_url(&small, "kitchen", &staff_token(3, 1, &[10], &["KITCHEN"]))).await,
+        at_capacity,
+        "3rd staff"
+    );
     assert_eq!(outcome(&diner_url(&small, &table_token(1, 10, 4, 78))).await, at_capacity, "3rd diner");
     assert_eq!(small.metric(r#"wsgateway_connections_rejected_total{reason="server_at_capacity"}"#).await, 2.0);
     first.close().await;
     small.wait_connections(1).await;
-    assert_eq!(outcome(&diner_url(&small, &table_token(1, 10, 4, 78))).await, accepted(), "a closed connection frees capacity");
+    assert_eq!(
+        outcome(&diner_url(&small, &table_token(1, 10, 4, 78))).await,
+        accepted(),
+        "a closed connection frees capacity"
+    );
     small.stop().await;
 }
 

@@ -31,7 +31,15 @@ fn counts(health: &Value) -> Value {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn expected(total: u64, users: u64, branches: u64, sectors: u64, sessions: u64, admins: u64, by_endpoint: [u64; 4]) -> Value {
+fn expected(
+    total: u64,
+    users: u64,
+    branches: u64,
+    sectors: u64,
+    sessions: u64,
+    admins: u64,
+    by_endpoint: [u64; 4],
+) -> Value {
     json!({
         "total_connections": total, "max_connections": 100, "utilization_percent": total as f64,
         "users_connected": users, "branches_with_connections": branches, "sectors_with_connections": sectors,
@@ -43,7 +51,10 @@ fn expected(total: u64, users: u64, branches: u64, sectors: u64, sessions: u64, 
 }
 
 async fn wait_counts(gw: &Gateway, want: &Value, what: &str) {
-    wait_until(&format!("/ws/health shows {what}: {want}"), || async { counts(&gw.get_json("/ws/health").await.1) == *want }).await;
+    wait_until(&format!("/ws/health shows {what}: {want}"), || async {
+        counts(&gw.get_json("/ws/health").await.1) == *want
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,8 +104,15 @@ async fn detailed(gw: &Gateway) -> (u16, Value, [Value; 4]) {
 
 async fn create_events_stream(stack: &Stack) {
     let js = async_nats::jetstream::new(stack.nats_client().await);
-    let config = async_nats::jetstream::stream::Config { name: "EVENTS".into(), subjects: vec!["events.>".into()], ..Default::default() };
-    tokio::time::timeout(SOON, js.get_or_create_stream(config)).await.expect("stream created in time").expect("stream created");
+    let config = async_nats::jetstream::stream::Config {
+        name: "EVENTS".into(),
+        subjects: vec!["events.>".into()],
+        ..Default::default()
+    };
+    tokio::time::timeout(SOON, js.get_or_create_stream(config))
+        .await
+        .expect("stream created in time")
+        .expect("stream created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +122,11 @@ async fn health_detailed_reports_jetstream_and_redis() {
     let (status, overall, deps) = detailed(&gw).await;
     assert_eq!(status, 503, "no EVENTS stream yet");
     assert_eq!(overall, "degraded");
-    assert_eq!(deps, [json!("up"), json!("down"), json!("up"), json!("not_configured")], "nats, jetstream, redis, database");
+    assert_eq!(
+        deps,
+        [json!("up"), json!("down"), json!("up"), json!("not_configured")],
+        "nats, jetstream, redis, database"
+    );
 
     create_events_stream(&stack).await;
     let (status, overall, deps) = detailed(&gw).await;

@@ -63,7 +63,10 @@ impl Relay {
 
 async fn wait_nats_connected(gateway: &Gateway, connected: bool) {
     let want = if connected { 1.0 } else { 0.0 };
-    wait_until("the gateway's NATS connection state", || async { gateway.metric("gateway_nats_connected").await == want }).await;
+    wait_until("the gateway's NATS connection state", || async {
+        gateway.metric("gateway_nats_connected").await == want
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,7 +77,8 @@ async fn events_stored_while_a_replica_reconnects_reach_its_clients_in_order() {
     let gateway = stack.gateway_with(&[("NATS_URL", &relay.url())]).await;
 
     let mut plain = gateway.staff("waiter", &staff_token(2, 1, &[10], &["WAITER"])).await;
-    let mut resuming = gateway.connect(&format!("/ws/waiter?token={}&resume=live", staff_token(3, 1, &[10], &["WAITER"]))).await;
+    let mut resuming =
+        gateway.connect(&format!("/ws/waiter?token={}&resume=live", staff_token(3, 1, &[10], &["WAITER"]))).await;
     // A tenant whose subscription has dispatched nothing before the outage.
     let mut quiet = gateway.staff("waiter", &staff_token(4, 2, &[20], &["WAITER"])).await;
 
@@ -111,11 +115,19 @@ async fn events_stored_while_a_replica_reconnects_reach_its_clients_in_order() {
         assert!(cursor > last_cursor, "cursors keep increasing: {cursor} after {last_cursor}");
         last_cursor = cursor;
     }
-    assert_eq!(quiet.text().await, quiet_event, "a subscription with nothing dispatched before the outage recovers too");
+    assert_eq!(
+        quiet.text().await,
+        quiet_event,
+        "a subscription with nothing dispatched before the outage recovers too"
+    );
     for client in [&mut plain, &mut resuming, &mut quiet] {
         let extra = client.next_within(Duration::from_millis(1500)).await;
         assert!(matches!(extra, Seen::Nothing), "no duplicate after the seam: {extra:?}");
     }
-    assert_eq!(gateway.metric("gateway_nats_recovered_events_total").await, 6.0, "five events of tenant 1, one of tenant 2");
+    assert_eq!(
+        gateway.metric("gateway_nats_recovered_events_total").await,
+        6.0,
+        "five events of tenant 1, one of tenant 2"
+    );
     assert_eq!(gateway.metric("gateway_nats_recovery_incomplete_total").await, 0.0);
 }

@@ -88,7 +88,8 @@ async fn upgrade_and_events(kind: &str) {
     let nats = stack.nats_client().await;
 
     let mut cook = proxy.kitchen(1).await;
-    let mut diner = Client::connect(&proxy.ws(&format!("/ws/diner?table_token={}", table_token(1, 10, 3, 77))), Some(ORIGIN)).await;
+    let mut diner =
+        Client::connect(&proxy.ws(&format!("/ws/diner?table_token={}", table_token(1, 10, 3, 77))), Some(ORIGIN)).await;
     cook.ping().await;
     diner.ping().await;
     let ready = event("ROUND_READY", 1, 10, None, Some(77), 1);
@@ -124,8 +125,10 @@ async fn nginx_passes_the_upgrade_and_events() {
 
 /// The gateway's default `WS_HEARTBEAT_TIMEOUT`, from its own configuration code.
 fn default_heartbeat() -> Duration {
-    let env: HashMap<String, String> =
-        [("JWT_SECRET", "x"), ("TABLE_TOKEN_SECRET", "y")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let env: HashMap<String, String> = [("JWT_SECRET", "x"), ("TABLE_TOKEN_SECRET", "y")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     gateway::Config::from_map(&env).expect("defaults parse").limits.heartbeat_timeout
 }
 

@@ -19,9 +19,13 @@ const SCHEMA: &str = "CREATE TABLE waiter_sector_assignment (
 enum Kind {
     /// Admin endpoint, or MANAGER/ADMIN on waiter or kitchen.
     AdminView,
-    PureWaiter { sectors: Vec<u64> },
+    PureWaiter {
+        sectors: Vec<u64>,
+    },
     Kitchen,
-    Diner { session: u64 },
+    Diner {
+        session: u64,
+    },
 }
 
 struct Member {
@@ -58,7 +62,8 @@ fn should_receive(m: &Member, e: &Ev) -> bool {
     match &m.kind {
         Kind::AdminView => true,
         Kind::PureWaiter { sectors } => {
-            !ADMIN_ONLY.contains(&e.ty) && (BRANCH_WIDE_WAITER.contains(&e.ty) || e.sector.is_none_or(|s| sectors.contains(&s)))
+            !ADMIN_ONLY.contains(&e.ty)
+                && (BRANCH_WIDE_WAITER.contains(&e.ty) || e.sector.is_none_or(|s| sectors.contains(&s)))
         }
         Kind::Kitchen => KITCHEN.contains(&e.ty),
         Kind::Diner { .. } => unreachable!(),
@@ -187,12 +192,22 @@ async fn routing_matrix() {
                 deliveries += 1;
                 assert_eq!(m.client.next().await, Seen::Text(text.clone()), "{} should receive {e:?}", m.name);
             }
-            assert_eq!(m.client.next().await, Seen::Text(fence_texts[*fence].clone()), "{} must not receive {e:?}", m.name);
+            assert_eq!(
+                m.client.next().await,
+                Seen::Text(fence_texts[*fence].clone()),
+                "{} must not receive {e:?}",
+                m.name
+            );
         }
     }
     assert!(deliveries > 150, "the matrix exercises deliveries ({deliveries})");
     for m in &mut members {
-        assert_eq!(m.client.next_within(std::time::Duration::from_millis(200)).await, Seen::Nothing, "{} got extra messages", m.name);
+        assert_eq!(
+            m.client.next_within(std::time::Duration::from_millis(200)).await,
+            Seen::Nothing,
+            "{} got extra messages",
+            m.name
+        );
     }
 }
 

@@ -36,7 +36,16 @@ async fn every_ping_form_is_answered_and_other_text_is_ignored() {
             client.send(form).await;
             assert_eq!(client.next().await, Seen::Text(PONG.into()), "reply to {form:?}");
         }
-        for other in ["hello", "PING", "pong", r#"{"type":"pong"}"#, r#"{"type":"subscribe","branch":10}"#, "{not json", "[\"ping\"]", ""] {
+        for other in [
+            "hello",
+            "PING",
+            "pong",
+            r#"{"type":"pong"}"#,
+            r#"{"type":"subscribe","branch":10}"#,
+            "{not json",
+            "[\"ping\"]",
+            "",
+        ] {
             client.send(other).await;
             client.send("ping").await;
             assert_eq!(client.next().await, Seen::Text(PONG.into()), "{other:?} is ignored and the connection stays");
@@ -137,7 +146,11 @@ async fn message_size_is_counted_in_bytes() {
     let gw = stack.gateway().await;
     let cases = [
         ("65536 ASCII bytes (the default limit)", "a".repeat(65_536), true),
-        ("65536 bytes of JSON", format!(r#"{{"type":"note","x":"{}"}}"#, "b".repeat(65_536 - r#"{"type":"note","x":""}"#.len())), true),
+        (
+            "65536 bytes of JSON",
+            format!(r#"{{"type":"note","x":"{}"}}"#, "b".repeat(65_536 - r#"{"type":"note","x":""}"#.len())),
+            true,
+        ),
         ("65537 ASCII bytes", "a".repeat(65_537), false),
         ("40000 'é': 40000 chars, 80000 bytes", "é".repeat(40_000), false),
         ("32769 'é': 65538 bytes", "é".repeat(32_769), false),
@@ -259,7 +272,11 @@ fn iso(unix: i64) -> String {
 async fn tokens_expiring_while_connected_are_closed() {
     let stack = Stack::start().await;
     let gw = stack
-        .gateway_with(&[("WS_TOKEN_RECHECK_INTERVAL", "1s"), ("WS_DINER_RECHECK_INTERVAL", "1s"), ("WS_HEARTBEAT_TIMEOUT", "60s")])
+        .gateway_with(&[
+            ("WS_TOKEN_RECHECK_INTERVAL", "1s"),
+            ("WS_DINER_RECHECK_INTERVAL", "1s"),
+            ("WS_HEARTBEAT_TIMEOUT", "60s"),
+        ])
         .await;
     let exp = wire::tokens::now_unix() + 2;
     let mut staff = gw.staff("waiter", &staff_token_with(2, 1, &[10], &["WAITER"], |c| c["exp"] = json!(exp))).await;

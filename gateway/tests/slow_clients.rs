@@ -16,10 +16,13 @@ async fn stalled_client(url: &str) -> Client {
     let stream = socket.connect(addr).await.unwrap();
     let mut request = url.into_client_request().unwrap();
     request.headers_mut().insert("Origin", ORIGIN.parse().unwrap());
-    let (ws, _) = tokio::time::timeout(SOON, tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream)))
-        .await
-        .unwrap()
-        .unwrap();
+    let (ws, _) = tokio::time::timeout(
+        SOON,
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     Client { ws }
 }
 
@@ -43,13 +46,15 @@ async fn a_stalled_client_is_cut_off_and_recovers_through_resume() {
     let padding = "x".repeat(30_000);
     let mut published = Vec::new();
     for seq in 0..N {
-        let mut e: serde_json::Value = serde_json::from_str(&event("ROUND_PENDING", 1, 10, None, None, seq as u64)).unwrap();
+        let mut e: serde_json::Value =
+            serde_json::from_str(&event("ROUND_PENDING", 1, 10, None, None, seq as u64)).unwrap();
         e["entity"]["padding"] = serde_json::json!(padding);
         let text = e.to_string();
         store(&js, 1, 10, "waiters", &text).await;
         published.push(text);
     }
-    let fast_got = tokio::time::timeout(Duration::from_secs(60), reader).await.expect("the fast client keeps up").unwrap();
+    let fast_got =
+        tokio::time::timeout(Duration::from_secs(60), reader).await.expect("the fast client keeps up").unwrap();
     assert!(fast_got == published, "the fast client gets every event regardless of the stalled one");
     wait_until("the stalled client to be closed as too slow", || async {
         gw.metric("gateway_connections_closed_total{endpoint=\"waiter\",reason=\"slow_consumer\"}").await >= 1.0

@@ -96,7 +96,11 @@ async fn a_quick_reconnect_keeps_the_subscription() {
     first.ws.close(None).await.unwrap();
     let mut again = gw.staff("admin", &token).await;
     tokio::time::sleep(Duration::from_secs(4)).await; // past the first leave's delay
-    assert_eq!(live_subs(&stack, "gw-r").await, ["live.5.>"], "the delayed unsubscribe of the first leave must not fire");
+    assert_eq!(
+        live_subs(&stack, "gw-r").await,
+        ["live.5.>"],
+        "the delayed unsubscribe of the first leave must not fire"
+    );
     let nats = stack.nats_client().await;
     let e = event("ROUND_READY", 5, 10, None, None, 1);
     publish(&nats, 5, 10, "kitchen", &e).await;

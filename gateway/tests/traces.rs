@@ -37,14 +37,18 @@ async fn one_event_is_one_trace_across_bridge_and_gateway() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.clone()),
         ("OTEL_TRACES_SAMPLER", "always_on".into()),
     ]);
-    let bridge_config = publisher_bridge::Config::from_lookup(|k| bridge_env.get(k).cloned()).unwrap_or_else(|e| panic!("{e}"));
+    let bridge_config =
+        publisher_bridge::Config::from_lookup(|k| bridge_env.get(k).cloned()).unwrap_or_else(|e| panic!("{e}"));
     let telemetry = publisher_bridge::telemetry::install(&bridge_config).unwrap();
     assert!(telemetry.exporting());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bridge_ready = format!("http://{}/readyz", listener.local_addr().unwrap());
     let stop_bridge = CancellationToken::new();
     let bridge = tokio::spawn(publisher_bridge::run(bridge_config, listener, stop_bridge.clone()));
-    wait_until("the bridge is ready", || async { matches!(wire::testkit::http_get(&bridge_ready).await, Ok((200, _))) }).await;
+    wait_until("the bridge is ready", || async {
+        matches!(wire::testkit::http_get(&bridge_ready).await, Ok((200, _)))
+    })
+    .await;
 
     // The gateway binary: roots sampled at ratio 1, children follow their parent's decision.
     let port = wire::testkit::free_port();
@@ -64,10 +68,15 @@ async fn one_event_is_one_trace_across_bridge_and_gateway() {
         .spawn()
         .unwrap();
     let base = format!("127.0.0.1:{port}");
-    wait_until("the gateway is ready", || async { matches!(wire::testkit::http_get(&format!("http://{base}/readyz")).await, Ok((200, _))) }).await;
+    wait_until("the gateway is ready", || async {
+        matches!(wire::testkit::http_get(&format!("http://{base}/readyz")).await, Ok((200, _)))
+    })
+    .await;
 
     refused(&format!("ws://{base}/ws/waiter?token=forged"), Some(ORIGIN), 4001, "Authentication failed").await;
-    let mut waiter = Client::connect(&format!("ws://{base}/ws/waiter?token={}", staff_token(2, 1, &[7], &["WAITER"])), Some(ORIGIN)).await;
+    let mut waiter =
+        Client::connect(&format!("ws://{base}/ws/waiter?token={}", staff_token(2, 1, &[7], &["WAITER"])), Some(ORIGIN))
+            .await;
     let event = event("ROUND_PENDING", 1, 7, None, None, 1);
     let mut redis = stack.redis().await;
     let _: i64 = redis.publish("branch:7:waiters", &event).await.unwrap();
@@ -95,11 +104,15 @@ async fn one_event_is_one_trace_across_bridge_and_gateway() {
     stop_bridge.cancel();
     tokio::time::timeout(SOON, bridge).await.unwrap().unwrap().unwrap();
     telemetry.shutdown().await;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(gateway.id().unwrap() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(gateway.id().unwrap() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
     let status = tokio::time::timeout(Duration::from_secs(20), gateway.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0));
 
-    wait_until("the gateway's spans arrived", || async { !receiver.named("gateway.fan_out").is_empty() && receiver.named("gateway.connection").len() == 2 }).await;
+    wait_until("the gateway's spans arrived", || async {
+        !receiver.named("gateway.fan_out").is_empty() && receiver.named("gateway.connection").len() == 2
+    })
+    .await;
     let one = |name: &str| {
         let found = receiver.named(name);
         assert_eq!(found.len(), 1, "exactly one {name}: {:#?}", receiver.spans());
@@ -129,14 +142,20 @@ async fn one_event_is_one_trace_across_bridge_and_gateway() {
     assert_eq!(route.attr("outcome"), "delivered");
     assert_eq!(fan_out.attr("recipients"), "1");
 
-    assert!(receiver.spans().iter().all(|s| s.trace_id != unsampled_trace), "an unsampled parent's decision holds in the gateway");
+    assert!(
+        receiver.spans().iter().all(|s| s.trace_id != unsampled_trace),
+        "an unsampled parent's decision holds in the gateway"
+    );
 
     let connections = receiver.named("gateway.connection");
     let (refusal, connection) = match connections[0].attr("close.by") {
         "refused" => (connections[0].clone(), connections[1].clone()),
         _ => (connections[1].clone(), connections[0].clone()),
     };
-    assert_eq!((refusal.attr("close.code"), refusal.attr("close.reason"), refusal.attr("close.by")), ("4001", "Authentication failed", "refused"));
+    assert_eq!(
+        (refusal.attr("close.code"), refusal.attr("close.reason"), refusal.attr("close.by")),
+        ("4001", "Authentication failed", "refused")
+    );
     assert!(!refusal.attributes.contains_key("tenant_id"), "a refused connection has no tenant");
     assert_eq!(connection.service, "realtime-gateway");
     assert_eq!(connection.parent, "", "a connection span is a root");

@@ -61,7 +61,8 @@ pub fn added_latency(before: &Buckets, after: &Buckets) -> Option<AddedLatency> 
     if count == 0 {
         return None;
     }
-    let at = |q: f64| delta.iter().find(|(_, n)| *n as f64 >= q * count as f64).map_or(f64::INFINITY, |(le, _)| le * 1000.0);
+    let at =
+        |q: f64| delta.iter().find(|(_, n)| *n as f64 >= q * count as f64).map_or(f64::INFINITY, |(le, _)| le * 1000.0);
     Some(AddedLatency { count, p50_le_ms: at(0.5), p99_le_ms: at(0.99) })
 }
 

@@ -372,7 +372,19 @@ mod tests {
     fn the_cli_is_consistent_and_parses_a_full_run() {
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from([
-            "loadtest", "steady", "-n", "300", "--url", "ws://a:1,ws://b:2", "--jwt-secret", "j", "--table-secret", "t", "--rate", "50", "--expect-zero-loss",
+            "loadtest",
+            "steady",
+            "-n",
+            "300",
+            "--url",
+            "ws://a:1,ws://b:2",
+            "--jwt-secret",
+            "j",
+            "--table-secret",
+            "t",
+            "--rate",
+            "50",
+            "--expect-zero-loss",
         ])
         .unwrap();
         let Command::Steady(args) = cli.command else { panic!("steady") };
@@ -387,23 +399,39 @@ mod tests {
     fn failover_needs_exactly_one_gateway_to_kill() {
         let base = ["loadtest", "failover", "--jwt-secret", "j", "--table-secret", "t", "--url", "ws://a:1,ws://b:2"];
         let parse = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra)).map(|cli| cli.command);
-        let Ok(Command::Failover(f)) = parse(&["--kill-url", "ws://b:2", "--kill-after", "3"]) else { panic!("failover") };
-        assert_eq!((f.kill.kill_url.as_deref(), f.kill.kill_pid, f.kill.kill_after, f.kill.backoff_base), (Some("ws://b:2"), None, 3.0, 1.0));
+        let Ok(Command::Failover(f)) = parse(&["--kill-url", "ws://b:2", "--kill-after", "3"]) else {
+            panic!("failover")
+        };
+        assert_eq!(
+            (f.kill.kill_url.as_deref(), f.kill.kill_pid, f.kill.kill_after, f.kill.backoff_base),
+            (Some("ws://b:2"), None, 3.0, 1.0)
+        );
         assert_eq!(f.run.urls.len(), 2);
-        let Ok(Command::Failover(f)) = parse(&["--kill-pid", "42", "--backoff-base", "0.5"]) else { panic!("failover") };
+        let Ok(Command::Failover(f)) = parse(&["--kill-pid", "42", "--backoff-base", "0.5"]) else {
+            panic!("failover")
+        };
         assert_eq!((f.kill.kill_pid, f.kill.backoff_base), (Some(42), 0.5));
         assert!(parse(&[]).is_err(), "which gateway?");
         assert!(parse(&["--kill-pid", "42", "--kill-url", "ws://b:2"]).is_err(), "one or the other");
-        let Ok(Command::Replay(r)) = Cli::try_parse_from(["loadtest", "replay", "--jwt-secret", "j", "--table-secret", "t"]).map(|c| c.command) else { panic!("replay") };
+        let Ok(Command::Replay(r)) =
+            Cli::try_parse_from(["loadtest", "replay", "--jwt-secret", "j", "--table-secret", "t"]).map(|c| c.command)
+        else {
+            panic!("replay")
+        };
         assert_eq!((r.clients, r.missed, r.tenants, r.rate), (20, 1000, 1, 0.0));
     }
 
     #[test]
     fn bridge_paths_and_backlog_parse() {
-        let parse = |extra: &[&str]| Cli::try_parse_from(["loadtest", "bridge"].iter().chain(extra)).map(|cli| cli.command);
+        let parse =
+            |extra: &[&str]| Cli::try_parse_from(["loadtest", "bridge"].iter().chain(extra)).map(|cli| cli.command);
         let Ok(Command::Bridge(b)) = parse(&[]) else { panic!("bridge") };
         assert_eq!((b.path, b.backlog), (BridgePath::Mixed, false));
-        let Ok(Command::Bridge(b)) = parse(&["--path", "stream", "--backlog", "--bridge-pid", "7", "--bridge-pid", "9"]) else { panic!("backlog") };
+        let Ok(Command::Bridge(b)) =
+            parse(&["--path", "stream", "--backlog", "--bridge-pid", "7", "--bridge-pid", "9"])
+        else {
+            panic!("backlog")
+        };
         assert_eq!((b.path, b.backlog, b.bridge_pids), (BridgePath::Stream, true, vec![7, 9]));
         let Ok(Command::Bridge(b)) = parse(&["--path", "direct"]) else { panic!("direct") };
         assert_eq!(b.path, BridgePath::Direct);

@@ -66,7 +66,12 @@ enum End {
 }
 
 /// Holds `member`'s slot connected until `ctx.finish`; `on_first` runs after the first attempt.
-pub async fn run_slot(ctx: Arc<Ctx>, member: Member, recycle: Arc<Notify>, on_first: impl FnOnce(bool)) -> Vec<Incarnation> {
+pub async fn run_slot(
+    ctx: Arc<Ctx>,
+    member: Member,
+    recycle: Arc<Notify>,
+    on_first: impl FnOnce(bool),
+) -> Vec<Incarnation> {
     let mut held = Vec::new();
     let mut on_first = Some(on_first);
     let mut backoff = Backoff::new(ctx.backoff, member.slot);
@@ -82,7 +87,8 @@ pub async fn run_slot(ctx: Arc<Ctx>, member: Member, recycle: Arc<Notify>, on_fi
             }
             let started = Instant::now();
             let connecting = ctx.dialer.connect(&member, gateway, &query);
-            let result = tokio::time::timeout(ctx.connect_timeout, connecting).await.unwrap_or_else(|_| Err("timeout".into()));
+            let result =
+                tokio::time::timeout(ctx.connect_timeout, connecting).await.unwrap_or_else(|_| Err("timeout".into()));
             (result, started.elapsed())
         };
         let (result, took) = tokio::select! {
@@ -166,11 +172,13 @@ impl Dialer {
             let value = HeaderValue::from_str(origin).map_err(|_| "bad origin".to_string())?;
             request.headers_mut().insert("Origin", value);
         }
-        let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0).max_write_buffer_size(1 << 20);
-        let (ws, _response) = tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await.map_err(|e| match e {
-            WsError::Http(response) => format!("http {}", response.status().as_u16()),
-            other => format!("handshake: {}", short(&other.to_string())),
-        })?;
+        let config =
+            WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0).max_write_buffer_size(1 << 20);
+        let (ws, _response) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await.map_err(|e| match e {
+                WsError::Http(response) => format!("http {}", response.status().as_u16()),
+                other => format!("handshake: {}", short(&other.to_string())),
+            })?;
         Ok(ws)
     }
 }
@@ -181,7 +189,14 @@ pub fn short(text: &str) -> String {
 
 /// Reads one open connection until the run finishes, the slot is recycled or the server ends it,
 /// keeping `cursor` at the last one received.
-async fn session(ctx: &Ctx, slot: u64, ws: Socket, recycle: &Notify, opened: Opened, cursor: &mut Option<u64>) -> (Incarnation, End) {
+async fn session(
+    ctx: &Ctx,
+    slot: u64,
+    ws: Socket,
+    recycle: &Notify,
+    opened: Opened,
+    cursor: &mut Option<u64>,
+) -> (Incarnation, End) {
     let mut me = Incarnation { slot, connected_us: now_micros(), opened, ..Incarnation::default() };
     ctx.stats.open.fetch_add(1, Relaxed);
     let (mut sink, mut stream) = ws.split();

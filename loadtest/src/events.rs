@@ -103,7 +103,16 @@ impl Generator {
         let i = id as u64 % self.probe_len().max(1);
         if i < self.branches.len() as u64 || self.sessions == 0 {
             let (t, b) = self.branches[(i % self.branches.len() as u64) as usize];
-            return spec(id, "ROUND_SUBMITTED", t, b, None, None, vec![Channel::BranchKitchen(b), Channel::BranchWaiters(b), Channel::BranchAdmin(b)], false);
+            return spec(
+                id,
+                "ROUND_SUBMITTED",
+                t,
+                b,
+                None,
+                None,
+                vec![Channel::BranchKitchen(b), Channel::BranchWaiters(b), Channel::BranchAdmin(b)],
+                false,
+            );
         }
         let group = i - self.branches.len() as u64;
         let (t, b) = self.pop.session_home(group);
@@ -114,8 +123,26 @@ impl Generator {
     fn fanout(&self, id: u32, r: u64) -> EventSpec {
         let (t, b) = self.branches[(r % self.branches.len() as u64) as usize];
         match (r >> 32) % 10 {
-            0..=5 => spec(id, "ROUND_SUBMITTED", t, b, None, None, vec![Channel::BranchKitchen(b), Channel::BranchWaiters(b), Channel::BranchAdmin(b)], false),
-            6..=8 => spec(id, "ROUND_PENDING", t, b, Some(sector(b, 1)), None, vec![Channel::BranchWaiters(b), Channel::BranchAdmin(b)], false),
+            0..=5 => spec(
+                id,
+                "ROUND_SUBMITTED",
+                t,
+                b,
+                None,
+                None,
+                vec![Channel::BranchKitchen(b), Channel::BranchWaiters(b), Channel::BranchAdmin(b)],
+                false,
+            ),
+            6..=8 => spec(
+                id,
+                "ROUND_PENDING",
+                t,
+                b,
+                Some(sector(b, 1)),
+                None,
+                vec![Channel::BranchWaiters(b), Channel::BranchAdmin(b)],
+                false,
+            ),
             _ => spec(id, "PRODUCT_AVAILABILITY_CHANGED", t, 0, None, None, vec![Channel::TenantAdmin(t)], false),
         }
     }
@@ -132,12 +159,23 @@ impl Generator {
         let k = ((r >> 8) % 4) + 1;
         match (pick, session) {
             (0..=29, Some((t, b, s))) => {
-                let ty = ["CART_ITEM_ADDED", "CART_ITEM_UPDATED", "CART_ITEM_REMOVED", "CART_SYNC"][(r >> 16) as usize % 4];
-                spec(id, ty, t, b, Some(sector(b, k)), Some(s), vec![Channel::Session(s), Channel::BranchAdmin(b)], false)
+                let ty =
+                    ["CART_ITEM_ADDED", "CART_ITEM_UPDATED", "CART_ITEM_REMOVED", "CART_SYNC"][(r >> 16) as usize % 4];
+                spec(
+                    id,
+                    ty,
+                    t,
+                    b,
+                    Some(sector(b, k)),
+                    Some(s),
+                    vec![Channel::Session(s), Channel::BranchAdmin(b)],
+                    false,
+                )
             }
             (30..=49, Some((t, b, s))) => {
                 let ty = ["ROUND_SUBMITTED", "ROUND_IN_KITCHEN", "ROUND_READY", "ROUND_SERVED"][(r >> 16) as usize % 4];
-                let mut channels = vec![Channel::BranchKitchen(b), Channel::SectorWaiters(sector(b, k)), Channel::BranchAdmin(b)];
+                let mut channels =
+                    vec![Channel::BranchKitchen(b), Channel::SectorWaiters(sector(b, k)), Channel::BranchAdmin(b)];
                 if TypeClass::of(ty).session {
                     channels.push(Channel::Session(s));
                 }
@@ -145,19 +183,66 @@ impl Generator {
             }
             (50..=59, Some((t, b, s))) => {
                 let ty = ["CHECK_REQUESTED", "PAYMENT_APPROVED", "CHECK_PAID"][(r >> 16) as usize % 3];
-                spec(id, ty, t, b, Some(sector(b, k)), Some(s), vec![Channel::Session(s), Channel::BranchAdmin(b)], true)
+                spec(
+                    id,
+                    ty,
+                    t,
+                    b,
+                    Some(sector(b, k)),
+                    Some(s),
+                    vec![Channel::Session(s), Channel::BranchAdmin(b)],
+                    true,
+                )
             }
-            (60..=74, _) => spec(id, "ROUND_PENDING", bt, bb, Some(sector(bb, k)), None, vec![Channel::BranchWaiters(bb), Channel::BranchAdmin(bb)], false),
-            (75..=84, _) => spec(id, "SERVICE_CALL_CREATED", bt, bb, None, None, vec![Channel::BranchWaiters(bb), Channel::BranchAdmin(bb)], (r >> 20) % 4 == 0),
+            (60..=74, _) => spec(
+                id,
+                "ROUND_PENDING",
+                bt,
+                bb,
+                Some(sector(bb, k)),
+                None,
+                vec![Channel::BranchWaiters(bb), Channel::BranchAdmin(bb)],
+                false,
+            ),
+            (75..=84, _) => spec(
+                id,
+                "SERVICE_CALL_CREATED",
+                bt,
+                bb,
+                None,
+                None,
+                vec![Channel::BranchWaiters(bb), Channel::BranchAdmin(bb)],
+                (r >> 20) % 4 == 0,
+            ),
             (85..=94, _) => spec(id, "ENTITY_UPDATED", bt, bb, None, None, vec![Channel::BranchAdmin(bb)], false),
-            (95.., _) => spec(id, "PRODUCT_AVAILABILITY_CHANGED", bt, 0, None, None, vec![Channel::TenantAdmin(bt)], false),
-            (_, None) => spec(id, "TICKET_READY", bt, bb, None, None, vec![Channel::BranchKitchen(bb), Channel::BranchWaiters(bb), Channel::BranchAdmin(bb)], false),
+            (95.., _) => {
+                spec(id, "PRODUCT_AVAILABILITY_CHANGED", bt, 0, None, None, vec![Channel::TenantAdmin(bt)], false)
+            }
+            (_, None) => spec(
+                id,
+                "TICKET_READY",
+                bt,
+                bb,
+                None,
+                None,
+                vec![Channel::BranchKitchen(bb), Channel::BranchWaiters(bb), Channel::BranchAdmin(bb)],
+                false,
+            ),
         }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn spec(id: u32, event_type: &'static str, tenant_id: u64, branch_id: u64, sector_id: Option<u64>, session_id: Option<u64>, channels: Vec<Channel>, stream: bool) -> EventSpec {
+fn spec(
+    id: u32,
+    event_type: &'static str,
+    tenant_id: u64,
+    branch_id: u64,
+    sector_id: Option<u64>,
+    session_id: Option<u64>,
+    channels: Vec<Channel>,
+    stream: bool,
+) -> EventSpec {
     EventSpec { id, event_type, tenant_id, branch_id, sector_id, session_id, channels, stream }
 }
 
@@ -251,7 +336,14 @@ mod tests {
     use crate::population::{Mix, PopulationParams};
 
     fn generator(traffic: Traffic) -> Generator {
-        let pop = Population::new(PopulationParams { connections: 200, tenants: 2, branches: 3, mix: Mix::default(), diners_per_session: 4 }).unwrap();
+        let pop = Population::new(PopulationParams {
+            connections: 200,
+            tenants: 2,
+            branches: 3,
+            mix: Mix::default(),
+            diners_per_session: 4,
+        })
+        .unwrap();
         Generator::new(traffic, pop, 7)
     }
 
@@ -292,7 +384,8 @@ mod tests {
     fn the_probe_covers_every_branch_then_every_session() {
         let g = generator(Traffic::Probe);
         let n = g.probe_len() as u32;
-        let branches: std::collections::HashSet<_> = (0..n).map(|i| g.event(i)).filter(|e| e.event_type == "ROUND_SUBMITTED").map(|e| e.branch_id).collect();
+        let branches: std::collections::HashSet<_> =
+            (0..n).map(|i| g.event(i)).filter(|e| e.event_type == "ROUND_SUBMITTED").map(|e| e.branch_id).collect();
         assert_eq!(branches.len(), 6);
         let sessions: std::collections::HashSet<_> = (0..n).filter_map(|i| g.event(i).session_id).collect();
         assert_eq!(sessions.len() as u64, g.sessions);

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use wire::tokens::now_micros;
 
 pub async fn open(nats: &async_nats::Client, name: &str) -> anyhow::Result<Stream> {
-    async_nats::jetstream::new(nats.clone())
-        .get_stream(name)
-        .await
-        .with_context(|| format!("JetStream stream {name} not found: the publisher-bridge creates it at start; is the bridge running?"))
+    async_nats::jetstream::new(nats.clone()).get_stream(name).await.with_context(|| {
+        format!("JetStream stream {name} not found: the publisher-bridge creates it at start; is the bridge running?")
+    })
 }
 
 pub async fn last_sequence(stream: &mut Stream) -> anyhow::Result<u64> {
@@ -22,7 +21,13 @@ pub async fn last_sequence(stream: &mut Stream) -> anyhow::Result<u64> {
 /// did not move for `idle`: how many were stored, and when the last of them was seen (`from_us`
 /// when none was). It looks at once, then every 20 ms, so messages stored before the call (a
 /// publisher that waited for its acknowledgements) are timed when it is called, not 20 ms later.
-pub async fn wait_stored(stream: &mut Stream, since: u64, want: u64, idle: Duration, from_us: u64) -> anyhow::Result<(u64, u64)> {
+pub async fn wait_stored(
+    stream: &mut Stream,
+    since: u64,
+    want: u64,
+    idle: Duration,
+    from_us: u64,
+) -> anyhow::Result<(u64, u64)> {
     let (mut stored, mut stored_at_us) = (0, from_us);
     let mut last_move = Instant::now();
     loop {

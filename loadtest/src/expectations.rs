@@ -44,7 +44,13 @@ pub struct Index {
 impl Index {
     pub fn build(pop: &Population, slots: Range<u64>) -> Index {
         let members: Vec<Member> = slots.clone().map(|s| pop.member(s)).collect();
-        let mut index = Index { members, first: slots.start, by_branch: HashMap::new(), admins_by_tenant: HashMap::new(), by_session: HashMap::new() };
+        let mut index = Index {
+            members,
+            first: slots.start,
+            by_branch: HashMap::new(),
+            admins_by_tenant: HashMap::new(),
+            by_session: HashMap::new(),
+        };
         for (i, m) in index.members.iter().enumerate() {
             let i = i as u32;
             if let Some(session) = m.session_id {
@@ -67,7 +73,11 @@ impl Index {
 
     /// Slots (absolute) that should receive `event`.
     pub fn recipients<'a>(&'a self, event: &'a EventSpec) -> impl Iterator<Item = u64> + 'a {
-        let staff = if event.branch_id == 0 { self.admins_by_tenant.get(&event.tenant_id) } else { self.by_branch.get(&event.branch_id) };
+        let staff = if event.branch_id == 0 {
+            self.admins_by_tenant.get(&event.tenant_id)
+        } else {
+            self.by_branch.get(&event.branch_id)
+        };
         let diners = event.session_id.filter(|_| event.class().session).and_then(|s| self.by_session.get(&s));
         staff
             .into_iter()
@@ -143,7 +153,10 @@ impl Tally {
         self.duplicates += other.duplicates;
         self.misrouted += other.misrouted;
         self.outside_window += other.outside_window;
-        for (mine, theirs) in [(&mut self.missing_examples, &other.missing_examples), (&mut self.misrouted_examples, &other.misrouted_examples)] {
+        for (mine, theirs) in [
+            (&mut self.missing_examples, &other.missing_examples),
+            (&mut self.misrouted_examples, &other.misrouted_examples),
+        ] {
             mine.extend(theirs.iter().take(EXAMPLES.saturating_sub(mine.len())).cloned());
         }
     }
@@ -227,7 +240,8 @@ pub fn tally(gen: &Generator, index: &Index, incarnations: Vec<Incarnation>, sen
                     if published != 0 {
                         t.misrouted += 1;
                         if t.misrouted_examples.len() < EXAMPLES {
-                            t.misrouted_examples.push(format!("event {id} -> slot {slot} ({:?})", index.member(slot).kind));
+                            t.misrouted_examples
+                                .push(format!("event {id} -> slot {slot} ({:?})", index.member(slot).kind));
                         }
                     }
                 } else if !in_window(*id) {
@@ -257,11 +271,27 @@ mod tests {
     use crate::population::{Mix, PopulationParams, SESSION_BASE};
 
     fn pop(n: u64) -> Population {
-        Population::new(PopulationParams { connections: n, tenants: 2, branches: 2, mix: Mix::default(), diners_per_session: 3 }).unwrap()
+        Population::new(PopulationParams {
+            connections: n,
+            tenants: 2,
+            branches: 2,
+            mix: Mix::default(),
+            diners_per_session: 3,
+        })
+        .unwrap()
     }
 
     fn ev(ty: &'static str, tenant: u64, branch: u64, sector: Option<u64>, session: Option<u64>) -> EventSpec {
-        EventSpec { id: 0, event_type: ty, tenant_id: tenant, branch_id: branch, sector_id: sector, session_id: session, channels: vec![Channel::BranchAdmin(branch)], stream: false }
+        EventSpec {
+            id: 0,
+            event_type: ty,
+            tenant_id: tenant,
+            branch_id: branch,
+            sector_id: sector,
+            session_id: session,
+            channels: vec![Channel::BranchAdmin(branch)],
+            stream: false,
+        }
     }
 
     fn find(p: &Population, kind: Kind) -> Member {
@@ -300,7 +330,10 @@ mod tests {
             assert_eq!(&got, want, "{ty} sector {sector:?} session {session:?}");
         }
         let wide = ev("ROUND_READY", t, 0, None, s);
-        assert_eq!([&admin, &manager, &waiter, &kitchen, &diner].map(|m| receives(m, &wide)), [true, true, false, false, true]);
+        assert_eq!(
+            [&admin, &manager, &waiter, &kitchen, &diner].map(|m| receives(m, &wide)),
+            [true, true, false, false, true]
+        );
         let other_tenant = ev("ROUND_SUBMITTED", t + 1, b, None, s);
         assert!([&admin, &manager, &waiter, &kitchen, &diner].iter().all(|m| !receives(m, &other_tenant)));
         let mut other_branch_admin = admin.clone();
@@ -326,7 +359,14 @@ mod tests {
     }
 
     fn inc(slot: u64, connected: u64, closing: Option<u64>, server_closed: bool, received: &[u32]) -> Incarnation {
-        Incarnation { slot, connected_us: connected, closing_us: closing, server_closed, received: received.to_vec(), ..Incarnation::default() }
+        Incarnation {
+            slot,
+            connected_us: connected,
+            closing_us: closing,
+            server_closed,
+            received: received.to_vec(),
+            ..Incarnation::default()
+        }
     }
 
     fn resumed(inc: Incarnation) -> Incarnation {
@@ -339,7 +379,14 @@ mod tests {
 
     /// A population of two tenant admins and events that all reach the first one.
     fn admin_setup() -> (Generator, Index, Vec<u64>) {
-        let p = Population::new(PopulationParams { connections: 2, tenants: 2, branches: 1, mix: Mix::parse("admin=1").unwrap(), diners_per_session: 1 }).unwrap();
+        let p = Population::new(PopulationParams {
+            connections: 2,
+            tenants: 2,
+            branches: 1,
+            mix: Mix::parse("admin=1").unwrap(),
+            diners_per_session: 1,
+        })
+        .unwrap();
         let g = Generator::new(Traffic::Probe, p.clone(), 1);
         let index = Index::build(&p, 0..2);
         // Probe events 0 and 1 are ROUND_SUBMITTED to the branch of tenant 1000, then 1001.
@@ -351,7 +398,13 @@ mod tests {
     fn exact_counts_of_missing_duplicate_and_misrouted() {
         let (g, index, sent) = admin_setup();
         // Slot 0 should get events 0 and 2, slot 1 events 1 and 3.
-        let t = tally(&g, &index, vec![inc(0, 50, None, false, &[0, 0, 1]), inc(1, 50, None, false, &[1, 3, 3, 3])], &sent, 0);
+        let t = tally(
+            &g,
+            &index,
+            vec![inc(0, 50, None, false, &[0, 0, 1]), inc(1, 50, None, false, &[1, 3, 3, 3])],
+            &sent,
+            0,
+        );
         assert_eq!((t.expected, t.delivered, t.missing, t.duplicates, t.misrouted), (4, 3, 1, 3, 1));
         assert_eq!(t.missing_examples, vec!["event 2 -> slot 0 (Admin)".to_string()]);
     }
@@ -376,15 +429,39 @@ mod tests {
         let (g, index, sent) = admin_setup();
         // Slot 0 closed itself at 250 and came back at 350 with its cursor: event 2 (sent at
         // 300, during the gap) is owed now, replayed on the new connection.
-        let t = tally(&g, &index, vec![inc(0, 50, Some(250), false, &[0]), resumed(inc(0, 350, None, false, &[2]))], &sent, 20);
+        let t = tally(
+            &g,
+            &index,
+            vec![inc(0, 50, Some(250), false, &[0]), resumed(inc(0, 350, None, false, &[2]))],
+            &sent,
+            20,
+        );
         assert_eq!((t.expected, t.delivered, t.missing, t.outside_window), (2, 2, 0, 0));
-        let t = tally(&g, &index, vec![inc(0, 50, Some(250), false, &[0]), resumed(inc(0, 350, None, false, &[]))], &sent, 20);
+        let t = tally(
+            &g,
+            &index,
+            vec![inc(0, 50, Some(250), false, &[0]), resumed(inc(0, 350, None, false, &[]))],
+            &sent,
+            20,
+        );
         assert_eq!((t.expected, t.missing), (2, 1), "a replay that left it out misses it");
         // The seam must not repeat what the first connection already had.
-        let t = tally(&g, &index, vec![inc(0, 50, None, true, &[0]), resumed(inc(0, 350, None, false, &[0, 2]))], &sent, 20);
+        let t = tally(
+            &g,
+            &index,
+            vec![inc(0, 50, None, true, &[0]), resumed(inc(0, 350, None, false, &[0, 2]))],
+            &sent,
+            20,
+        );
         assert_eq!((t.delivered, t.duplicates), (2, 1));
         // Without a cursor (nothing received before the close) the gap stays tolerated.
-        let t = tally(&g, &index, vec![live(inc(0, 50, Some(250), false, &[0])), live(inc(0, 350, None, false, &[2]))], &sent, 20);
+        let t = tally(
+            &g,
+            &index,
+            vec![live(inc(0, 50, Some(250), false, &[0])), live(inc(0, 350, None, false, &[2]))],
+            &sent,
+            20,
+        );
         assert_eq!((t.expected, t.outside_window), (1, 1));
     }
 
@@ -407,7 +484,8 @@ mod tests {
     #[test]
     fn failed_publishes_expect_nothing() {
         let (g, index, _) = admin_setup();
-        let t = tally(&g, &index, vec![inc(0, 50, None, false, &[2]), inc(1, 50, None, false, &[])], &[100, 0, 0, 0], 0);
+        let t =
+            tally(&g, &index, vec![inc(0, 50, None, false, &[2]), inc(1, 50, None, false, &[])], &[100, 0, 0, 0], 0);
         assert_eq!((t.expected, t.delivered, t.missing, t.misrouted), (1, 0, 1, 0));
     }
 

@@ -96,11 +96,12 @@ fn mint(command: TokenCommand) -> String {
             match url {
                 None => token,
                 Some(base) => {
-                    let endpoint = endpoint.unwrap_or_else(|| match roles.first().map(|r| r.to_ascii_uppercase()).as_deref() {
-                        Some("KITCHEN") => "kitchen".into(),
-                        Some("ADMIN" | "MANAGER") => "admin".into(),
-                        _ => "waiter".into(),
-                    });
+                    let endpoint =
+                        endpoint.unwrap_or_else(|| match roles.first().map(|r| r.to_ascii_uppercase()).as_deref() {
+                            Some("KITCHEN") => "kitchen".into(),
+                            Some("ADMIN" | "MANAGER") => "admin".into(),
+                            _ => "waiter".into(),
+                        });
                     format!("{}/ws/{endpoint}?token={token}", base.trim_end_matches('/'))
                 }
             }

@@ -2,8 +2,8 @@
 //! spec and commands on the worker's stdin, progress and results on its stdout. Nothing else is
 //! ever written to a worker's stdout (its logs go to stderr).
 
-use crate::events::Traffic;
 use crate::backoff::Policy;
+use crate::events::Traffic;
 use crate::expectations::Tally;
 use crate::hist::Buckets;
 use crate::population::PopulationParams;
@@ -110,7 +110,12 @@ pub struct Final {
 pub enum ToParent {
     Ready(ConnectPhase),
     /// Every second: cumulative counters and the latency recorded since the last one.
-    Progress { counters: Counters, latency: Buckets },
+    Progress {
+        counters: Counters,
+        latency: Buckets,
+    },
     Final(Box<Final>),
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }

@@ -30,7 +30,11 @@ impl Pacer {
 
     /// How many events to send now, `elapsed` after the start (and marks them released).
     pub fn take(&mut self, elapsed: Duration) -> u64 {
-        let allowed = if self.rate <= 0.0 { self.limit } else { ((elapsed.as_secs_f64() * self.rate + 1e-6).floor() as u64 + 1).min(self.limit) };
+        let allowed = if self.rate <= 0.0 {
+            self.limit
+        } else {
+            ((elapsed.as_secs_f64() * self.rate + 1e-6).floor() as u64 + 1).min(self.limit)
+        };
         let n = allowed.saturating_sub(self.released).min(self.max_batch);
         self.released += n;
         n
@@ -93,7 +97,10 @@ mod tests {
     #[test]
     fn stops_at_the_limit_and_unlimited_rate_sends_batches() {
         let mut p = Pacer::new(0.0, 64, 150);
-        assert_eq!([p.take(Duration::ZERO), p.take(Duration::ZERO), p.take(Duration::ZERO), p.take(Duration::ZERO)], [64, 64, 22, 0]);
+        assert_eq!(
+            [p.take(Duration::ZERO), p.take(Duration::ZERO), p.take(Duration::ZERO), p.take(Duration::ZERO)],
+            [64, 64, 22, 0]
+        );
         assert!(p.done());
         assert_eq!(Pacer::new(0.0, 64, 150).lag(Duration::from_secs(3)), Duration::ZERO, "no schedule, no lag");
         let mut p = Pacer::new(100.0, 10, 5);

@@ -162,7 +162,15 @@ impl Population {
         if kind == Kind::Diner {
             let group = ordinal / self.params.diners_per_session;
             let (tenant_id, branch_id) = self.session_home(group);
-            return Member { slot, kind, tenant_id, branch_id, branch_ids: vec![branch_id], user_id, session_id: Some(SESSION_BASE + group) };
+            return Member {
+                slot,
+                kind,
+                tenant_id,
+                branch_id,
+                branch_ids: vec![branch_id],
+                user_id,
+                session_id: Some(SESSION_BASE + group),
+            };
         }
         let (tenant_id, branch_id) = self.place(ordinal);
         let branch_ids = if kind == Kind::Admin { self.branches_of(tenant_id) } else { vec![branch_id] };
@@ -218,7 +226,10 @@ fn interleave(mix: &Mix) -> (Vec<Kind>, Vec<u64>) {
         for (c, w) in current.iter_mut().zip(mix.weights) {
             *c += w as i64;
         }
-        let best = (0..5).filter(|i| mix.weights[*i] > 0).max_by_key(|i| (current[*i], -(*i as i64))).expect("a positive weight");
+        let best = (0..5)
+            .filter(|i| mix.weights[*i] > 0)
+            .max_by_key(|i| (current[*i], -(*i as i64)))
+            .expect("a positive weight");
         current[best] -= total;
         pattern.push(Kind::ALL[best]);
         rank.push(seen[best]);
@@ -232,7 +243,14 @@ mod tests {
     use super::*;
 
     fn pop(n: u64, mix: &str) -> Population {
-        Population::new(PopulationParams { connections: n, tenants: 3, branches: 2, mix: Mix::parse(mix).unwrap(), diners_per_session: 4 }).unwrap()
+        Population::new(PopulationParams {
+            connections: n,
+            tenants: 3,
+            branches: 2,
+            mix: Mix::parse(mix).unwrap(),
+            diners_per_session: 4,
+        })
+        .unwrap()
     }
 
     #[test]

@@ -86,7 +86,13 @@ impl Progress {
     }
 }
 
-async fn tick<S: Source>(source: Arc<S>, sent: Arc<AtomicU64>, target_open: u64, stop: CancellationToken, phase: Arc<Mutex<String>>) -> Seen {
+async fn tick<S: Source>(
+    source: Arc<S>,
+    sent: Arc<AtomicU64>,
+    target_open: u64,
+    stop: CancellationToken,
+    phase: Arc<Mutex<String>>,
+) -> Seen {
     let start = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut seen = Seen { timeline: Vec::new(), latency: hist::new() };

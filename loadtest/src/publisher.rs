@@ -22,8 +22,13 @@ use wire::tokens::now_micros;
 pub const STREAM_MAXLEN: u64 = 1_000_000;
 
 pub enum Target {
-    Redis { conn: redis::aio::MultiplexedConnection, stream_key: String },
-    Nats { client: async_nats::Client },
+    Redis {
+        conn: redis::aio::MultiplexedConnection,
+        stream_key: String,
+    },
+    Nats {
+        client: async_nats::Client,
+    },
     /// The EVENTS stream itself, with the bridge's subjects and headers.
     JetStream(Box<JetStreamSink>),
 }
@@ -68,14 +73,27 @@ impl Target {
                         pipe.cmd("PUBLISH").arg(channel.name()).arg(text).ignore();
                     }
                     if event.stream {
-                        pipe.cmd("XADD").arg(&*stream_key).arg("MAXLEN").arg("~").arg(STREAM_MAXLEN).arg("*").arg("data").arg(text).ignore();
+                        pipe.cmd("XADD")
+                            .arg(&*stream_key)
+                            .arg("MAXLEN")
+                            .arg("~")
+                            .arg(STREAM_MAXLEN)
+                            .arg("*")
+                            .arg("data")
+                            .arg(text)
+                            .ignore();
                     }
                 }
                 pipe.query_async::<()>(conn).await.context("Redis pipeline")?;
             }
             Target::Nats { client } => {
                 for (event, text) in batch {
-                    let subject = EventSubject { tenant_id: event.tenant_id, branch_id: event.branch_id, role: Role::of(event.class(), event.branch_id) }.live();
+                    let subject = EventSubject {
+                        tenant_id: event.tenant_id,
+                        branch_id: event.branch_id,
+                        role: Role::of(event.class(), event.branch_id),
+                    }
+                    .live();
                     let payload = bytes::Bytes::copy_from_slice(text.as_bytes());
                     for _ in 0..event.copies() {
                         client.publish(subject.clone(), payload.clone()).await.context("NATS publish")?;
@@ -132,7 +150,11 @@ pub struct Plan<'a> {
 
 /// Publishes `plan.count` events; `sent` counts them live for the progress line.
 pub async fn run(target: &mut Target, plan: Plan<'_>, sent: &AtomicU64, stop: &CancellationToken) -> PublishLog {
-    let mut log = PublishLog { sent_us: vec![0; (plan.first_id + plan.count) as usize], started_us: now_micros(), ..PublishLog::default() };
+    let mut log = PublishLog {
+        sent_us: vec![0; (plan.first_id + plan.count) as usize],
+        started_us: now_micros(),
+        ..PublishLog::default()
+    };
     let mut pacer = Pacer::new(plan.rate, plan.max_batch, plan.count);
     let start = Instant::now();
     let mut batch = Vec::with_capacity(plan.max_batch as usize);

@@ -93,7 +93,14 @@ mod tests {
     const KILL: u64 = 10_000_000;
     const MS: u64 = 1_000;
 
-    fn inc(slot: u64, connected_us: u64, ended_us: u64, server_closed: bool, opened: Opened, first_after_kill: Option<(u64, u64)>) -> Incarnation {
+    fn inc(
+        slot: u64,
+        connected_us: u64,
+        ended_us: u64,
+        server_closed: bool,
+        opened: Opened,
+        first_after_kill: Option<(u64, u64)>,
+    ) -> Incarnation {
         Incarnation { slot, connected_us, ended_us, server_closed, opened, first_after_kill, ..Incarnation::default() }
     }
 
@@ -131,9 +138,17 @@ mod tests {
         assert_eq!((r.killed, r.not_reconnected, r.not_live_again, r.without_cursor), (4, 1, 1, 1));
         let live = histogram(&r.live_again);
         assert_eq!(live.len(), 2);
-        assert!(live.equivalent(live.min(), 1_300 * MS) && live.equivalent(live.max(), 2_905 * MS), "{:?}", r.live_again);
+        assert!(
+            live.equivalent(live.min(), 1_300 * MS) && live.equivalent(live.max(), 2_905 * MS),
+            "{:?}",
+            r.live_again
+        );
         let first = histogram(&r.first_event);
-        assert!(first.equivalent(first.min(), 1_300 * MS) && first.equivalent(first.max(), 4_005 * MS), "{:?}", r.first_event);
+        assert!(
+            first.equivalent(first.min(), 1_300 * MS) && first.equivalent(first.max(), 4_005 * MS),
+            "{:?}",
+            r.first_event
+        );
         let back = histogram(&r.reconnected);
         assert_eq!(back.len(), 3);
         assert!(back.equivalent(back.min(), 900 * MS) && back.equivalent(back.max(), 2_500 * MS));

@@ -207,14 +207,21 @@ impl Report {
             problems.push(format!("{} misrouted deliveries (e.g. {})", d.misrouted, d.misrouted_examples.join(", ")));
         }
         if self.events.publish_errors > 0 {
-            problems.push(format!("{} events failed to publish: {}", self.events.publish_errors, self.events.first_error.as_deref().unwrap_or("")));
+            problems.push(format!(
+                "{} events failed to publish: {}",
+                self.events.publish_errors,
+                self.events.first_error.as_deref().unwrap_or("")
+            ));
         }
         if let Some(c) = &self.connections {
             if c.never_connected > 0 {
                 problems.push(format!("{} connections never opened ({:?})", c.never_connected, c.failure_reasons));
             }
             if c.resume_gaps > 0 {
-                problems.push(format!("{} RESUME_GAP frames {:?}: the gateway could not replay everything its clients missed", c.resume_gaps, c.resume_gap_reasons));
+                problems.push(format!(
+                    "{} RESUME_GAP frames {:?}: the gateway could not replay everything its clients missed",
+                    c.resume_gaps, c.resume_gap_reasons
+                ));
             }
         }
         if d.delivered == 0 {

@@ -52,13 +52,27 @@ mod tests {
 
     #[test]
     fn reads_the_cursor_and_the_marker_behind_it() {
-        let pop = Population::new(PopulationParams { connections: 10, tenants: 1, branches: 1, mix: Mix::default(), diners_per_session: 4 }).unwrap();
+        let pop = Population::new(PopulationParams {
+            connections: 10,
+            tenants: 1,
+            branches: 1,
+            mix: Mix::default(),
+            diners_per_session: 4,
+        })
+        .unwrap();
         let text = render(&Generator::new(Traffic::Steady, pop, 1).event(9), 42, 1_700_000_000_000_001, 0);
         // As the gateway splices it (gateway/src/connection/resume.rs): the cursor first.
         let resumed = format!("{{\"_cursor\":1234,{}", &text[1..]);
-        assert_eq!(read(&resumed), Frame { cursor: Some(1234), marker: Some((42, 9, 1_700_000_000_000_001)), gap: None });
+        assert_eq!(
+            read(&resumed),
+            Frame { cursor: Some(1234), marker: Some((42, 9, 1_700_000_000_000_001)), gap: None }
+        );
         assert_eq!(read(&text), Frame { cursor: None, marker: Some((42, 9, 1_700_000_000_000_001)), gap: None });
-        assert_eq!(read(r#"{"_cursor":77,"type":"ROUND_READY"}"#), Frame { cursor: Some(77), marker: None, gap: None }, "a foreign event still moves the cursor");
+        assert_eq!(
+            read(r#"{"_cursor":77,"type":"ROUND_READY"}"#),
+            Frame { cursor: Some(77), marker: None, gap: None },
+            "a foreign event still moves the cursor"
+        );
         assert_eq!(read(r#"{"_cursor":78}"#).cursor, Some(78));
     }
 

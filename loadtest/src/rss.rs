@@ -68,7 +68,10 @@ pub fn discover(bin_name: &str, ports: &[u16]) -> Vec<i32> {
                 return false;
             };
             let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-            let name = Path::new(std::str::from_utf8(argv0).unwrap_or_default()).file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = Path::new(std::str::from_utf8(argv0).unwrap_or_default())
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             if name != bin_name {
                 return false;
             }

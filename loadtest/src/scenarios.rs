@@ -10,8 +10,8 @@ pub mod plan;
 pub mod replay;
 
 use crate::cli::Output;
-use crate::report::{self, Report};
 use crate::events::Traffic;
+use crate::report::{self, Report};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
@@ -116,6 +116,9 @@ mod tests {
     #[test]
     fn secrets_never_reach_the_report() {
         let argv = ["loadtest", "steady", "--jwt-secret", "s3cret", "--table-secret=t0p", "-n", "5"].map(String::from);
-        assert_eq!(super::without_secrets(argv.into_iter()), ["loadtest", "steady", "--jwt-secret", "****", "--table-secret=****", "-n", "5"]);
+        assert_eq!(
+            super::without_secrets(argv.into_iter()),
+            ["loadtest", "steady", "--jwt-secret", "****", "--table-secret=****", "-n", "5"]
+        );
     }
 }

@@ -30,22 +30,45 @@ pub fn connect_path(member: &Member, secrets: &Secrets) -> String {
             format!("{}?table_token={}", member.kind.path(), tokens::sign_jwt(secrets.table.as_bytes(), &claims))
         }
         kind => {
-            let claims = tokens::staff_claims(member.user_id, member.tenant_id, &member.branch_ids, kind.roles(), TTL_SECS);
+            let claims =
+                tokens::staff_claims(member.user_id, member.tenant_id, &member.branch_ids, kind.roles(), TTL_SECS);
             format!("{}?token={}", kind.path(), tokens::sign_jwt(secrets.jwt.as_bytes(), &claims))
         }
     }
 }
 
 /// A staff access token for the `token staff` subcommand.
-pub fn staff(secret: &str, user_id: u64, tenant_id: u64, branch_ids: &[u64], roles: &[String], ttl_secs: i64) -> String {
+pub fn staff(
+    secret: &str,
+    user_id: u64,
+    tenant_id: u64,
+    branch_ids: &[u64],
+    roles: &[String],
+    ttl_secs: i64,
+) -> String {
     let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
     tokens::sign_jwt(secret.as_bytes(), &tokens::staff_claims(user_id, tenant_id, branch_ids, &roles, ttl_secs))
 }
 
 /// A table token (JWT form, or the legacy `t:b:tbl:s:exp:sig` form) for `token table`.
-pub fn table(secret: &str, tenant_id: u64, branch_id: u64, table_id: u64, session_id: u64, ttl_secs: i64, legacy: bool) -> String {
+pub fn table(
+    secret: &str,
+    tenant_id: u64,
+    branch_id: u64,
+    table_id: u64,
+    session_id: u64,
+    ttl_secs: i64,
+    legacy: bool,
+) -> String {
     if legacy {
-        tokens::legacy_table_token(secret.as_bytes(), tenant_id, branch_id, table_id, session_id, tokens::now_unix() + ttl_secs)
+        tokens::legacy_table_token(
+            secret.as_bytes(),
+            tenant_id,
+            branch_id,
+            table_id,
+            session_id,
+            tokens::now_unix() + ttl_secs,
+        )
     } else {
         tokens::sign_jwt(secret.as_bytes(), &tokens::table_claims(tenant_id, branch_id, table_id, session_id, ttl_secs))
     }
@@ -58,7 +81,14 @@ mod tests {
 
     #[test]
     fn each_kind_connects_to_its_endpoint_with_its_parameter() {
-        let p = Population::new(PopulationParams { connections: 100, tenants: 1, branches: 1, mix: Mix::default(), diners_per_session: 4 }).unwrap();
+        let p = Population::new(PopulationParams {
+            connections: 100,
+            tenants: 1,
+            branches: 1,
+            mix: Mix::default(),
+            diners_per_session: 4,
+        })
+        .unwrap();
         let secrets = Secrets { jwt: "j".into(), table: "t".into() };
         for kind in Kind::ALL {
             let m = (0..100).map(|s| p.member(s)).find(|m| m.kind == kind).unwrap();

@@ -49,7 +49,8 @@ fn stdout_writer() -> (mpsc::UnboundedSender<ToParent>, tokio::task::JoinHandle<
 
 async fn run(out: mpsc::UnboundedSender<ToParent>) -> anyhow::Result<()> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let spec: WorkerSpec = serde_json::from_str(&lines.next_line().await?.context("no worker spec on stdin")?).context("worker spec")?;
+    let spec: WorkerSpec =
+        serde_json::from_str(&lines.next_line().await?.context("no worker spec on stdin")?).context("worker spec")?;
     let pop = Population::new(spec.population.clone())?;
     let mut gateways = Vec::new();
     for url in &spec.urls {
@@ -86,7 +87,12 @@ async fn run(out: mpsc::UnboundedSender<ToParent>) -> anyhow::Result<()> {
                 let _ = out2.send(ToParent::Ready(ctx2.stats.connect_phase()));
             }
         };
-        tasks.spawn(client::run_slot(ctx.clone(), pop.member(slot), recycles[(slot - slots.start) as usize].clone(), on_first));
+        tasks.spawn(client::run_slot(
+            ctx.clone(),
+            pop.member(slot),
+            recycles[(slot - slots.start) as usize].clone(),
+            on_first,
+        ));
     }
     if total == 0 {
         let _ = out.send(ToParent::Ready(ctx.stats.connect_phase()));

@@ -99,7 +99,8 @@ impl Fleet {
 
     pub async fn wait_final(&self, timeout: Duration) -> anyhow::Result<Vec<Final>> {
         self.wait("the final reports", timeout, |s| s.finals.iter().all(Option::is_some)).await?;
-        let finals = self.state.lock().expect("fleet lock").finals.iter_mut().map(|f| f.take().expect("checked")).collect();
+        let finals =
+            self.state.lock().expect("fleet lock").finals.iter_mut().map(|f| f.take().expect("checked")).collect();
         for child in self.children.lock().expect("fleet lock").iter_mut() {
             let _ = child.start_kill();
         }
@@ -156,7 +157,11 @@ async fn read_reports(index: usize, stdout: BufReader<tokio::process::ChildStdou
         let msg: ToParent = match serde_json::from_str(&line) {
             Ok(msg) => msg,
             Err(e) => {
-                state.lock().expect("fleet lock").failures.push(format!("worker {index}: unreadable report ({e}): {line:.200}"));
+                state
+                    .lock()
+                    .expect("fleet lock")
+                    .failures
+                    .push(format!("worker {index}: unreadable report ({e}): {line:.200}"));
                 continue;
             }
         };

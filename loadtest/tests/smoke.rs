@@ -45,7 +45,12 @@ impl Proc {
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        format!("--- {} ({}) ---\n{}", self.name, self.log.display(), lines[lines.len().saturating_sub(20)..].join("\n"))
+        format!(
+            "--- {} ({}) ---\n{}",
+            self.name,
+            self.log.display(),
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        )
     }
 }
 
@@ -63,8 +68,15 @@ fn workspace_bin(name: &str, package: &str) -> PathBuf {
     if !bin.is_file() {
         eprintln!("smoke: {} is missing: running `cargo build -p {package}`", bin.display());
         let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let status = Command::new(cargo).args(["build", "-p", package]).current_dir(wire::testkit::repo_root()).status().expect("run cargo");
-        assert!(status.success() && bin.is_file(), "could not build {package}: build it with `cargo build -p {package}`");
+        let status = Command::new(cargo)
+            .args(["build", "-p", package])
+            .current_dir(wire::testkit::repo_root())
+            .status()
+            .expect("run cargo");
+        assert!(
+            status.success() && bin.is_file(),
+            "could not build {package}: build it with `cargo build -p {package}`"
+        );
     }
     bin
 }
@@ -113,7 +125,11 @@ impl Stack {
         let bridge = Proc::spawn(
             "bridge",
             &workspace_bin("publisher-bridge", "publisher-bridge"),
-            &[("NATS_URL", nats.url()), ("REDIS_URL", redis.url()), ("BRIDGE_LISTEN_ADDR", format!("127.0.0.1:{bridge_port}"))],
+            &[
+                ("NATS_URL", nats.url()),
+                ("REDIS_URL", redis.url()),
+                ("BRIDGE_LISTEN_ADDR", format!("127.0.0.1:{bridge_port}")),
+            ],
         );
         let gateways = vec![spawn_gateway(1, &nats, &redis), spawn_gateway(2, &nats, &redis)];
         wait_http_ok(&format!("http://127.0.0.1:{bridge_port}/readyz"), &bridge).await;
@@ -165,7 +181,10 @@ impl Stack {
             .env("TABLE_TOKEN_SECRET", TABLE_SECRET)
             .kill_on_drop(true);
         let started = Instant::now();
-        let out = tokio::time::timeout(RUN_TIMEOUT, cmd.output()).await.unwrap_or_else(|_| panic!("loadtest {name} did not finish within {RUN_TIMEOUT:?}")).expect("run loadtest");
+        let out = tokio::time::timeout(RUN_TIMEOUT, cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("loadtest {name} did not finish within {RUN_TIMEOUT:?}"))
+            .expect("run loadtest");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         eprintln!("smoke: loadtest {name} took {:.1} s\n{stdout}", started.elapsed().as_secs_f64());
@@ -173,7 +192,8 @@ impl Stack {
             eprintln!("smoke: loadtest {name} exited with {}\nstderr:\n{stderr}", out.status);
         }
         assert!(matches!(out.status.code(), Some(0 | 1)), "loadtest {name} crashed: {}", out.status);
-        let json: Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("JSON report written")).expect("JSON report parses");
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("JSON report written"))
+            .expect("JSON report parses");
         let svg_text = std::fs::read_to_string(&svg).expect("SVG report written");
         assert!(svg_text.starts_with("<svg") && svg_text.trim_end().ends_with("</svg>"));
         let _ = std::fs::remove_file(&report);
@@ -189,10 +209,24 @@ async fn every_scenario_delivers_exactly_once() {
     let redis = stack.redis.url();
     let pids: Vec<String> = stack.gateways.iter().map(|(_, p)| p.pid().to_string()).collect();
     let common = |scenario: &'static str| -> Vec<String> {
-        let mut v: Vec<String> = [scenario, "--url", &urls, "--redis-url", &redis, "--tenants", "3", "--branches", "2", "--settle", "2", "--per-worker", "200"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut v: Vec<String> = [
+            scenario,
+            "--url",
+            &urls,
+            "--redis-url",
+            &redis,
+            "--tenants",
+            "3",
+            "--branches",
+            "2",
+            "--settle",
+            "2",
+            "--per-worker",
+            "200",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         for pid in &pids {
             v.extend(["--gateway-pid".to_string(), pid.clone()]);
         }
@@ -218,9 +252,15 @@ async fn every_scenario_delivers_exactly_once() {
 
     let args = run(&["-n", "300", "--rate", "200", "--duration", "2"], "steady");
     let r = stack.loadtest("steady", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    assert!(r["events"]["copies"].as_u64().unwrap() > r["events"]["published"].as_u64().unwrap(), "several channels per event");
+    assert!(
+        r["events"]["copies"].as_u64().unwrap() > r["events"]["published"].as_u64().unwrap(),
+        "several channels per event"
+    );
 
-    let args = run(&["-n", "300", "--rate", "200", "--duration", "3", "--churn-rate", "30", "--churn-grace-ms", "1500"], "churn");
+    let args = run(
+        &["-n", "300", "--rate", "200", "--duration", "3", "--churn-rate", "30", "--churn-grace-ms", "1500"],
+        "churn",
+    );
     let r = stack.loadtest("churn", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     assert!(r["connections"]["recycles"].as_u64().unwrap() > 0);
 
@@ -236,10 +276,33 @@ async fn every_scenario_delivers_exactly_once() {
     // Replay: 20 admins of 2 tenants miss 300 events each and come back with their cursors.
     let nats = stack.nats.url();
     let r = stack
-        .loadtest("replay", &["replay", "--url", &urls, "--redis-url", &redis, "--nats-url", &nats, "-n", "20", "--tenants", "2", "--missed", "300", "--settle", "0.5"])
+        .loadtest(
+            "replay",
+            &[
+                "replay",
+                "--url",
+                &urls,
+                "--redis-url",
+                &redis,
+                "--nats-url",
+                &nats,
+                "-n",
+                "20",
+                "--tenants",
+                "2",
+                "--missed",
+                "300",
+                "--settle",
+                "0.5",
+            ],
+        )
         .await;
     let p = &r["replay"];
-    assert_eq!((p["clients"].as_u64(), p["missed_per_client"].as_u64(), p["incomplete"].as_u64()), (Some(20), Some(300), Some(0)), "{p}");
+    assert_eq!(
+        (p["clients"].as_u64(), p["missed_per_client"].as_u64(), p["incomplete"].as_u64()),
+        (Some(20), Some(300), Some(0)),
+        "{p}"
+    );
     assert_eq!(p["replay"]["count"], 20, "{p}");
     let (p50, max) = (p["replay"]["p50_us"].as_u64().unwrap(), p["replay"]["max_us"].as_u64().unwrap());
     assert!(p50 > 0 && p50 <= max && max < 30_000_000, "{p}");
@@ -252,8 +315,29 @@ async fn every_scenario_delivers_exactly_once() {
     let (extra_url, mut extra) = stack.extra_gateway(3).await;
     let three = format!("{urls},{extra_url}");
     let args = [
-        "failover", "--url", &three, "--redis-url", &redis, "--tenants", "3", "--branches", "2", "--settle", "2", "--per-worker", "200", "-n", "300", "--rate", "200",
-        "--duration", "5", "--kill-after", "1.5", "--kill-url", &extra_url,
+        "failover",
+        "--url",
+        &three,
+        "--redis-url",
+        &redis,
+        "--tenants",
+        "3",
+        "--branches",
+        "2",
+        "--settle",
+        "2",
+        "--per-worker",
+        "200",
+        "-n",
+        "300",
+        "--rate",
+        "200",
+        "--duration",
+        "5",
+        "--kill-after",
+        "1.5",
+        "--kill-url",
+        &extra_url,
     ];
     let r = stack.loadtest("failover", &args).await;
     let status = extra.child.try_wait().expect("wait for the killed gateway").expect("the gateway was killed");
@@ -265,10 +349,17 @@ async fn every_scenario_delivers_exactly_once() {
     assert_eq!(f["live_again"]["count"], 100, "{f}");
     assert!(f["reconnected"]["min_us"].as_u64().unwrap() >= 500_000, "the first wait is 1 s ± 50 %: {f}");
     let live = &f["live_again"];
-    assert!(live["min_us"].as_u64().unwrap() >= f["reconnected"]["min_us"].as_u64().unwrap() && live["p99_us"].as_u64().unwrap() < 5_000_000, "{f}");
+    assert!(
+        live["min_us"].as_u64().unwrap() >= f["reconnected"]["min_us"].as_u64().unwrap()
+            && live["p99_us"].as_u64().unwrap() < 5_000_000,
+        "{f}"
+    );
     assert!(!f["live_again_percentiles"].as_array().unwrap().is_empty());
     let c = &r["connections"];
-    assert!(c["resumed"].as_u64().unwrap() + f["without_cursor"].as_u64().unwrap() >= 100 && c["resume_gaps"] == 0, "{c}");
+    assert!(
+        c["resumed"].as_u64().unwrap() + f["without_cursor"].as_u64().unwrap() >= 100 && c["resume_gaps"] == 0,
+        "{c}"
+    );
 
     // The gateway alone, fed straight from NATS.
     let args = run(&["-n", "200", "--rate", "200", "--duration", "1", "--direct-nats", &nats], "steady");
@@ -276,7 +367,22 @@ async fn every_scenario_delivers_exactly_once() {
 
     // The bridge alone: Redis -> JetStream, every event re-published exactly once.
     let r = stack
-        .loadtest("bridge", &["bridge", "--nats-url", &nats, "--redis-url", &redis, "--rate", "2000", "--duration", "1", "--settle", "3"])
+        .loadtest(
+            "bridge",
+            &[
+                "bridge",
+                "--nats-url",
+                &nats,
+                "--redis-url",
+                &redis,
+                "--rate",
+                "2000",
+                "--duration",
+                "1",
+                "--settle",
+                "3",
+            ],
+        )
         .await;
     assert_eq!(r["bridge"]["stored"], r["events"]["published"]);
 

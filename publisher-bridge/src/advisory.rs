@@ -63,7 +63,10 @@ pub struct AdvisoryDlq {
 
 impl AdvisoryDlq {
     /// Subscribes (before returning, so no advisory after start is missed) and spawns the copier.
-    pub async fn start(self, stop: CancellationToken) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
+    pub async fn start(
+        self,
+        stop: CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
         let mut max = self.client.subscribe(format!("{MAX_DELIVERIES_PREFIX}.{EVENTS_STREAM}.*")).await?;
         let mut term = self.client.subscribe(format!("{TERMINATED_PREFIX}.{EVENTS_STREAM}.*")).await?;
         Ok(tokio::spawn(async move {
@@ -133,8 +136,12 @@ mod tests {
         let (reason, a) = parse("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.EVENTS.proc", body).unwrap();
         assert_eq!(reason, DlqReason::MaxDeliveries);
         assert_eq!(a, Advisory { stream: "EVENTS".into(), consumer: "proc".into(), stream_seq: 42, deliveries: 2 });
-        let term = br#"{"stream":"EVENTS","consumer":"proc","consumer_seq":3,"stream_seq":7,"deliveries":1,"reason":""}"#;
-        assert_eq!(parse("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.EVENTS.proc", term).unwrap().0, DlqReason::Terminated);
+        let term =
+            br#"{"stream":"EVENTS","consumer":"proc","consumer_seq":3,"stream_seq":7,"deliveries":1,"reason":""}"#;
+        assert_eq!(
+            parse("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.EVENTS.proc", term).unwrap().0,
+            DlqReason::Terminated
+        );
         let other = br#"{"stream":"OTHER","consumer":"proc","stream_seq":7}"#;
         assert_eq!(parse("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.OTHER.proc", other), None);
         assert_eq!(parse("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.EVENTS.proc", b"nope"), None);

@@ -38,12 +38,31 @@ pub const BRIDGE_SHUTDOWN_TIMEOUT: &str = "BRIDGE_SHUTDOWN_TIMEOUT";
 /// Every variable the bridge reads besides the shared `NATS_*` and `OTEL_*` ones (README, helm
 /// chart; see `wire::natsconn::VARS` and `wire::otel::VARS`).
 pub const VARS: &[&str] = &[
-    REDIS_URL, LOG_FORMAT, BRIDGE_LISTEN_ADDR, BRIDGE_INSTANCE_ID, BRIDGE_STREAM_KEY,
-    BRIDGE_CONSUMER_GROUP, BRIDGE_GROUP_START, BRIDGE_READ_COUNT, BRIDGE_CLAIM_IDLE,
-    BRIDGE_CLAIM_INTERVAL, BRIDGE_MAX_IN_FLIGHT, BRIDGE_PUBLISH_TIMEOUT, BRIDGE_EVENTS_REPLICAS,
-    BRIDGE_EVENTS_STORAGE, BRIDGE_EVENTS_MAX_AGE, BRIDGE_EVENTS_MAX_BYTES, BRIDGE_EVENTS_MAX_MSG_SIZE,
-    BRIDGE_DUPLICATE_WINDOW, BRIDGE_DLQ_MAX_AGE, BRIDGE_DLQ_MAX_BYTES, BRIDGE_DLQ_MAX_MSG_SIZE,
-    BRIDGE_ADVISORY_DLQ, BRIDGE_STARTUP_TIMEOUT, BRIDGE_SHUTDOWN_TIMEOUT, BRIDGE_WORKER_THREADS,
+    REDIS_URL,
+    LOG_FORMAT,
+    BRIDGE_LISTEN_ADDR,
+    BRIDGE_INSTANCE_ID,
+    BRIDGE_STREAM_KEY,
+    BRIDGE_CONSUMER_GROUP,
+    BRIDGE_GROUP_START,
+    BRIDGE_READ_COUNT,
+    BRIDGE_CLAIM_IDLE,
+    BRIDGE_CLAIM_INTERVAL,
+    BRIDGE_MAX_IN_FLIGHT,
+    BRIDGE_PUBLISH_TIMEOUT,
+    BRIDGE_EVENTS_REPLICAS,
+    BRIDGE_EVENTS_STORAGE,
+    BRIDGE_EVENTS_MAX_AGE,
+    BRIDGE_EVENTS_MAX_BYTES,
+    BRIDGE_EVENTS_MAX_MSG_SIZE,
+    BRIDGE_DUPLICATE_WINDOW,
+    BRIDGE_DLQ_MAX_AGE,
+    BRIDGE_DLQ_MAX_BYTES,
+    BRIDGE_DLQ_MAX_MSG_SIZE,
+    BRIDGE_ADVISORY_DLQ,
+    BRIDGE_STARTUP_TIMEOUT,
+    BRIDGE_SHUTDOWN_TIMEOUT,
+    BRIDGE_WORKER_THREADS,
 ];
 
 /// The smallest events-stream message size that still fits a maximal event plus headers.
@@ -152,7 +171,10 @@ impl Config {
             "0" | "0-0" | "beginning" => GroupStart::Beginning,
             id if is_entry_id(id) => GroupStart::After(id.to_string()),
             other => {
-                p.problem(BRIDGE_GROUP_START, format!("'{other}' is not $, 0 or a stream entry id like 1700000000000-0"));
+                p.problem(
+                    BRIDGE_GROUP_START,
+                    format!("'{other}' is not $, 0 or a stream entry id like 1700000000000-0"),
+                );
                 GroupStart::New
             }
         };
@@ -170,7 +192,11 @@ impl Config {
             storage,
             events_max_age: p.duration(BRIDGE_EVENTS_MAX_AGE, d.events_max_age),
             events_max_bytes: p.number(BRIDGE_EVENTS_MAX_BYTES, d.events_max_bytes, -1..=i64::MAX),
-            events_max_msg_size: p.number(BRIDGE_EVENTS_MAX_MSG_SIZE, d.events_max_msg_size, MIN_EVENTS_MSG_SIZE..=64 << 20),
+            events_max_msg_size: p.number(
+                BRIDGE_EVENTS_MAX_MSG_SIZE,
+                d.events_max_msg_size,
+                MIN_EVENTS_MSG_SIZE..=64 << 20,
+            ),
             duplicate_window: p.duration(BRIDGE_DUPLICATE_WINDOW, d.duplicate_window),
             dlq_max_age: p.duration(BRIDGE_DLQ_MAX_AGE, d.dlq_max_age),
             dlq_max_bytes: p.number(BRIDGE_DLQ_MAX_BYTES, d.dlq_max_bytes, -1..=i64::MAX),
@@ -221,7 +247,11 @@ impl Config {
         if self.claim_idle <= self.publish_timeout * 2 {
             p.problem(BRIDGE_CLAIM_IDLE, "must be more than twice BRIDGE_PUBLISH_TIMEOUT, or healthy replicas steal each other's in-flight entries");
         }
-        for (var, value) in [(BRIDGE_STREAM_KEY, &self.stream_key), (BRIDGE_CONSUMER_GROUP, &self.consumer_group), (BRIDGE_INSTANCE_ID, &self.instance_id)] {
+        for (var, value) in [
+            (BRIDGE_STREAM_KEY, &self.stream_key),
+            (BRIDGE_CONSUMER_GROUP, &self.consumer_group),
+            (BRIDGE_INSTANCE_ID, &self.instance_id),
+        ] {
             if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 p.problem(var, format!("'{value}' must not contain spaces"));
             }
@@ -342,7 +372,14 @@ mod tests {
             (BRIDGE_EVENTS_MAX_MSG_SIZE, "1000"),
         ])
         .unwrap_err();
-        for var in [REDIS_URL, BRIDGE_EVENTS_REPLICAS, BRIDGE_EVENTS_STORAGE, BRIDGE_DUPLICATE_WINDOW, BRIDGE_GROUP_START, BRIDGE_EVENTS_MAX_MSG_SIZE] {
+        for var in [
+            REDIS_URL,
+            BRIDGE_EVENTS_REPLICAS,
+            BRIDGE_EVENTS_STORAGE,
+            BRIDGE_DUPLICATE_WINDOW,
+            BRIDGE_GROUP_START,
+            BRIDGE_EVENTS_MAX_MSG_SIZE,
+        ] {
             assert!(err.names(var), "{var} missing from {err}");
         }
     }

@@ -138,8 +138,19 @@ mod tests {
         assert_eq!(Channel::parse("sector:4:waiters"), Some(Channel::Sector(4)));
         assert_eq!(Channel::parse("session:99"), Some(Channel::Session(99)));
         assert_eq!(Channel::parse("tenant:3:admin"), Some(Channel::TenantAdmin(3)));
-        for bad in ["branch:x:waiters", "branch:0:admin", "branch:-1:admin", "branch:+1:admin", "branch:1:2:admin",
-            "session:", "session:1:x", "tenant:3:admin:x", "sector:abc:waiters", "branch::kitchen", "session:99999999999999999999"] {
+        for bad in [
+            "branch:x:waiters",
+            "branch:0:admin",
+            "branch:-1:admin",
+            "branch:+1:admin",
+            "branch:1:2:admin",
+            "session:",
+            "session:1:x",
+            "tenant:3:admin:x",
+            "sector:abc:waiters",
+            "branch::kitchen",
+            "session:99999999999999999999",
+        ] {
             assert_eq!(Channel::parse(bad), None, "{bad}");
         }
     }
@@ -172,7 +183,10 @@ mod tests {
         assert_eq!(subject(Via::Stream, "nope"), Err("not_json"));
         assert_eq!(subject(Via::Stream, "[1]"), Err("not_object"));
         assert_eq!(subject(Via::Stream, r#"{"type":"X","tenant_id":"3","branch_id":1}"#), Err("bad_tenant"));
-        assert_eq!(subject(Via::Stream, r#"{"type":"X","tenant_id":3,"branch_id":1,"sector_id":-2}"#), Err("bad_sector"));
+        assert_eq!(
+            subject(Via::Stream, r#"{"type":"X","tenant_id":3,"branch_id":1,"sector_id":-2}"#),
+            Err("bad_sector")
+        );
         let big = format!(r#"{{"type":"X","tenant_id":3,"branch_id":1,"pad":"{}"}}"#, "x".repeat(70_000));
         assert_eq!(subject(Via::Stream, &big), Err("too_large"));
         // The channel is checked before the body.

@@ -59,7 +59,8 @@ pub struct ConnLabel {
     pub connection: &'static str,
 }
 
-const LATENCY_BUCKETS: [f64; 16] = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+const LATENCY_BUCKETS: [f64; 16] =
+    [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -136,19 +137,43 @@ impl Metrics {
             self.copies_skipped.clone(),
         );
         r.register("bridge_dead_lettered", "Events stored in EVENTS_DLQ, by reason", self.dead_lettered.clone());
-        r.register("bridge_publish_retries", "JetStream publishes retried after an error or timeout", self.retries.clone());
+        r.register(
+            "bridge_publish_retries",
+            "JetStream publishes retried after an error or timeout",
+            self.retries.clone(),
+        );
         r.register(
             "bridge_publish_conflicts",
             "Publishes retried because JetStream was still storing the same event from another publisher (another bridge replica)",
             self.conflicts.clone(),
         );
-        r.register("bridge_publish_latency_seconds", "From receipt from Redis to JetStream acknowledgement", self.latency.clone());
+        r.register(
+            "bridge_publish_latency_seconds",
+            "From receipt from Redis to JetStream acknowledgement",
+            self.latency.clone(),
+        );
         r.register("bridge_in_flight", "Publishes waiting for a JetStream acknowledgement", self.in_flight.clone());
-        r.register("bridge_redis_connected", "1 when the Redis connection is up, by connection", self.redis_connected.clone());
+        r.register(
+            "bridge_redis_connected",
+            "1 when the Redis connection is up, by connection",
+            self.redis_connected.clone(),
+        );
         r.register("bridge_nats_connected", "1 when the NATS connection is up", self.nats_connected.clone());
-        r.register("bridge_stream_acked", "Redis stream entries acknowledged (XACK) after JetStream stored them", self.stream_acked.clone());
-        r.register("bridge_stream_claimed", "Redis stream entries taken over from idle consumers (XAUTOCLAIM)", self.stream_claimed.clone());
-        r.register("bridge_stream_pending", "Entries pending in the bridge's Redis consumer group (sampled)", self.stream_pending.clone());
+        r.register(
+            "bridge_stream_acked",
+            "Redis stream entries acknowledged (XACK) after JetStream stored them",
+            self.stream_acked.clone(),
+        );
+        r.register(
+            "bridge_stream_claimed",
+            "Redis stream entries taken over from idle consumers (XAUTOCLAIM)",
+            self.stream_claimed.clone(),
+        );
+        r.register(
+            "bridge_stream_pending",
+            "Entries pending in the bridge's Redis consumer group (sampled)",
+            self.stream_pending.clone(),
+        );
         self
     }
 

@@ -207,7 +207,12 @@ impl Pipeline {
 
     /// Reads the acknowledgements of [`Pipeline::submit`]'s publishes from `acks` until
     /// `sources_stopped` has fired and nothing is left in flight, or `abandon` fires.
-    pub async fn confirm(self: Arc<Self>, mut acks: Subscriber, sources_stopped: CancellationToken, abandon: CancellationToken) {
+    pub async fn confirm(
+        self: Arc<Self>,
+        mut acks: Subscriber,
+        sources_stopped: CancellationToken,
+        abandon: CancellationToken,
+    ) {
         let mut sweep = tokio::time::interval(SWEEP);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let late = LogLimiter::new(Duration::from_secs(30));
@@ -268,7 +273,13 @@ impl Pipeline {
 
     /// The message to publish and the publish span (a child of `receive`) whose trace context
     /// the headers carry.
-    fn outgoing(&self, event: &Incoming, routed: Result<EventSubject, DlqReason>, digest: &mapping::Digest, receive: &Span) -> (Outgoing, Span) {
+    fn outgoing(
+        &self,
+        event: &Incoming,
+        routed: Result<EventSubject, DlqReason>,
+        digest: &mapping::Digest,
+        receive: &Span,
+    ) -> (Outgoing, Span) {
         let mut h = HeaderMap::new();
         h.insert(headers::SOURCE, event.origin.header());
         h.insert(headers::RECEIVED_AT, event.received_us.to_string());
@@ -311,7 +322,10 @@ mod tests {
     #[test]
     fn source_header_names_channel_or_entry() {
         assert_eq!(Origin::PubSub { channel: "branch:1:admin".into() }.header(), "pubsub:branch:1:admin");
-        assert_eq!(Origin::Stream { key: "events:critical".into(), id: "1-2".into() }.header(), "stream:events:critical:1-2");
+        assert_eq!(
+            Origin::Stream { key: "events:critical".into(), id: "1-2".into() }.header(),
+            "stream:events:critical:1-2"
+        );
         assert!(now_rfc3339().ends_with('Z'));
     }
 }

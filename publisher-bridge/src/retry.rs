@@ -60,7 +60,12 @@ pub struct LogLimiter {
 
 impl LogLimiter {
     pub fn new(every: Duration) -> LogLimiter {
-        LogLimiter { every_ms: every.as_millis() as u64, start: Instant::now(), last_ms: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
+        LogLimiter {
+            every_ms: every.as_millis() as u64,
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
     }
 
     /// `Some(n)` when the caller should log now, `n` being how many warnings were held back.

@@ -52,15 +52,24 @@ pub async fn run(config: Config, listener: TcpListener, stop: CancellationToken)
     result
 }
 
-async fn run_connected(config: &Config, metrics: &Arc<Metrics>, health: &Arc<Health>, stop: CancellationToken) -> Result<(), BridgeError> {
+async fn run_connected(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    stop: CancellationToken,
+) -> Result<(), BridgeError> {
     let nats_health = health.clone();
     let client = config
         .nats
-        .connect(&format!("publisher-bridge {}", config.instance_id), config.startup_timeout, move |event| match event {
-            async_nats::Event::Connected => nats_health.set(Dependency::Nats, true),
-            async_nats::Event::Disconnected | async_nats::Event::Closed => nats_health.set(Dependency::Nats, false),
-            other => tracing::info!(event = %other, "NATS event"),
-        })
+        .connect(
+            &format!("publisher-bridge {}", config.instance_id),
+            config.startup_timeout,
+            move |event| match event {
+                async_nats::Event::Connected => nats_health.set(Dependency::Nats, true),
+                async_nats::Event::Disconnected | async_nats::Event::Closed => nats_health.set(Dependency::Nats, false),
+                other => tracing::info!(event = %other, "NATS event"),
+            },
+        )
         .await?;
     health.set(Dependency::Nats, true);
     let js = jetstream::ContextBuilder::new()
@@ -72,7 +81,8 @@ async fn run_connected(config: &Config, metrics: &Arc<Metrics>, health: &Arc<Hea
 
     let redis_client = redis::Client::open(config.redis_url.expose_str())
         .map_err(|source| BridgeError::Redis { what: "REDIS_URL", source })?;
-    let pubsub_target = pubsub::Target::of(&redis_client).map_err(|e| BridgeError::Redis { what: "REDIS_URL", source: e.into() })?;
+    let pubsub_target =
+        pubsub::Target::of(&redis_client).map_err(|e| BridgeError::Redis { what: "REDIS_URL", source: e.into() })?;
     let first_pubsub = pubsub::subscribe(&pubsub_target, config.startup_timeout)
         .await
         .map_err(|e| BridgeError::Redis { what: "pub/sub", source: e.into() })?;
@@ -83,7 +93,14 @@ async fn run_connected(config: &Config, metrics: &Arc<Metrics>, health: &Arc<Hea
     let tracker = TaskTracker::new();
     let publisher = Arc::new(Publisher::new(js, metrics.clone(), abandon.clone()));
     let dlq_limit = (config.streams.dlq_max_msg_size as usize).min(client.server_info().max_payload.max(1024));
-    let pipeline = Arc::new(Pipeline::new(publisher.clone(), metrics.clone(), config.max_in_flight, config.publish_timeout, tracker.clone(), dlq_limit));
+    let pipeline = Arc::new(Pipeline::new(
+        publisher.clone(),
+        metrics.clone(),
+        config.max_in_flight,
+        config.publish_timeout,
+        tracker.clone(),
+        dlq_limit,
+    ));
     let acks = publisher.acknowledgements().await.map_err(BridgeError::Acknowledgements)?;
     let sources_stopped = CancellationToken::new();
     tracker.spawn(pipeline.clone().confirm(acks, sources_stopped.clone(), abandon.clone()));
@@ -101,7 +118,8 @@ async fn run_connected(config: &Config, metrics: &Arc<Metrics>, health: &Arc<Hea
         health: health.clone(),
     };
     let pubsub_task = tokio::spawn(pubsub.run(first_pubsub, stop.clone()));
-    let stream = Arc::new(StreamSource::new(config, pipeline.clone(), health.clone(), metrics.clone(), read_conn, ack_conn));
+    let stream =
+        Arc::new(StreamSource::new(config, pipeline.clone(), health.clone(), metrics.clone(), read_conn, ack_conn));
     let stream_task = tokio::spawn(stream.run(stop.clone(), abandon.clone(), tracker.clone()));
     tracing::info!(instance = %config.instance_id, "publisher-bridge running");
 
@@ -137,7 +155,11 @@ async fn run_connected(config: &Config, metrics: &Arc<Metrics>, health: &Arc<Hea
     Ok(())
 }
 
-async fn connection_manager(client: &redis::Client, connect_timeout: Duration, response_timeout: Duration) -> Result<ConnectionManager, BridgeError> {
+async fn connection_manager(
+    client: &redis::Client,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, BridgeError> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(response_timeout))

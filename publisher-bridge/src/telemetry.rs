@@ -17,6 +17,7 @@ pub fn init(format: LogFormat) {
 /// Logs, and trace export when an OTLP endpoint is configured. Call inside the Tokio runtime;
 /// [`Telemetry::shutdown`] at exit flushes the last spans.
 pub fn install(config: &Config) -> Result<Telemetry, OtelError> {
-    let service = Service { name: SERVICE_NAME, version: env!("CARGO_PKG_VERSION"), instance_id: config.instance_id.clone() };
+    let service =
+        Service { name: SERVICE_NAME, version: env!("CARGO_PKG_VERSION"), instance_id: config.instance_id.clone() };
     wire::otel::init(config.log_format, Output::Stderr, &config.otel, service)
 }

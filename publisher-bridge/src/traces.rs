@@ -70,6 +70,9 @@ pub fn mapped(receive: &Span, dead_letter: Option<&'static str>) {
 /// Records JetStream's acknowledgement on the publish span.
 pub fn stored(publish: &Span, ack: &Stored) {
     if !publish.is_disabled() {
-        publish.record("jetstream.stream", ack.stream.as_str()).record("jetstream.sequence", ack.sequence).record("jetstream.duplicate", ack.duplicate);
+        publish
+            .record("jetstream.stream", ack.stream.as_str())
+            .record("jetstream.sequence", ack.sequence)
+            .record("jetstream.duplicate", ack.duplicate);
     }
 }

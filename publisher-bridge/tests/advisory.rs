@@ -42,9 +42,8 @@ async fn max_deliveries_and_terminated_messages_are_copied_to_the_dlq_once() -> 
         .await?;
     // A processor that always fails the first event and rejects the second for good.
     let mut deliveries = 0;
-    let dlq_full = eventually(20, "both advisories copied", || async {
-        (count(&js, "EVENTS_DLQ").await >= 2).then_some(())
-    });
+    let dlq_full =
+        eventually(20, "both advisories copied", || async { (count(&js, "EVENTS_DLQ").await >= 2).then_some(()) });
     tokio::pin!(dlq_full);
     loop {
         tokio::select! {

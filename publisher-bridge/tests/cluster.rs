@@ -18,7 +18,9 @@ const PUBSUB_EVENTS: u64 = 300;
 async fn stream_leader_killed_mid_burst() -> Result<()> {
     let redis_server = Redis::start().await;
     let mut cluster = NatsCluster::start(3).await;
-    let bridge = InProcess::start(env(&redis_server.url(), &cluster.urls(), "cluster-1", &[("BRIDGE_EVENTS_REPLICAS", "3")])).await?;
+    let bridge =
+        InProcess::start(env(&redis_server.url(), &cluster.urls(), "cluster-1", &[("BRIDGE_EVENTS_REPLICAS", "3")]))
+            .await?;
     let js = jetstream(&cluster.urls()).await?;
     let info = js.get_stream("EVENTS").await?.info().await?.clone();
     assert_eq!(info.config.num_replicas, 3);
@@ -30,12 +32,16 @@ async fn stream_leader_killed_mid_burst() -> Result<()> {
             let rounds = 30;
             for round in 0..rounds {
                 let per = STREAM_ENTRIES / rounds;
-                let entries: Vec<String> = (round * per..(round + 1) * per).map(|n| event(n, "ROUND_READY", 1, Some(2))).collect();
+                let entries: Vec<String> =
+                    (round * per..(round + 1) * per).map(|n| event(n, "ROUND_READY", 1, Some(2))).collect();
                 xadd_all(&mut conn, "events:critical", "data", &entries).await?;
                 let mut pipe = redis::pipe();
                 let pper = PUBSUB_EVENTS / rounds;
                 for n in 0..pper {
-                    pipe.cmd("PUBLISH").arg("branch:2:kitchen").arg(event(STREAM_ENTRIES + round * pper + n, "ROUND_READY", 1, Some(2))).ignore();
+                    pipe.cmd("PUBLISH")
+                        .arg("branch:2:kitchen")
+                        .arg(event(STREAM_ENTRIES + round * pper + n, "ROUND_READY", 1, Some(2)))
+                        .ignore();
                 }
                 within(5, "PUBLISH batch", pipe.query_async::<()>(&mut conn)).await??;
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -153,7 +153,11 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_valid_events_still_flow(
     for (channel, body, reason) in &pubsub_cases {
         let m = dlq
             .iter()
-            .find(|m| m.header("Bridge-Source") == format!("pubsub:{channel}") && m.header("Dlq-Reason") == *reason && m.payload == body.as_bytes())
+            .find(|m| {
+                m.header("Bridge-Source") == format!("pubsub:{channel}")
+                    && m.header("Dlq-Reason") == *reason
+                    && m.payload == body.as_bytes()
+            })
             .unwrap_or_else(|| panic!("{reason} from {channel} not dead-lettered"));
         assert_eq!(m.subject, format!("dlq.{reason}"));
         assert!(m.header("Dlq-At").ends_with('Z'), "{:?}", m.headers);
@@ -167,7 +171,16 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_valid_events_still_flow(
 
     let events = read_all(&js, "EVENTS").await?;
     assert_eq!(events.iter().map(|m| seq_of(&m.payload).unwrap()).collect::<Vec<_>>(), vec![100, 101]);
-    for (reason, n) in [("not_json", 1.0), ("bad_tenant", 2.0), ("bad_branch", 2.0), ("bad_channel", 2.0), ("tenant_mismatch", 1.0), ("too_large", 1.0), ("no_data", 1.0), ("bad_table", 1.0)] {
+    for (reason, n) in [
+        ("not_json", 1.0),
+        ("bad_tenant", 2.0),
+        ("bad_branch", 2.0),
+        ("bad_channel", 2.0),
+        ("tenant_mismatch", 1.0),
+        ("too_large", 1.0),
+        ("no_data", 1.0),
+        ("bad_table", 1.0),
+    ] {
         bridge.wait_metric(&format!("bridge_dead_lettered_total{{reason=\"{reason}\"}}"), n).await?;
     }
     eventually(10, "bad stream entries acknowledged too", || {
@@ -182,7 +195,9 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_valid_events_still_flow(
 async fn oversized_dead_letters_keep_their_head_and_say_so() -> Result<()> {
     let redis_server = Redis::start().await;
     let nats = NatsServer::start().await;
-    let bridge = InProcess::start(env(&redis_server.url(), &nats.url(), "flow-6", &[("BRIDGE_DLQ_MAX_MSG_SIZE", "16384")])).await?;
+    let bridge =
+        InProcess::start(env(&redis_server.url(), &nats.url(), "flow-6", &[("BRIDGE_DLQ_MAX_MSG_SIZE", "16384")]))
+            .await?;
     let js = jetstream(&nats.url()).await?;
     let mut conn = support::redis(&redis_server.url()).await?;
     let huge = format!(r#"{{"type":"X","tenant_id":1,"branch_id":1,"pad":"{}"}}"#, "x".repeat(100_000));
@@ -208,7 +223,12 @@ async fn http_endpoints_and_graceful_stop() -> Result<()> {
     assert!(body.contains("\"ready\""), "{body}");
     let (status, body) = within(5, "metrics", http_get(&format!("{base}/metrics"))).await??;
     assert_eq!(status, 200);
-    for series in ["bridge_redis_connected{connection=\"pubsub\"} 1", "bridge_redis_connected{connection=\"stream\"} 1", "bridge_nats_connected 1", "bridge_in_flight 0"] {
+    for series in [
+        "bridge_redis_connected{connection=\"pubsub\"} 1",
+        "bridge_redis_connected{connection=\"stream\"} 1",
+        "bridge_nats_connected 1",
+        "bridge_in_flight 0",
+    ] {
         assert!(body.contains(series), "{series} missing in\n{body}");
     }
     // The streams exist with the configured layout.
@@ -219,7 +239,10 @@ async fn http_endpoints_and_graceful_stop() -> Result<()> {
     assert_eq!(info.config.republish.as_ref().map(|r| r.destination.as_str()), Some("live.>"));
     assert_eq!(info.config.duplicate_window, std::time::Duration::from_secs(120));
     // Ensuring again with other settings updates them in place.
-    let settings = publisher_bridge::config::StreamSettings { duplicate_window: std::time::Duration::from_secs(300), ..Default::default() };
+    let settings = publisher_bridge::config::StreamSettings {
+        duplicate_window: std::time::Duration::from_secs(300),
+        ..Default::default()
+    };
     publisher_bridge::sink::streams::ensure_streams(&js, &settings).await?;
     assert_eq!(events.info().await?.config.duplicate_window, std::time::Duration::from_secs(300));
     bridge.shutdown().await
@@ -230,7 +253,8 @@ async fn redis_down_at_start_fails_fast() -> Result<()> {
     let nats = NatsServer::start().await;
     let port = wire::testkit::free_port();
     let env = env(&format!("redis://127.0.0.1:{port}"), &nats.url(), "flow-5", &[("BRIDGE_STARTUP_TIMEOUT", "2s")]);
-    let config = publisher_bridge::Config::from_lookup(move |k| env.get(k).cloned()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config =
+        publisher_bridge::Config::from_lookup(move |k| env.get(k).cloned()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let result = within(15, "run fails", publisher_bridge::run(config, listener, Default::default())).await?;
     let err = result.expect_err("Redis is down");

@@ -12,7 +12,9 @@ use wire::testkit::{NatsServer, Redis};
 
 async fn publish_range(conn: &mut redis::aio::MultiplexedConnection, range: std::ops::Range<u64>) -> Result<()> {
     for n in range {
-        let _: i64 = within(5, "PUBLISH", conn.publish("branch:1:waiters", event(n, "SERVICE_CALL_CREATED", 1, Some(1)))).await??;
+        let _: i64 =
+            within(5, "PUBLISH", conn.publish("branch:1:waiters", event(n, "SERVICE_CALL_CREATED", 1, Some(1))))
+                .await??;
     }
     Ok(())
 }

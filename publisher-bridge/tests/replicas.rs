@@ -20,7 +20,8 @@ async fn one_of_two_replicas_killed_mid_burst() -> Result<()> {
     let redis_server = Redis::start().await;
     let nats = NatsServer::start().await;
     let fast = [("BRIDGE_CLAIM_IDLE", "3s"), ("BRIDGE_CLAIM_INTERVAL", "1s"), ("BRIDGE_PUBLISH_TIMEOUT", "1s")];
-    let mut b1 = Binary::start(env(&redis_server.url(), &nats.url(), "replica-1", &fast), log_path("replica-1")).await?;
+    let mut b1 =
+        Binary::start(env(&redis_server.url(), &nats.url(), "replica-1", &fast), log_path("replica-1")).await?;
     let b2 = Binary::start(env(&redis_server.url(), &nats.url(), "replica-2", &fast), log_path("replica-2")).await?;
     let js = jetstream(&nats.url()).await?;
     let conn = support::redis(&redis_server.url()).await?;
@@ -31,12 +32,16 @@ async fn one_of_two_replicas_killed_mid_burst() -> Result<()> {
             let per_round = STREAM_ENTRIES / 10;
             let pubsub_per_round = PUBSUB_EVENTS / 10;
             for round in 0..10 {
-                let entries: Vec<String> = (round * per_round..(round + 1) * per_round).map(|n| event(n, "ROUND_READY", 1, Some(2))).collect();
+                let entries: Vec<String> =
+                    (round * per_round..(round + 1) * per_round).map(|n| event(n, "ROUND_READY", 1, Some(2))).collect();
                 xadd_all(&mut conn, "events:critical", "data", &entries).await?;
                 let mut pipe = redis::pipe();
                 for n in 0..pubsub_per_round {
                     let seq = STREAM_ENTRIES + round * pubsub_per_round + n;
-                    pipe.cmd("PUBLISH").arg("branch:2:waiters").arg(event(seq, "SERVICE_CALL_CREATED", 1, Some(2))).ignore();
+                    pipe.cmd("PUBLISH")
+                        .arg("branch:2:waiters")
+                        .arg(event(seq, "SERVICE_CALL_CREATED", 1, Some(2)))
+                        .ignore();
                 }
                 within(5, "PUBLISH batch", pipe.query_async::<()>(&mut conn)).await??;
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -89,7 +94,9 @@ async fn consumer_pending(conn: &mut redis::aio::MultiplexedConnection, consumer
         .iter()
         .filter_map(|c| match c {
             redis::Value::Array(pair) => match (pair.first(), pair.get(1)) {
-                (Some(redis::Value::BulkString(name)), Some(redis::Value::BulkString(n))) if name == consumer.as_bytes() => {
+                (Some(redis::Value::BulkString(name)), Some(redis::Value::BulkString(n)))
+                    if name == consumer.as_bytes() =>
+                {
                     std::str::from_utf8(n).ok()?.parse::<i64>().ok()
                 }
                 _ => None,

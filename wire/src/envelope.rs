@@ -128,10 +128,7 @@ pub fn parse(payload: &[u8]) -> Result<Envelope, Reject> {
         .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
         .filter(|t| !t.is_empty())
         .ok_or(Reject::BadType)?;
-    let tenant_id = raw
-        .tenant_id
-        .and_then(|v| id(v, 1))
-        .ok_or(Reject::BadTenant)?;
+    let tenant_id = raw.tenant_id.and_then(|v| id(v, 1)).ok_or(Reject::BadTenant)?;
     Ok(Envelope {
         event_type,
         tenant_id,
@@ -144,9 +141,7 @@ pub fn parse(payload: &[u8]) -> Result<Envelope, Reject> {
 
 /// An integer id of at least `min`; `5.0`, `"5"` and `-1` are not ids.
 fn id(value: &RawValue, min: u64) -> Option<u64> {
-    serde_json::from_str::<u64>(value.get())
-        .ok()
-        .filter(|id| (min..=MAX_ID).contains(id))
+    serde_json::from_str::<u64>(value.get()).ok().filter(|id| (min..=MAX_ID).contains(id))
 }
 
 /// `Some(None)` for a missing or null field, `Some(Some(id))` for a valid id, `None` if invalid.
@@ -196,7 +191,11 @@ mod tests {
         assert_eq!(reject("not json"), Reject::NotJson);
         assert_eq!(reject("{\"type\":"), Reject::NotJson);
         assert_eq!(reject(""), Reject::NotJson);
-        assert_eq!(parse(b"{\"type\":\"X\",\"tenant_id\":1,\"note\":\"\xff\"}").unwrap_err(), Reject::NotJson, "invalid UTF-8");
+        assert_eq!(
+            parse(b"{\"type\":\"X\",\"tenant_id\":1,\"note\":\"\xff\"}").unwrap_err(),
+            Reject::NotJson,
+            "invalid UTF-8"
+        );
         assert_eq!(reject("[1,2]"), Reject::NotObject);
         assert_eq!(reject("\"text\""), Reject::NotObject);
         assert_eq!(reject("42"), Reject::NotObject);
@@ -211,7 +210,10 @@ mod tests {
         assert_eq!(reject(r#"{"type":"X","tenant_id":1.0}"#), Reject::BadTenant);
         assert_eq!(reject(r#"{"type":"X","tenant_id":1e30}"#), Reject::BadTenant);
         assert_eq!(reject(r#"{"type":"X","tenant_id":1,"branch_id":-1}"#), Reject::BadBranch);
-        assert_eq!(reject(r#"{"type":"X","tenant_id":1,"branch_id":null}"#.replace("null", "\"2\"").as_str()), Reject::BadBranch);
+        assert_eq!(
+            reject(r#"{"type":"X","tenant_id":1,"branch_id":null}"#.replace("null", "\"2\"").as_str()),
+            Reject::BadBranch
+        );
         assert_eq!(reject(r#"{"type":"X","tenant_id":1,"sector_id":0}"#), Reject::BadSector);
         assert_eq!(reject(r#"{"type":"X","tenant_id":1,"session_id":"s"}"#), Reject::BadSession);
         assert_eq!(reject(r#"{"type":"X","tenant_id":1,"table_id":2.5}"#), Reject::BadTable);

@@ -16,7 +16,13 @@ pub const NATS_SUBSCRIPTION_CAPACITY: &str = "NATS_SUBSCRIPTION_CAPACITY";
 
 /// Every variable this module reads, for README and startup logs.
 pub const VARS: &[&str] = &[
-    NATS_URL, NATS_CREDS_FILE, NATS_USER, NATS_PASSWORD, NATS_TOKEN, NATS_TLS_CA_FILE, NATS_TLS_REQUIRED,
+    NATS_URL,
+    NATS_CREDS_FILE,
+    NATS_USER,
+    NATS_PASSWORD,
+    NATS_TOKEN,
+    NATS_TLS_CA_FILE,
+    NATS_TLS_REQUIRED,
     NATS_SUBSCRIPTION_CAPACITY,
 ];
 
@@ -141,7 +147,8 @@ mod tests {
     use super::*;
 
     fn read(pairs: &[(&str, &str)]) -> Result<NatsSettings, crate::settings::ConfigError> {
-        let map: std::collections::HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: std::collections::HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut p = Parser::new(|k: &str| map.get(k).cloned());
         let s = NatsSettings::read(&mut p);
         p.finish(s)

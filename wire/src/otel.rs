@@ -32,9 +32,17 @@ pub const OTEL_TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
 
 /// Every variable this module reads (README, chart).
 pub const VARS: &[&str] = &[
-    OTEL_SDK_DISABLED, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL,
-    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_SERVICE_NAME,
-    OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG,
+    OTEL_SDK_DISABLED,
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+    OTEL_EXPORTER_OTLP_HEADERS,
+    OTEL_EXPORTER_OTLP_TIMEOUT,
+    OTEL_SERVICE_NAME,
+    OTEL_RESOURCE_ATTRIBUTES,
+    OTEL_TRACES_SAMPLER,
+    OTEL_TRACES_SAMPLER_ARG,
 ];
 
 /// The `tracing` target of every span meant for export. Logs never show these spans, and the
@@ -94,13 +102,20 @@ impl OtelSettings {
         let disabled = p.bool(OTEL_SDK_DISABLED, false);
         s.endpoint = match (p.string(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), p.string(OTEL_EXPORTER_OTLP_ENDPOINT)) {
             (Some(url), _) => check_url(p, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, url),
-            (None, Some(base)) => check_url(p, OTEL_EXPORTER_OTLP_ENDPOINT, format!("{}/v1/traces", base.trim_end_matches('/'))),
+            (None, Some(base)) => {
+                check_url(p, OTEL_EXPORTER_OTLP_ENDPOINT, format!("{}/v1/traces", base.trim_end_matches('/')))
+            }
             (None, None) => None,
         }
         .filter(|_| !disabled);
         for var in [OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL] {
             if let Some(protocol) = p.string(var).filter(|v| v != HTTP_PROTOBUF) {
-                p.problem(var, format!("'{protocol}' is not supported: only {HTTP_PROTOBUF} is built in (the collector's port 4318)"));
+                p.problem(
+                    var,
+                    format!(
+                        "'{protocol}' is not supported: only {HTTP_PROTOBUF} is built in (the collector's port 4318)"
+                    ),
+                );
             }
         }
         if let Some(raw) = p.raw(OTEL_EXPORTER_OTLP_HEADERS) {
@@ -176,7 +191,9 @@ fn key_values(raw: &str) -> Result<Vec<(String, String)>, String> {
         .filter(|pair| !pair.trim().is_empty())
         .map(|pair| {
             let (key, value) = pair.split_once('=').ok_or_else(|| format!("'{}' is not key=value", pair.trim()))?;
-            let value = percent_encoding::percent_decode_str(value.trim()).decode_utf8().map_err(|_| format!("the value of '{}' is not UTF-8", key.trim()))?;
+            let value = percent_encoding::percent_decode_str(value.trim())
+                .decode_utf8()
+                .map_err(|_| format!("the value of '{}' is not UTF-8", key.trim()))?;
             match key.trim() {
                 "" => Err("an empty key".to_string()),
                 key => Ok((key.to_string(), value.into_owned())),
@@ -190,7 +207,8 @@ mod tests {
     use super::*;
 
     fn read(pairs: &[(&str, &str)]) -> Result<OtelSettings, crate::settings::ConfigError> {
-        let map: std::collections::HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: std::collections::HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut p = Parser::new(move |k: &str| map.get(k).cloned());
         let s = OtelSettings::read(&mut p);
         p.finish(s)
@@ -209,7 +227,11 @@ mod tests {
     fn endpoints_follow_the_spec() {
         let base = read(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4318/")]).unwrap();
         assert_eq!(base.endpoint.as_deref(), Some("http://collector:4318/v1/traces"));
-        let exact = read(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "http://a:4318"), (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "http://b:9/x")]).unwrap();
+        let exact = read(&[
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "http://a:4318"),
+            (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "http://b:9/x"),
+        ])
+        .unwrap();
         assert_eq!(exact.endpoint.as_deref(), Some("http://b:9/x"));
     }
 
@@ -245,8 +267,12 @@ mod tests {
         ])
         .unwrap_err();
         for var in [
-            OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG,
-            OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_TIMEOUT,
+            OTEL_EXPORTER_OTLP_ENDPOINT,
+            OTEL_EXPORTER_OTLP_PROTOCOL,
+            OTEL_TRACES_SAMPLER,
+            OTEL_TRACES_SAMPLER_ARG,
+            OTEL_RESOURCE_ATTRIBUTES,
+            OTEL_EXPORTER_OTLP_TIMEOUT,
         ] {
             assert!(err.names(var), "{var} missing from {err}");
         }

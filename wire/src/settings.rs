@@ -206,13 +206,16 @@ mod tests {
     use super::*;
 
     fn parser(pairs: &[(&str, &str)]) -> Parser<impl Fn(&str) -> Option<String>> {
-        let map: std::collections::HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: std::collections::HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Parser::new(move |k: &str| map.get(k).cloned())
     }
 
     #[test]
     fn durations_accept_seconds_and_units() {
-        for (text, ms) in [("60", 60_000), ("1.5", 1_500), ("500ms", 500), ("30s", 30_000), ("5m", 300_000), ("1h", 3_600_000)] {
+        for (text, ms) in
+            [("60", 60_000), ("1.5", 1_500), ("500ms", 500), ("30s", 30_000), ("5m", 300_000), ("1h", 3_600_000)]
+        {
             assert_eq!(parse_duration(text), Some(Duration::from_millis(ms)), "{text}");
         }
         assert_eq!(parse_duration("soon"), None);

@@ -159,7 +159,16 @@ mod tests {
         assert_eq!(s.live(), "live.12.0.admin");
         assert_eq!(EventSubject::parse("live.12.0.admin"), Some(s));
         assert_eq!(EventSubject::parse("events.12.0.admin"), Some(s));
-        for bad in ["live.012.0.admin", "live.0.1.admin", "live.1.1", "live.1.1.chef", "live.1.1.admin.x", "other.1.1.admin", "live.-1.1.admin", "live..1.admin"] {
+        for bad in [
+            "live.012.0.admin",
+            "live.0.1.admin",
+            "live.1.1",
+            "live.1.1.chef",
+            "live.1.1.admin.x",
+            "other.1.1.admin",
+            "live.-1.1.admin",
+            "live..1.admin",
+        ] {
             assert_eq!(EventSubject::parse(bad), None, "{bad}");
         }
     }

@@ -62,10 +62,7 @@ pub fn nats_server_bin() -> PathBuf {
 /// A port that was free on 127.0.0.1 a moment ago. Fixtures retry with new ports when a server
 /// fails to start because someone else took it in between.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("testkit: bind 127.0.0.1:0")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("testkit: bind 127.0.0.1:0")
 }
 
 /// How many times a fixture picks new ports after its server exited at start.
@@ -73,10 +70,7 @@ const START_ATTEMPTS: usize = 3;
 
 /// A tempdir for one fixture, named after the server it holds.
 fn fixture_dir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("testkit-{prefix}-"))
-        .tempdir()
-        .expect("testkit: create tempdir")
+    tempfile::Builder::new().prefix(&format!("testkit-{prefix}-")).tempdir().expect("testkit: create tempdir")
 }
 
 /// Series of a Prometheus text exposition (`# TYPE` lines) that have no row

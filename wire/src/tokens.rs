@@ -26,18 +26,12 @@ pub fn sign_jwt(secret: &[u8], claims: &Value) -> String {
 }
 
 pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Unix time in microseconds (the `Bridge-Received-Us` header's unit).
 pub fn now_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 /// Claims of a staff access token as the backend issues them.
@@ -76,7 +70,14 @@ pub fn table_claims(tenant_id: u64, branch_id: u64, table_id: u64, session_id: u
 
 /// `{tenant}:{branch}:{table}:{session}:{expires_at}:{sig}` with the first 32 hex characters of
 /// HMAC-SHA256 over the first five fields.
-pub fn legacy_table_token(secret: &[u8], tenant_id: u64, branch_id: u64, table_id: u64, session_id: u64, expires_at: i64) -> String {
+pub fn legacy_table_token(
+    secret: &[u8],
+    tenant_id: u64,
+    branch_id: u64,
+    table_id: u64,
+    session_id: u64,
+    expires_at: i64,
+) -> String {
     let signed = format!("{tenant_id}:{branch_id}:{table_id}:{session_id}:{expires_at}");
     format!("{signed}:{}", legacy_signature(secret, &signed))
 }

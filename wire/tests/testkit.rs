@@ -90,7 +90,8 @@ async fn cluster_elects_a_meta_leader_and_reports_stream_leaders() {
     let urls: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
     let client = within(10, "connect", async_nats::connect(urls)).await.unwrap();
     let js = jetstream::new(client);
-    let config = stream::Config { name: "R3".into(), subjects: vec!["r3.>".into()], num_replicas: 3, ..Default::default() };
+    let config =
+        stream::Config { name: "R3".into(), subjects: vec!["r3.>".into()], num_replicas: 3, ..Default::default() };
     within(20, "create R3 stream", js.create_stream(config)).await.unwrap();
 
     let leader = within(20, "stream leader", async {
@@ -135,7 +136,8 @@ async fn redis_pings_and_survives_kill_and_restart() {
 
 #[tokio::test]
 async fn redis_with_append_only_file_keeps_data_across_restart() {
-    let mut redis = within(30, "redis start", Redis::start_with_args(&["--appendonly", "yes", "--appendfsync", "always"])).await;
+    let mut redis =
+        within(30, "redis start", Redis::start_with_args(&["--appendonly", "yes", "--appendfsync", "always"])).await;
     within(5, "SET", redis_cmd(redis.port(), "SET k kept")).await.unwrap();
     within(30, "restart", redis.restart()).await;
     let got = within(5, "GET", redis_cmd(redis.port(), "GET k")).await.unwrap();
@@ -147,7 +149,8 @@ async fn postgres_answers_select_1_twice_in_parallel() {
     let (a, b) = within(90, "two postgres", async { tokio::join!(Postgres::start(), Postgres::start()) }).await;
     assert_ne!(a.port(), b.port());
     for pg in [&a, &b] {
-        let (client, conn) = within(10, "connect", tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)).await.unwrap();
+        let (client, conn) =
+            within(10, "connect", tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)).await.unwrap();
         let conn = tokio::spawn(conn);
         let row = within(10, "SELECT 1", client.query_one("SELECT 1", &[])).await.unwrap();
         assert_eq!(row.get::<_, i32>(0), 1);
@@ -163,5 +166,9 @@ async fn postgres_answers_select_1_twice_in_parallel() {
 fn undocumented_series_names_what_the_table_lacks() {
     let exposition = "# HELP a_x A.\n# TYPE a_x counter\na_x_total 1\n# TYPE b_y gauge\nb_y 0\n# TYPE c histogram\n";
     let readme = "| series | type |\n|---|---|\n| `a_x_total` | counter |\n| `c` | histogram |\n| `b_y` | counter |\n";
-    assert_eq!(wire::testkit::undocumented_series(exposition, readme), vec!["b_y (gauge)".to_string()], "a wrong type does not count");
+    assert_eq!(
+        wire::testkit::undocumented_series(exposition, readme),
+        vec!["b_y (gauge)".to_string()],
+        "a wrong type does not count"
+    );
 }

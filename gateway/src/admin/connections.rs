@@ -80,13 +80,19 @@ pub async fn list(State(state): State<AdminState>, query: Result<Query<ListQuery
         Ok(q) => q,
         Err(rejection) => return bad_request(rejection.body_text()),
     };
-    let selector = Selector { tenant_id: query.tenant_id, user_id: query.user_id, session_id: query.session_id, endpoint: query.endpoint };
+    let selector = Selector {
+        tenant_id: query.tenant_id,
+        user_id: query.user_id,
+        session_id: query.session_id,
+        endpoint: query.endpoint,
+    };
     let endpoint = match selector.endpoint() {
         Ok(e) => e,
         Err(message) => return bad_request(message),
     };
     let limit = query.limit.map_or(DEFAULT_LIMIT, |l| l.min(MAX_LIMIT as u64) as usize);
-    let matching: Vec<_> = state.app.registry.snapshot().into_iter().filter(|c| selector.matches(c, endpoint)).collect();
+    let matching: Vec<_> =
+        state.app.registry.snapshot().into_iter().filter(|c| selector.matches(c, endpoint)).collect();
     let now_ms = wire::tokens::now_micros() / 1000;
     let connections: Vec<Value> = matching.iter().take(limit).map(|c| describe(c, now_ms)).collect();
     Json(json!({
@@ -159,7 +165,8 @@ pub async fn close(State(state): State<AdminState>, body: Result<Json<CloseReque
         Ok(c) => c,
         Err(message) => return bad_request(message),
     };
-    let matching: Vec<_> = state.app.registry.snapshot().into_iter().filter(|c| selector.matches(c, endpoint)).collect();
+    let matching: Vec<_> =
+        state.app.registry.snapshot().into_iter().filter(|c| selector.matches(c, endpoint)).collect();
     let closed = matching.iter().filter(|c| c.control.close_with(closing.clone())).count();
     tracing::info!(
         target: crate::audit::TARGET,
@@ -174,7 +181,8 @@ pub async fn close(State(state): State<AdminState>, body: Result<Json<CloseReque
         closed,
         "connections closed through the admin API"
     );
-    Json(json!({"matched": matching.len(), "closed": closed, "code": request.code, "reason": request.reason})).into_response()
+    Json(json!({"matched": matching.len(), "closed": closed, "code": request.code, "reason": request.reason}))
+        .into_response()
 }
 
 #[cfg(test)]
@@ -187,11 +195,20 @@ mod tests {
     #[test]
     fn selectors_match_every_given_field() {
         let registry = Arc::new(Registry::new(Capacity { total: 10, per_user: 3, per_session: 3 }, 4));
-        let staff = Audience::Staff { tenant_id: 1, branch_ids: vec![7].into(), endpoint: Endpoint::Waiter, admin_view: false };
-        let (waiter, _) = registry.admit(Endpoint::Waiter, staff, ConnKey::User { tenant_id: 1, user_id: 5 }, Arc::from([])).unwrap();
+        let staff =
+            Audience::Staff { tenant_id: 1, branch_ids: vec![7].into(), endpoint: Endpoint::Waiter, admin_view: false };
+        let (waiter, _) =
+            registry.admit(Endpoint::Waiter, staff, ConnKey::User { tenant_id: 1, user_id: 5 }, Arc::from([])).unwrap();
         let diner = Audience::Diner { tenant_id: 1, session_id: 9 };
-        let (table, _) = registry.admit(Endpoint::Diner, diner, ConnKey::Session { tenant_id: 1, session_id: 9 }, Arc::from([])).unwrap();
-        let sel = |tenant, user, session, endpoint: Option<&str>| Selector { tenant_id: tenant, user_id: user, session_id: session, endpoint: endpoint.map(String::from) };
+        let (table, _) = registry
+            .admit(Endpoint::Diner, diner, ConnKey::Session { tenant_id: 1, session_id: 9 }, Arc::from([]))
+            .unwrap();
+        let sel = |tenant, user, session, endpoint: Option<&str>| Selector {
+            tenant_id: tenant,
+            user_id: user,
+            session_id: session,
+            endpoint: endpoint.map(String::from),
+        };
         let check = |s: Selector, conn: &Conn| s.matches(conn, s.endpoint().unwrap());
         assert!(check(sel(None, None, None, None), &waiter.conn));
         assert!(check(sel(Some(1), Some(5), None, Some("waiter")), &waiter.conn));

@@ -47,7 +47,9 @@ impl Revocation {
         };
         pipe.get(format!("auth:user:revoked:{}", staff.user_id));
         let (blacklisted, revoked_at): (bool, Option<String>) =
-            tokio::time::timeout(TIMEOUT, pipe.query_async(&mut redis)).await.map_err(|_| RevocationError::Timeout)??;
+            tokio::time::timeout(TIMEOUT, pipe.query_async(&mut redis))
+                .await
+                .map_err(|_| RevocationError::Timeout)??;
         if blacklisted {
             return Ok(true);
         }
@@ -65,7 +67,9 @@ impl Revocation {
 
     pub async fn ping(&self) -> Result<(), RevocationError> {
         let mut redis = self.redis.clone();
-        tokio::time::timeout(TIMEOUT, redis::cmd("PING").query_async::<String>(&mut redis)).await.map_err(|_| RevocationError::Timeout)??;
+        tokio::time::timeout(TIMEOUT, redis::cmd("PING").query_async::<String>(&mut redis))
+            .await
+            .map_err(|_| RevocationError::Timeout)??;
         Ok(())
     }
 }
@@ -90,7 +94,12 @@ mod tests {
     #[test]
     fn reads_the_forms_python_writes() {
         let expected = 1_767_225_600.5; // 2026-01-01T00:00:00.5Z
-        for text in ["2026-01-01T00:00:00.500000+00:00", "2026-01-01T00:00:00.5Z", "2026-01-01T00:00:00.500000", "2026-01-01 00:00:00.5"] {
+        for text in [
+            "2026-01-01T00:00:00.500000+00:00",
+            "2026-01-01T00:00:00.5Z",
+            "2026-01-01T00:00:00.500000",
+            "2026-01-01 00:00:00.5",
+        ] {
             assert_eq!(parse_utc(text), Some(expected), "{text}");
         }
         assert_eq!(parse_utc("2026-01-01T01:00:00+01:00"), Some(1_767_225_600.0));

@@ -51,9 +51,8 @@ impl StaffVerifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| jwt_error(&e))?
-            .claims;
+        let claims =
+            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| jwt_error(&e))?.claims;
         match claims.token_type.as_deref() {
             None | Some("access") => {}
             Some(other) => return Err(AuthError::WrongType(other.to_string())),
@@ -61,7 +60,8 @@ impl StaffVerifier {
         if claims.exp <= now {
             return Err(AuthError::Expired);
         }
-        let user_id = wire::envelope::positive_id(&claims.sub).ok_or_else(|| AuthError::Malformed("sub is not a positive integer".into()))?;
+        let user_id = wire::envelope::positive_id(&claims.sub)
+            .ok_or_else(|| AuthError::Malformed("sub is not a positive integer".into()))?;
         if claims.tenant_id == 0 {
             return Err(AuthError::Malformed("tenant_id must be positive".into()));
         }

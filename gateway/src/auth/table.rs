@@ -77,14 +77,23 @@ impl TableVerifier {
         if [c.tenant_id, c.branch_id, c.table_id, c.session_id].contains(&0) {
             return Err(AuthError::Malformed("table token ids must be positive".into()));
         }
-        Ok(Diner { tenant_id: c.tenant_id, branch_id: c.branch_id, table_id: c.table_id, session_id: c.session_id, exp: c.exp })
+        Ok(Diner {
+            tenant_id: c.tenant_id,
+            branch_id: c.branch_id,
+            table_id: c.table_id,
+            session_id: c.session_id,
+            exp: c.exp,
+        })
     }
 
     fn verify_legacy(&self, token: &str) -> Result<Diner, AuthError> {
         let malformed = || AuthError::Malformed("not a legacy table token".into());
         let (signed, sig) = token.rsplit_once(':').ok_or_else(malformed)?;
         let fields: Vec<&str> = signed.split(':').collect();
-        if fields.len() != 5 || sig.len() != 32 || !sig.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if fields.len() != 5
+            || sig.len() != 32
+            || !sig.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(malformed());
         }
         let sig = hex::decode(sig).map_err(|_| malformed())?;

@@ -32,7 +32,13 @@ fn accepts_a_backend_access_token() {
     let s = staff_with(|_| {}).unwrap();
     assert_eq!((s.user_id, s.tenant_id, s.branch_ids.clone()), (7, 3, vec![10, 11]));
     assert!(s.roles.waiter && !s.roles.is_admin());
-    assert!(staff_with(|c| { c.as_object_mut().unwrap().remove("type"); }).is_ok(), "type may be absent");
+    assert!(
+        staff_with(|c| {
+            c.as_object_mut().unwrap().remove("type");
+        })
+        .is_ok(),
+        "type may be absent"
+    );
     assert!(staff_with(|c| c["aud"] = json!(["other", "menu-ops-users"])).is_ok(), "aud may be a list");
 }
 
@@ -50,7 +56,12 @@ fn refuses_every_bad_staff_token() {
         ("tenant as string", Box::new(|c| c["tenant_id"] = json!("3"))),
         ("sub not numeric", Box::new(|c| c["sub"] = json!("alice"))),
         ("sub zero", Box::new(|c| c["sub"] = json!("0"))),
-        ("no exp", Box::new(|c| { c.as_object_mut().unwrap().remove("exp"); })),
+        (
+            "no exp",
+            Box::new(|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+        ),
     ];
     for (name, mutate) in cases {
         assert!(staff_with(mutate).is_err(), "{name} was accepted");

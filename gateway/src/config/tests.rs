@@ -1,8 +1,10 @@
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    let mut map: HashMap<String, String> =
-        [(JWT_SECRET, "jwt-secret"), (TABLE_TOKEN_SECRET, "table-secret")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut map: HashMap<String, String> = [(JWT_SECRET, "jwt-secret"), (TABLE_TOKEN_SECRET, "table-secret")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     for (k, v) in pairs {
         map.insert(k.to_string(), v.to_string());
     }
@@ -48,7 +50,14 @@ fn every_problem_is_reported_at_once() {
     ]);
     map.remove(JWT_SECRET);
     let err = Config::from_map(&map).unwrap_err();
-    for var in [JWT_SECRET, WS_MAX_CONNECTIONS_PER_USER, WS_HEARTBEAT_TIMEOUT, ALLOW_LEGACY_TABLE_TOKENS, DATABASE_URL, GATEWAY_LISTEN_ADDR] {
+    for var in [
+        JWT_SECRET,
+        WS_MAX_CONNECTIONS_PER_USER,
+        WS_HEARTBEAT_TIMEOUT,
+        ALLOW_LEGACY_TABLE_TOKENS,
+        DATABASE_URL,
+        GATEWAY_LISTEN_ADDR,
+    ] {
         assert!(err.names(var), "{var} missing from {err}");
     }
     assert!(err.to_string().contains("JWT_SECRET: is required"));
@@ -72,12 +81,20 @@ fn admin_api_is_off_without_a_token_and_checks_it() {
     let c = Config::from_map(&env(&[])).unwrap();
     assert!(c.admin_token.is_none());
     assert_eq!(c.admin_listen_addr.to_string(), "127.0.0.1:9090");
-    let on = Config::from_map(&env(&[(GATEWAY_ADMIN_TOKEN, "0123456789abcdef0123"), (GATEWAY_ADMIN_LISTEN_ADDR, "0.0.0.0:9090")])).unwrap();
+    let on = Config::from_map(&env(&[
+        (GATEWAY_ADMIN_TOKEN, "0123456789abcdef0123"),
+        (GATEWAY_ADMIN_LISTEN_ADDR, "0.0.0.0:9090"),
+    ]))
+    .unwrap();
     assert_eq!(on.admin_token.as_ref().unwrap().expose_str(), "0123456789abcdef0123");
     assert!(!format!("{on:?}").contains("0123456789abcdef0123"), "the token never prints");
     let short = Config::from_map(&env(&[(GATEWAY_ADMIN_TOKEN, "short")])).unwrap_err();
     assert!(short.names(GATEWAY_ADMIN_TOKEN));
-    let same_port = Config::from_map(&env(&[(GATEWAY_ADMIN_TOKEN, "0123456789abcdef0123"), (GATEWAY_ADMIN_LISTEN_ADDR, "0.0.0.0:8001")])).unwrap_err();
+    let same_port = Config::from_map(&env(&[
+        (GATEWAY_ADMIN_TOKEN, "0123456789abcdef0123"),
+        (GATEWAY_ADMIN_LISTEN_ADDR, "0.0.0.0:8001"),
+    ]))
+    .unwrap_err();
     assert!(same_port.names(GATEWAY_ADMIN_LISTEN_ADDR));
 }
 

@@ -54,7 +54,13 @@ pub async fn upgrade(
     }
 }
 
-async fn admit(app: &Arc<App>, endpoint: Endpoint, headers: &HeaderMap, query: Option<&str>, info: ConnInfo) -> Result<Session, CloseReason> {
+async fn admit(
+    app: &Arc<App>,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    info: ConnInfo,
+) -> Result<Session, CloseReason> {
     if app.is_draining() {
         return Err(CloseReason::SERVICE_RESTART);
     }

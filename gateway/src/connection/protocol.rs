@@ -25,7 +25,8 @@ impl CloseReason {
     pub const ACCESS_DENIED: CloseReason = close(4003, "Access denied", "access_denied");
     pub const SERVER_AT_CAPACITY: CloseReason = close(1013, "Server at capacity", "server_at_capacity");
     pub const TOO_MANY_FOR_USER: CloseReason = close(1013, "Too many connections for user", "too_many_for_user");
-    pub const TOO_MANY_FOR_SESSION: CloseReason = close(1013, "Too many connections for session", "too_many_for_session");
+    pub const TOO_MANY_FOR_SESSION: CloseReason =
+        close(1013, "Too many connections for session", "too_many_for_session");
     pub const SERVICE_RESTART: CloseReason = close(1012, "Service restart", "service_restart");
     pub const MESSAGE_TOO_LARGE: CloseReason = close(1009, "Message too large", "message_too_large");
     pub const RATE_LIMITED: CloseReason = close(4029, "Rate limit exceeded", "rate_limited");
@@ -155,10 +156,20 @@ mod tests {
 
     #[test]
     fn every_ping_form() {
-        for text in ["ping", " ping\n", r#"{"type":"ping"}"#, r#"{ "type" : "ping" , "ts": 5 }"#, "{\n\"type\":\"ping\"}"] {
+        for text in
+            ["ping", " ping\n", r#"{"type":"ping"}"#, r#"{ "type" : "ping" , "ts": 5 }"#, "{\n\"type\":\"ping\"}"]
+        {
             assert_eq!(classify(text), Inbound::Ping, "{text}");
         }
-        for text in ["PING", "pingpong", r#"{"type":"pong"}"#, r#"{"type":["ping"]}"#, r#"["ping"]"#, "{not json", r#"{"kind":"ping"}"#] {
+        for text in [
+            "PING",
+            "pingpong",
+            r#"{"type":"pong"}"#,
+            r#"{"type":["ping"]}"#,
+            r#"["ping"]"#,
+            "{not json",
+            r#"{"kind":"ping"}"#,
+        ] {
             assert_eq!(classify(text), Inbound::Other, "{text}");
         }
         assert_eq!(classify("refresh_sectors"), Inbound::RefreshSectors);
@@ -198,7 +209,12 @@ mod tests {
 
     #[test]
     fn close_reasons_fit_a_close_frame() {
-        for r in [CloseReason::AUTH_FAILED, CloseReason::TOKEN_REVOKED, CloseReason::SLOW_CONSUMER, CloseReason::TOO_MANY_FOR_SESSION] {
+        for r in [
+            CloseReason::AUTH_FAILED,
+            CloseReason::TOKEN_REVOKED,
+            CloseReason::SLOW_CONSUMER,
+            CloseReason::TOO_MANY_FOR_SESSION,
+        ] {
             assert!(r.reason.len() <= 123, "close reasons are limited to 123 bytes");
         }
     }

@@ -21,7 +21,11 @@ impl Session {
             Request::Live => return Ok(()),
             Request::Invalid => {
                 let signal = resume::gap(None, None, "invalid_cursor");
-                return if send(socket, Message::Text(signal.into()), timeout).await { Ok(()) } else { Err(End::Broken) };
+                return if send(socket, Message::Text(signal.into()), timeout).await {
+                    Ok(())
+                } else {
+                    Err(End::Broken)
+                };
             }
             Request::After(after) => after,
         };
@@ -29,15 +33,26 @@ impl Session {
         let conn = self.registration.conn.clone();
         let tenant_id = conn.audience.tenant_id();
         let js = async_nats::jetstream::new(self.app.nats.clone());
-        let mut reader = match history::open(&js, vec![wire::subject::events_tenant_filter(tenant_id)], Start::After(after)).await {
-            Ok(reader) => reader,
-            Err(error) => {
-                tracing::warn!(%error, tenant_id, "resume: history unavailable");
-                let signal = resume::gap(Some(after), None, "history_unavailable");
-                return if send(socket, Message::Text(signal.into()), timeout).await { Ok(()) } else { Err(End::Broken) };
-            }
-        };
-        tracing::debug!(after, pending = reader.pending, first = reader.first_sequence, last = reader.last_sequence, "resume: history opened");
+        let mut reader =
+            match history::open(&js, vec![wire::subject::events_tenant_filter(tenant_id)], Start::After(after)).await {
+                Ok(reader) => reader,
+                Err(error) => {
+                    tracing::warn!(%error, tenant_id, "resume: history unavailable");
+                    let signal = resume::gap(Some(after), None, "history_unavailable");
+                    return if send(socket, Message::Text(signal.into()), timeout).await {
+                        Ok(())
+                    } else {
+                        Err(End::Broken)
+                    };
+                }
+            };
+        tracing::debug!(
+            after,
+            pending = reader.pending,
+            first = reader.first_sequence,
+            last = reader.last_sequence,
+            "resume: history opened"
+        );
         state.floor = after.max(reader.last_sequence);
         let expired = after + 1 < reader.first_sequence && after < reader.last_sequence;
         let too_many = reader.pending > self.app.config.resume_max_events;
@@ -107,6 +122,7 @@ impl Session {
             sector_id: envelope.sector_id,
             session_id: envelope.session_id,
         };
-        routing::receives(&conn.audience, &conn.sectors(), &scope).then(|| String::from_utf8_lossy(&stored.payload).into_owned())
+        routing::receives(&conn.audience, &conn.sectors(), &scope)
+            .then(|| String::from_utf8_lossy(&stored.payload).into_owned())
     }
 }

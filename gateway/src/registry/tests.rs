@@ -22,11 +22,17 @@ fn limits_are_enforced_and_released() {
     let r = registry(3, 2, 1, 8);
     let a = r.admit(Endpoint::Waiter, waiter(&[1]), user(7), Arc::from([])).unwrap();
     let _b = r.admit(Endpoint::Waiter, waiter(&[1]), user(7), Arc::from([])).unwrap();
-    assert_eq!(r.admit(Endpoint::Waiter, waiter(&[1]), user(7), Arc::from([])).err(), Some(CloseReason::TOO_MANY_FOR_USER));
+    assert_eq!(
+        r.admit(Endpoint::Waiter, waiter(&[1]), user(7), Arc::from([])).err(),
+        Some(CloseReason::TOO_MANY_FOR_USER)
+    );
     let diner = Audience::Diner { tenant_id: 1, session_id: 9 };
     let session = ConnKey::Session { tenant_id: 1, session_id: 9 };
     let _d = r.admit(Endpoint::Diner, diner.clone(), session, Arc::from([])).unwrap();
-    assert_eq!(r.admit(Endpoint::Waiter, waiter(&[1]), user(8), Arc::from([])).err(), Some(CloseReason::SERVER_AT_CAPACITY));
+    assert_eq!(
+        r.admit(Endpoint::Waiter, waiter(&[1]), user(8), Arc::from([])).err(),
+        Some(CloseReason::SERVER_AT_CAPACITY)
+    );
     drop(a);
     assert_eq!(r.admit(Endpoint::Diner, diner, session, Arc::from([])).err(), Some(CloseReason::TOO_MANY_FOR_SESSION));
     assert!(r.admit(Endpoint::Waiter, waiter(&[1]), user(7), Arc::from([])).is_ok(), "a freed slot is reusable");
@@ -35,7 +41,8 @@ fn limits_are_enforced_and_released() {
 #[test]
 fn a_multi_branch_admin_gets_an_event_once() {
     let r = registry(10, 3, 3, 8);
-    let admin = Audience::Staff { tenant_id: 1, branch_ids: vec![1, 2].into(), endpoint: Endpoint::Waiter, admin_view: true };
+    let admin =
+        Audience::Staff { tenant_id: 1, branch_ids: vec![1, 2].into(), endpoint: Endpoint::Waiter, admin_view: true };
     let (_reg, mut rx) = r.admit(Endpoint::Waiter, admin, user(1), Arc::from([])).unwrap();
     let payload = Arc::new(QueuedEvent { payload: Utf8Bytes::from("e"), received_us: None, sequence: None });
     let t = r.tenant(1).unwrap();
@@ -62,7 +69,14 @@ fn a_full_queue_closes_the_connection() {
 fn tenants_disappear_with_their_last_connection() {
     let r = registry(10, 3, 3, 8);
     let (a, _) = r.admit(Endpoint::Waiter, waiter(&[1, 2]), user(1), Arc::from([])).unwrap();
-    let (b, _) = r.admit(Endpoint::Diner, Audience::Diner { tenant_id: 1, session_id: 4 }, ConnKey::Session { tenant_id: 1, session_id: 4 }, Arc::from([])).unwrap();
+    let (b, _) = r
+        .admit(
+            Endpoint::Diner,
+            Audience::Diner { tenant_id: 1, session_id: 4 },
+            ConnKey::Session { tenant_id: 1, session_id: 4 },
+            Arc::from([]),
+        )
+        .unwrap();
     let stats = r.stats();
     assert_eq!((stats.total, stats.users, stats.branches, stats.sessions), (2, 1, 2, 1));
     drop(a);
@@ -75,10 +89,27 @@ fn tenants_disappear_with_their_last_connection() {
 #[test]
 fn diners_only_get_their_session() {
     let r = registry(10, 3, 3, 8);
-    let (_a, mut mine) = r.admit(Endpoint::Diner, Audience::Diner { tenant_id: 1, session_id: 4 }, ConnKey::Session { tenant_id: 1, session_id: 4 }, Arc::from([])).unwrap();
-    let (_b, mut other) = r.admit(Endpoint::Diner, Audience::Diner { tenant_id: 1, session_id: 5 }, ConnKey::Session { tenant_id: 1, session_id: 5 }, Arc::from([])).unwrap();
+    let (_a, mut mine) = r
+        .admit(
+            Endpoint::Diner,
+            Audience::Diner { tenant_id: 1, session_id: 4 },
+            ConnKey::Session { tenant_id: 1, session_id: 4 },
+            Arc::from([]),
+        )
+        .unwrap();
+    let (_b, mut other) = r
+        .admit(
+            Endpoint::Diner,
+            Audience::Diner { tenant_id: 1, session_id: 5 },
+            ConnKey::Session { tenant_id: 1, session_id: 5 },
+            Arc::from([]),
+        )
+        .unwrap();
     let t = r.tenant(1).unwrap();
-    t.fan_out(&scope("CART_SYNC", 3, Some(4)), &Arc::new(QueuedEvent { payload: Utf8Bytes::from("x"), received_us: None, sequence: None }));
+    t.fan_out(
+        &scope("CART_SYNC", 3, Some(4)),
+        &Arc::new(QueuedEvent { payload: Utf8Bytes::from("x"), received_us: None, sequence: None }),
+    );
     assert_eq!(mine.try_recv().unwrap().payload, "x");
     assert!(other.try_recv().is_err());
 }

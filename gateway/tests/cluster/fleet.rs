@@ -111,12 +111,26 @@ impl Member {
             Role::Diner => unreachable!("diners have table tokens"),
         };
         let credential = format!("token={}", staff_token(user, tenant, branches, roles));
-        Member { tenant, branches: branches.to_vec(), role, session: None, path: format!("/ws/{endpoint}?{credential}"), credential }
+        Member {
+            tenant,
+            branches: branches.to_vec(),
+            role,
+            session: None,
+            path: format!("/ws/{endpoint}?{credential}"),
+            credential,
+        }
     }
 
     fn diner(tenant: u64, branch: u64, session: u64) -> Member {
         let credential = format!("table_token={}", table_token(tenant, branch, session % 100, session));
-        Member { tenant, branches: vec![branch], role: Role::Diner, session: Some(session), path: format!("/ws/diner?{credential}"), credential }
+        Member {
+            tenant,
+            branches: vec![branch],
+            role: Role::Diner,
+            session: Some(session),
+            path: format!("/ws/diner?{credential}"),
+            credential,
+        }
     }
 
     pub fn label(&self) -> String {
@@ -141,7 +155,13 @@ pub fn population(layout: &Layout) -> Vec<Member> {
         let all: Vec<u64> = tenant.branches.iter().map(|b| b.id).collect();
         for branch in &tenant.branches {
             let one = [branch.id];
-            let roles = [(Role::Waiter, 12), (Role::Kitchen, 4), (Role::Manager, 2), (Role::ManagerOnWaiter, 1), (Role::ManagerOnKitchen, 1)];
+            let roles = [
+                (Role::Waiter, 12),
+                (Role::Kitchen, 4),
+                (Role::Manager, 2),
+                (Role::ManagerOnWaiter, 1),
+                (Role::ManagerOnKitchen, 1),
+            ];
             for (role, n) in roles {
                 for _ in 0..n {
                     members.push(Member::staff(next_user(), tenant.id, &one, role));
@@ -248,7 +268,12 @@ impl Fleet {
     pub async fn wait_all_connected(&self, within: Duration) {
         let deadline = Instant::now() + within;
         while self.connected() < self.len() {
-            assert!(Instant::now() < deadline, "only {} of {} clients connected after {within:?}", self.connected(), self.len());
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {} clients connected after {within:?}",
+                self.connected(),
+                self.len()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -257,9 +282,13 @@ impl Fleet {
     pub async fn stop(self) -> (Vec<Member>, Vec<Log>) {
         self.stop.cancel();
         for task in self.tasks {
-            tokio::time::timeout(Duration::from_secs(15), task).await.expect("client stops in time").expect("client task");
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("client stops in time")
+                .expect("client task");
         }
-        let logs = self.logs.into_iter().map(|l| Arc::try_unwrap(l).expect("sole owner").into_inner().unwrap()).collect();
+        let logs =
+            self.logs.into_iter().map(|l| Arc::try_unwrap(l).expect("sole owner").into_inner().unwrap()).collect();
         (self.members, logs)
     }
 }
@@ -283,7 +312,13 @@ async fn run_client(base: String, log: Arc<Mutex<Log>>, stop: CancellationToken)
                 {
                     let mut log = log.lock().unwrap();
                     log.connects.push(opened);
-                    log.connections.push(Connection { opened, resume: resume.clone(), received: 0, first: None, last: None });
+                    log.connections.push(Connection {
+                        opened,
+                        resume: resume.clone(),
+                        received: 0,
+                        first: None,
+                        last: None,
+                    });
                     log.connected = true;
                 }
                 let end = read_until_closed(ws, &log, &mut cursor, &stop).await;
@@ -320,7 +355,12 @@ async fn handshake(url: &str) -> Result<Socket, String> {
 
 /// Reads events until the connection ends (`Some(when, code, reason)`: when the close frame
 /// arrived, code `None` for a drop) or the fleet stops (`None`, after closing from this side).
-async fn read_until_closed(mut ws: Socket, log: &Mutex<Log>, cursor: &mut Option<u64>, stop: &CancellationToken) -> Option<(Instant, Option<u16>, String)> {
+async fn read_until_closed(
+    mut ws: Socket,
+    log: &Mutex<Log>,
+    cursor: &mut Option<u64>,
+    stop: &CancellationToken,
+) -> Option<(Instant, Option<u16>, String)> {
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     loop {
         tokio::select! {
@@ -393,7 +433,15 @@ impl Log {
         let mut events: Vec<(f64, String)> = self
             .connections
             .iter()
-            .map(|c| (at(c.opened), format!("connected resume={} received {} cursors {:?}..{:?}", c.resume, c.received, c.first, c.last)))
+            .map(|c| {
+                (
+                    at(c.opened),
+                    format!(
+                        "connected resume={} received {} cursors {:?}..{:?}",
+                        c.resume, c.received, c.first, c.last
+                    ),
+                )
+            })
             .collect();
         events.extend(self.closes.iter().map(|c| (at(c.at), format!("closed {:?} {}", c.code, c.reason))));
         events.sort_by(|a, b| a.0.total_cmp(&b.0));

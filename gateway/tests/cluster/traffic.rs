@@ -39,7 +39,8 @@ struct Class {
 }
 
 fn class(ty: &str) -> Class {
-    let c = |kitchen, session, admin_only, branch_wide_waiter| Class { kitchen, session, admin_only, branch_wide_waiter };
+    let c =
+        |kitchen, session, admin_only, branch_wide_waiter| Class { kitchen, session, admin_only, branch_wide_waiter };
     match ty {
         "ROUND_PENDING" => c(false, false, false, true),
         "TICKET_READY" => c(true, false, false, false),
@@ -104,12 +105,24 @@ pub fn generate(layout: &Layout, seq: u64) -> Published {
         _ => branch.sessions[dice.below(branch.sessions.len() as u64) as usize],
     };
     let sector = branch.sectors[dice.below(branch.sectors.len() as u64) as usize];
-    let (ty, branch_id, sector, session, channels): (&str, u64, Option<u64>, Option<u64>, Vec<String>) = match dice.below(10) {
-        0 => ("ROUND_PENDING", b, None, Some(session), vec![format!("branch:{b}:waiters"), format!("branch:{b}:admin")]),
+    let (ty, branch_id, sector, session, channels): (&str, u64, Option<u64>, Option<u64>, Vec<String>) = match dice
+        .below(10)
+    {
+        0 => {
+            ("ROUND_PENDING", b, None, Some(session), vec![format!("branch:{b}:waiters"), format!("branch:{b}:admin")])
+        }
         1 => ("SERVICE_CALL_CREATED", b, None, None, vec![format!("branch:{b}:waiters")]),
-        2 => ("SERVICE_CALL_CREATED", b, Some(sector), None, vec![format!("sector:{sector}:waiters"), format!("branch:{b}:admin")]),
+        2 => (
+            "SERVICE_CALL_CREATED",
+            b,
+            Some(sector),
+            None,
+            vec![format!("sector:{sector}:waiters"), format!("branch:{b}:admin")],
+        ),
         3 => ("TICKET_READY", b, None, None, vec![format!("branch:{b}:kitchen")]),
-        4 | 5 => ("ROUND_READY", b, None, Some(session), vec![format!("branch:{b}:kitchen"), format!("session:{session}")]),
+        4 | 5 => {
+            ("ROUND_READY", b, None, Some(session), vec![format!("branch:{b}:kitchen"), format!("session:{session}")])
+        }
         6 => ("PAYMENT_APPROVED", b, None, Some(session), vec![format!("session:{session}")]),
         7 => ("CART_ITEM_ADDED", b, None, Some(session), vec![format!("session:{session}")]),
         8 => ("ENTITY_UPDATED", b, None, None, vec![format!("branch:{b}:admin")]),
@@ -138,7 +151,10 @@ impl Publisher {
     /// Starts at `per_second`, numbering events from `first_seq`.
     pub async fn start(redis_url: &str, layout: std::sync::Arc<Layout>, per_second: u32, first_seq: u64) -> Publisher {
         let client = redis::Client::open(redis_url).unwrap();
-        let mut conn = tokio::time::timeout(Duration::from_secs(10), client.get_multiplexed_async_connection()).await.unwrap().unwrap();
+        let mut conn = tokio::time::timeout(Duration::from_secs(10), client.get_multiplexed_async_connection())
+            .await
+            .unwrap()
+            .unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn({
             let stop = stop.clone();
@@ -163,7 +179,10 @@ impl Publisher {
     /// Stops and returns every event published, in publishing order.
     pub async fn stop(self) -> Vec<Published> {
         self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task).await.expect("publisher stops").expect("publisher task")
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("publisher stops")
+            .expect("publisher task")
     }
 }
 
@@ -179,7 +198,10 @@ async fn publish(conn: &mut redis::aio::MultiplexedConnection, mut event: Publis
             for channel in channels {
                 let mut publish = redis::cmd("PUBLISH");
                 publish.arg(channel).arg(&event.payload);
-                event.receivers += tokio::time::timeout(within, publish.query_async::<i64>(conn)).await.expect("PUBLISH in time").expect("PUBLISH");
+                event.receivers += tokio::time::timeout(within, publish.query_async::<i64>(conn))
+                    .await
+                    .expect("PUBLISH in time")
+                    .expect("PUBLISH");
             }
         }
     }
@@ -189,7 +211,10 @@ async fn publish(conn: &mut redis::aio::MultiplexedConnection, mut event: Publis
 /// Connects a JetStream context to every node of the cluster.
 pub async fn jetstream(urls: &str) -> jetstream::Context {
     let addrs: Vec<async_nats::ServerAddr> = urls.split(',').map(|u| u.parse().unwrap()).collect();
-    let client = tokio::time::timeout(Duration::from_secs(10), async_nats::connect(addrs)).await.expect("NATS connect in time").expect("NATS connect");
+    let client = tokio::time::timeout(Duration::from_secs(10), async_nats::connect(addrs))
+        .await
+        .expect("NATS connect in time")
+        .expect("NATS connect");
     jetstream::new(client)
 }
 
@@ -218,11 +243,18 @@ pub async fn wait_stored(js: &jetstream::Context, n: u64, within: Duration) -> u
 pub async fn read_stored(js: &jetstream::Context) -> Vec<(u64, String)> {
     let n = stored_count(js).await;
     let stream = js.get_stream(wire::testkit::EVENTS_STREAM).await.expect("EVENTS exists");
-    let consumer = stream.create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() }).await.expect("ordered consumer");
+    let consumer = stream
+        .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
+        .await
+        .expect("ordered consumer");
     let mut messages = consumer.messages().await.expect("messages");
     let mut out = Vec::with_capacity(n as usize);
     while (out.len() as u64) < n {
-        let message = tokio::time::timeout(Duration::from_secs(20), messages.next()).await.expect("stream read in time").expect("stream open").expect("message");
+        let message = tokio::time::timeout(Duration::from_secs(20), messages.next())
+            .await
+            .expect("stream read in time")
+            .expect("stream open")
+            .expect("message");
         let sequence = message.info().expect("JetStream message").stream_sequence;
         out.push((sequence, String::from_utf8(message.payload.to_vec()).expect("UTF-8 payload")));
     }
@@ -236,7 +268,13 @@ pub struct Verdict {
 }
 
 /// Compares each client's log with the stored events routed to it.
-pub fn judge(members: &[Member], logs: &[Log], published: &[Published], stored: &[(u64, String)], origin: tokio::time::Instant) -> Verdict {
+pub fn judge(
+    members: &[Member],
+    logs: &[Log],
+    published: &[Published],
+    stored: &[(u64, String)],
+    origin: tokio::time::Instant,
+) -> Verdict {
     let mut problems = Vec::new();
     let by_payload: HashMap<&str, &Published> = published.iter().map(|p| (p.payload.as_str(), p)).collect();
     let mut stored_seq: HashMap<&str, u64> = HashMap::new();
@@ -262,8 +300,11 @@ pub fn judge(members: &[Member], logs: &[Log], published: &[Published], stored: 
 
     let (mut expected_total, mut bad_clients) = (0usize, 0usize);
     for (member, log) in members.iter().zip(logs) {
-        let expected: Vec<(u64, &str)> =
-            stored.iter().filter(|(_, p)| by_payload.get(p.as_str()).is_some_and(|e| receives(member, e))).map(|(s, p)| (*s, p.as_str())).collect();
+        let expected: Vec<(u64, &str)> = stored
+            .iter()
+            .filter(|(_, p)| by_payload.get(p.as_str()).is_some_and(|e| receives(member, e)))
+            .map(|(s, p)| (*s, p.as_str()))
+            .collect();
         expected_total += expected.len();
         let got: Vec<(u64, &str)> = log.received.iter().map(|(c, p)| (*c, p.as_str())).collect();
         let mut issues = Vec::new();
@@ -279,7 +320,12 @@ pub fn judge(members: &[Member], logs: &[Log], published: &[Published], stored: 
         if !issues.is_empty() {
             bad_clients += 1;
             if bad_clients <= 15 {
-                problems.push(format!("{}: {}\n    timeline: {}", member.label(), issues.join("; "), log.timeline(origin)));
+                problems.push(format!(
+                    "{}: {}\n    timeline: {}",
+                    member.label(),
+                    issues.join("; "),
+                    log.timeline(origin)
+                ));
             }
         }
     }

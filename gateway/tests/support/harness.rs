@@ -81,7 +81,10 @@ impl Stack {
     }
 
     pub async fn nats_client(&self) -> async_nats::Client {
-        tokio::time::timeout(SOON, async_nats::connect(self.nats.url())).await.expect("NATS connect in time").expect("NATS connect")
+        tokio::time::timeout(SOON, async_nats::connect(self.nats.url()))
+            .await
+            .expect("NATS connect in time")
+            .expect("NATS connect")
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
@@ -143,7 +146,10 @@ impl Gateway {
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
-        tokio::time::timeout(SOON, wire::testkit::http_get(&self.http(path))).await.expect("HTTP answer in time").expect("HTTP GET")
+        tokio::time::timeout(SOON, wire::testkit::http_get(&self.http(path)))
+            .await
+            .expect("HTTP answer in time")
+            .expect("HTTP GET")
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
@@ -175,13 +181,23 @@ impl Gateway {
     /// Cancels and waits for `run` to return.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.task).await.expect("gateway stops in time").unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("gateway stops in time")
+            .unwrap()
+            .unwrap();
     }
 }
 
 pub fn urlencode(text: &str) -> String {
     text.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -275,18 +291,34 @@ pub fn staff_token(user: u64, tenant: u64, branches: &[u64], roles: &[&str]) -> 
     wire::tokens::sign_jwt(JWT_SECRET.as_bytes(), &wire::tokens::staff_claims(user, tenant, branches, roles, 3600))
 }
 
-pub fn staff_token_with(user: u64, tenant: u64, branches: &[u64], roles: &[&str], edit: impl FnOnce(&mut Value)) -> String {
+pub fn staff_token_with(
+    user: u64,
+    tenant: u64,
+    branches: &[u64],
+    roles: &[&str],
+    edit: impl FnOnce(&mut Value),
+) -> String {
     let mut claims = wire::tokens::staff_claims(user, tenant, branches, roles, 3600);
     edit(&mut claims);
     wire::tokens::sign_jwt(JWT_SECRET.as_bytes(), &claims)
 }
 
 pub fn table_token(tenant: u64, branch: u64, table: u64, session: u64) -> String {
-    wire::tokens::sign_jwt(TABLE_SECRET.as_bytes(), &wire::tokens::table_claims(tenant, branch, table, session, 3 * 3600))
+    wire::tokens::sign_jwt(
+        TABLE_SECRET.as_bytes(),
+        &wire::tokens::table_claims(tenant, branch, table, session, 3 * 3600),
+    )
 }
 
 pub fn legacy_table_token(tenant: u64, branch: u64, table: u64, session: u64) -> String {
-    wire::tokens::legacy_table_token(TABLE_SECRET.as_bytes(), tenant, branch, table, session, wire::tokens::now_unix() + 3600)
+    wire::tokens::legacy_table_token(
+        TABLE_SECRET.as_bytes(),
+        tenant,
+        branch,
+        table,
+        session,
+        wire::tokens::now_unix() + 3600,
+    )
 }
 
 // Events.
@@ -331,7 +363,10 @@ impl Stack {
         let mut redis = self.redis().await;
         let mut set = redis::cmd("SET");
         set.arg(key).arg(value);
-        tokio::time::timeout(SOON, set.query_async::<()>(&mut redis)).await.expect("Redis SET in time").expect("Redis SET");
+        tokio::time::timeout(SOON, set.query_async::<()>(&mut redis))
+            .await
+            .expect("Redis SET in time")
+            .expect("Redis SET");
     }
 }
 
@@ -368,7 +403,10 @@ pub async fn store(js: &async_nats::jetstream::Context, tenant: u64, branch: u64
     let mut headers = async_nats::HeaderMap::new();
     let digest = format!("{:x}", xxhash_rust::xxh3::xxh3_128(payload.as_bytes()));
     headers.insert("Nats-Msg-Id", digest.as_str());
-    let ack = js.publish_with_headers(format!("events.{tenant}.{branch}.{role}"), headers, payload.to_string().into()).await.unwrap();
+    let ack = js
+        .publish_with_headers(format!("events.{tenant}.{branch}.{role}"), headers, payload.to_string().into())
+        .await
+        .unwrap();
     tokio::time::timeout(SOON, ack).await.unwrap().unwrap().sequence
 }
 

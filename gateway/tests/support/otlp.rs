@@ -28,7 +28,10 @@ pub struct Span {
 
 impl Span {
     pub fn attr(&self, key: &str) -> &str {
-        self.attributes.get(key).map(String::as_str).unwrap_or_else(|| panic!("{} has no attribute {key}: {self:?}", self.name))
+        self.attributes
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("{} has no attribute {key}: {self:?}", self.name))
     }
 }
 

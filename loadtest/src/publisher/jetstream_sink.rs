@@ -46,7 +46,12 @@ pub struct Outgoing {
 /// The subject and headers the bridge gives `event` read from stream `stream_key` at
 /// `received_us` (its entry id made up from that time and the event id).
 pub fn outgoing(event: &EventSpec, text: &str, stream_key: &str, received_us: u64) -> Outgoing {
-    let subject = EventSubject { tenant_id: event.tenant_id, branch_id: event.branch_id, role: Role::of(event.class(), event.branch_id) }.events();
+    let subject = EventSubject {
+        tenant_id: event.tenant_id,
+        branch_id: event.branch_id,
+        role: Role::of(event.class(), event.branch_id),
+    }
+    .events();
     let mut h = HeaderMap::new();
     h.insert(headers::SOURCE, format!("stream:{stream_key}:{}-{}", received_us / 1000, event.id));
     h.insert(headers::RECEIVED_AT, received_us.to_string());
@@ -63,7 +68,10 @@ impl JetStreamSink {
             .map_err(|_| anyhow::anyhow!("connect to NATS at {url}: timed out"))?
             .with_context(|| format!("connect to NATS at {url}"))?;
         // The window is kept here; the context's own limit only must not be the tighter one.
-        let js = async_nats::jetstream::context::ContextBuilder::new().timeout(ACK_TIMEOUT).max_ack_inflight(2 * WINDOW).build(client);
+        let js = async_nats::jetstream::context::ContextBuilder::new()
+            .timeout(ACK_TIMEOUT)
+            .max_ack_inflight(2 * WINDOW)
+            .build(client);
         Ok(JetStreamSink { js, stream_key: stream_key.to_string(), acks: FuturesUnordered::new(), failed: Vec::new() })
     }
 
@@ -98,7 +106,9 @@ impl JetStreamSink {
     async fn settle_one(&mut self) {
         match self.acks.next().await {
             Some((id, Err(error))) => self.failed.push((id, format!("JetStream acknowledgement: {error}"))),
-            Some((id, Ok(ack))) if ack.duplicate => self.failed.push((id, format!("JetStream: duplicate of sequence {} (same payload stored before)", ack.sequence))),
+            Some((id, Ok(ack))) if ack.duplicate => self
+                .failed
+                .push((id, format!("JetStream: duplicate of sequence {} (same payload stored before)", ack.sequence))),
             Some((_, Ok(_))) | None => {}
         }
     }
@@ -112,7 +122,14 @@ mod tests {
 
     #[test]
     fn messages_look_like_the_bridges() {
-        let pop = Population::new(PopulationParams { connections: 200, tenants: 2, branches: 3, mix: Mix::default(), diners_per_session: 4 }).unwrap();
+        let pop = Population::new(PopulationParams {
+            connections: 200,
+            tenants: 2,
+            branches: 3,
+            mix: Mix::default(),
+            diners_per_session: 4,
+        })
+        .unwrap();
         let g = Generator::new(Traffic::Steady, pop, 7);
         for id in 0..200 {
             let event = g.event(id);
@@ -123,7 +140,11 @@ mod tests {
             let branch = env.branch_id.expect("loadtest events name their branch");
             let role = Role::of(wire::event_types::TypeClass::of(&env.event_type), branch);
             assert_eq!(out.subject, EventSubject { tenant_id: env.tenant_id, branch_id: branch, role }.events());
-            assert!(out.subject.starts_with(&format!("events.{}.{}.", event.tenant_id, event.branch_id)), "{}", out.subject);
+            assert!(
+                out.subject.starts_with(&format!("events.{}.{}.", event.tenant_id, event.branch_id)),
+                "{}",
+                out.subject
+            );
             let header = |name: &str| out.headers.get(name).map(|v| v.as_str().to_string());
             let msg_id = header(headers::MSG_ID).expect("Nats-Msg-Id");
             assert_eq!(msg_id, Digest::of(text.as_bytes()).msg_id());

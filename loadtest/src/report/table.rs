@@ -9,14 +9,40 @@ pub fn render(r: &Report) -> String {
     let mut row = |k: &str, v: String| rows.push((k.to_string(), v));
     row("scenario", format!("{} ({:.1} s wall)", r.scenario, r.wall_s));
     if let Some(c) = &r.connections {
-        row("connections", format!("{} of {} opened by {} worker(s), {} never", c.connected, c.requested, c.workers, c.never_connected));
-        row("handshakes", format!("{:.0}/s over {:.2} s; p50 {} p99 {} max {}", c.handshakes_per_s, c.connect_phase_s, fmt_us(c.handshake.p50_us), fmt_us(c.handshake.p99_us), fmt_us(c.handshake.max_us)));
+        row(
+            "connections",
+            format!(
+                "{} of {} opened by {} worker(s), {} never",
+                c.connected, c.requested, c.workers, c.never_connected
+            ),
+        );
+        row(
+            "handshakes",
+            format!(
+                "{:.0}/s over {:.2} s; p50 {} p99 {} max {}",
+                c.handshakes_per_s,
+                c.connect_phase_s,
+                fmt_us(c.handshake.p50_us),
+                fmt_us(c.handshake.p99_us),
+                fmt_us(c.handshake.max_us)
+            ),
+        );
         if c.recycles > 0 || c.server_closes > 0 || c.connect_failures_total > 0 {
-            row("reconnects", format!("{} recycled, {} closed by server, {} failed attempts", c.recycles, c.server_closes, c.connect_failures_total));
+            row(
+                "reconnects",
+                format!(
+                    "{} recycled, {} closed by server, {} failed attempts",
+                    c.recycles, c.server_closes, c.connect_failures_total
+                ),
+            );
         }
         if c.resumed > 0 || c.resume_gaps > 0 {
-            let reasons = if c.resume_gap_reasons.is_empty() { String::new() } else { format!(" {:?}", c.resume_gap_reasons) };
-            row("resume", format!("{} connections resumed from their cursor, {} RESUME_GAP{reasons}", c.resumed, c.resume_gaps));
+            let reasons =
+                if c.resume_gap_reasons.is_empty() { String::new() } else { format!(" {:?}", c.resume_gap_reasons) };
+            row(
+                "resume",
+                format!("{} connections resumed from their cursor, {} RESUME_GAP{reasons}", c.resumed, c.resume_gaps),
+            );
         }
         if !c.close_codes.is_empty() {
             row("server closes", format!("{:?}", c.close_codes));
@@ -26,27 +52,78 @@ pub fn render(r: &Report) -> String {
         }
     }
     if let Some(m) = &r.rss {
-        row("gateway RSS", format!("{} KiB -> {} KiB over pids {:?}: {:.2} KiB per connection", m.before_kib, m.after_kib, m.pids, m.per_connection_kib));
+        row(
+            "gateway RSS",
+            format!(
+                "{} KiB -> {} KiB over pids {:?}: {:.2} KiB per connection",
+                m.before_kib, m.after_kib, m.pids, m.per_connection_kib
+            ),
+        );
         let client = r.connections.as_ref().map_or(0.0, |c| c.client_cpu_s);
-        row("CPU", format!("gateways {:.1} s, loadtest workers {:.1} s, over {:.1} s wall", m.gateway_cpu_s, client, r.wall_s));
+        row(
+            "CPU",
+            format!("gateways {:.1} s, loadtest workers {:.1} s, over {:.1} s wall", m.gateway_cpu_s, client, r.wall_s),
+        );
     }
     let e = &r.events;
-    let asked = if e.target_rate > 0.0 { format!("{:.0}/s asked", e.target_rate) } else { "as fast as possible".to_string() };
-    row("events", format!("{} published via {} ({} copies), {:.0}/s ({asked}), max lag {:.1} ms, {} errors", e.published, e.path, e.copies, e.achieved_rate, e.max_lag_ms, e.publish_errors));
+    let asked =
+        if e.target_rate > 0.0 { format!("{:.0}/s asked", e.target_rate) } else { "as fast as possible".to_string() };
+    row(
+        "events",
+        format!(
+            "{} published via {} ({} copies), {:.0}/s ({asked}), max lag {:.1} ms, {} errors",
+            e.published, e.path, e.copies, e.achieved_rate, e.max_lag_ms, e.publish_errors
+        ),
+    );
     let d = &r.deliveries;
-    row("deliveries", format!("{} expected, {} delivered, {:.1} per event, {:.0}/s mean, {}/s peak", d.tally.expected, d.tally.delivered, d.avg_fanout, d.per_s, d.peak_per_s));
-    row("loss", format!("{} missing, {} duplicate, {} misrouted ({} outside window, tolerated)", d.tally.missing, d.tally.duplicates, d.tally.misrouted, d.tally.outside_window));
+    row(
+        "deliveries",
+        format!(
+            "{} expected, {} delivered, {:.1} per event, {:.0}/s mean, {}/s peak",
+            d.tally.expected, d.tally.delivered, d.avg_fanout, d.per_s, d.peak_per_s
+        ),
+    );
+    row(
+        "loss",
+        format!(
+            "{} missing, {} duplicate, {} misrouted ({} outside window, tolerated)",
+            d.tally.missing, d.tally.duplicates, d.tally.misrouted, d.tally.outside_window
+        ),
+    );
     let l = &r.latency;
-    row("latency", format!("p50 {} p90 {} p99 {} p99.9 {} max {} (n={})", fmt_us(l.p50_us), fmt_us(l.p90_us), fmt_us(l.p99_us), fmt_us(l.p999_us), fmt_us(l.max_us), l.count));
+    row(
+        "latency",
+        format!(
+            "p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
+            fmt_us(l.p50_us),
+            fmt_us(l.p90_us),
+            fmt_us(l.p99_us),
+            fmt_us(l.p999_us),
+            fmt_us(l.max_us),
+            l.count
+        ),
+    );
     if let Some(b) = &r.bridge {
         let (key, from) = match (b.direct, b.backlog) {
             (true, _) => ("jetstream", "first publish, straight to JetStream without Redis and the bridge"),
             (false, true) => ("bridge", "SIGCONT, a backlog in Redis"),
             (false, false) => ("bridge", "first publish"),
         };
-        row(key, format!("{} stored in {} at {:.0}/s (drained in {:.2} s from {from})", b.stored, b.stream, b.stored_per_s, b.drain_s));
+        row(
+            key,
+            format!(
+                "{} stored in {} at {:.0}/s (drained in {:.2} s from {from})",
+                b.stored, b.stream, b.stored_per_s, b.drain_s
+            ),
+        );
         if let Some(a) = &b.added_latency {
-            row("bridge adds", format!("p50 <= {} ms, p99 <= {} ms (its histogram's buckets, n={})", a.p50_le_ms, a.p99_le_ms, a.count));
+            row(
+                "bridge adds",
+                format!(
+                    "p50 <= {} ms, p99 <= {} ms (its histogram's buckets, n={})",
+                    a.p50_le_ms, a.p99_le_ms, a.count
+                ),
+            );
         }
         if !b.cpu_s.is_empty() {
             let used: Vec<String> = b.cpu_s.iter().map(|(name, s)| format!("{name} {s:.1} s")).collect();
@@ -66,12 +143,36 @@ pub fn render(r: &Report) -> String {
         }
         row("live again", live);
         let b = &f.reconnected;
-        row("reconnected", format!("p50 {} p90 {} p99 {} max {} after the kill", fmt_us(b.p50_us), fmt_us(b.p90_us), fmt_us(b.p99_us), fmt_us(b.max_us)));
+        row(
+            "reconnected",
+            format!(
+                "p50 {} p90 {} p99 {} max {} after the kill",
+                fmt_us(b.p50_us),
+                fmt_us(b.p90_us),
+                fmt_us(b.p99_us),
+                fmt_us(b.max_us)
+            ),
+        );
         let e = &f.first_event;
-        row("first event", format!("p50 {} p90 {} p99 {} max {} after the kill (the first published after it, however long none was)", fmt_us(e.p50_us), fmt_us(e.p90_us), fmt_us(e.p99_us), fmt_us(e.max_us)));
+        row(
+            "first event",
+            format!(
+                "p50 {} p90 {} p99 {} max {} after the kill (the first published after it, however long none was)",
+                fmt_us(e.p50_us),
+                fmt_us(e.p90_us),
+                fmt_us(e.p99_us),
+                fmt_us(e.max_us)
+            ),
+        );
     }
     if let Some(p) = &r.replay {
-        row("replay", format!("{} clients missed {} events each (stored in JetStream in {:.2} s)", p.clients, p.missed_per_client, p.stored_s));
+        row(
+            "replay",
+            format!(
+                "{} clients missed {} events each (stored in JetStream in {:.2} s)",
+                p.clients, p.missed_per_client, p.stored_s
+            ),
+        );
         let t = &p.replay;
         row(
             "replay time",

@@ -159,7 +159,9 @@ fn stop_bridges(args: &BridgeArgs) -> anyhow::Result<(Vec<i32>, pause::Paused)> 
 /// Waits up to `settle` for a copy of each of `published` events on `live.>`.
 async fn wait_copies(seen: &Seen, published: u64, settle: f64) {
     let deadline = Instant::now() + Duration::from_secs_f64(settle);
-    while Instant::now() < deadline && seen.copies.lock().expect("copies lock").iter().filter(|c| **c > 0).count() < published as usize {
+    while Instant::now() < deadline
+        && seen.copies.lock().expect("copies lock").iter().filter(|c| **c > 0).count() < published as usize
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -209,20 +211,37 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<Report> {
         .with_context(|| format!("connect to NATS at {}", args.nats_url))?;
     let mut stream = events_stream::open(&nats, &args.stream).await?;
     let seq_before = events_stream::last_sequence(&mut stream).await?;
-    let seen = Arc::new(Seen { run, copies: Mutex::default(), received: AtomicU64::new(0), foreign: AtomicU64::new(0), latency: Sharded::new(4) });
+    let seen = Arc::new(Seen {
+        run,
+        copies: Mutex::default(),
+        received: AtomicU64::new(0),
+        foreign: AtomicU64::new(0),
+        latency: Sharded::new(4),
+    });
     let receiver = follow_live(&nats, seen.clone()).await?;
 
     // The bridge's histogram times receipt from Redis to the acknowledgement: nothing of the
     // bridge's when it is bypassed, and mostly the wait in Redis when it was stopped.
     let bridge_latency = !direct && !args.backlog;
-    let latency_before = if bridge_latency { crate::bridge_probe::latency_buckets(&args.bridge_metrics).await } else { None };
+    let latency_before =
+        if bridge_latency { crate::bridge_probe::latency_buckets(&args.bridge_metrics).await } else { None };
     let mut target = target(&args).await?;
-    let (bridge_pids, mut paused) = if args.backlog { stop_bridges(&args).map(|(pids, p)| (pids, Some(p)))? } else { (Vec::new(), None) };
+    let (bridge_pids, mut paused) =
+        if args.backlog { stop_bridges(&args).map(|(pids, p)| (pids, Some(p)))? } else { (Vec::new(), None) };
     let mut cpu_before = crate::bridge_probe::cpu_by_process();
     let sent = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(seen.clone(), sent.clone(), 0);
     progress.phase(if args.backlog { "backlog" } else { "publish" });
-    let plan = Plan { generator: &generator, run, first_id: 0, count, rate, max_batch: args.publish.max_batch, pad_to: args.publish.payload_bytes, shape: shape(args.path) };
+    let plan = Plan {
+        generator: &generator,
+        run,
+        first_id: 0,
+        count,
+        rate,
+        max_batch: args.publish.max_batch,
+        pad_to: args.publish.payload_bytes,
+        shape: shape(args.path),
+    };
     let log = publisher::run(&mut target, plan, &sent, &CancellationToken::new()).await;
     let published = log.sent_us.iter().filter(|t| **t != 0).count() as u64;
 
@@ -241,13 +260,16 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<Report> {
     // bridge gets 5 s at least: one whose Redis read timed out while stopped reconnects first).
     progress.phase("drain");
     let idle = Duration::from_secs_f64(args.publish.settle.max(if args.backlog { 5.0 } else { 1.0 }));
-    let (stored, stored_at_us) = events_stream::wait_stored(&mut stream, seq_before, published, idle, last_publish_us).await?;
+    let (stored, stored_at_us) =
+        events_stream::wait_stored(&mut stream, seq_before, published, idle, last_publish_us).await?;
     let mut cpu_s = crate::bridge_probe::cpu_used(&cpu_before, &crate::bridge_probe::cpu_by_process());
     if direct {
         cpu_s.retain(|name, _| name == "nats-server" || name == "loadtest");
     }
     let added_latency = match (latency_before, bridge_latency) {
-        (Some(before), true) => crate::bridge_probe::latency_buckets(&args.bridge_metrics).await.and_then(|after| crate::bridge_probe::added_latency(&before, &after)),
+        (Some(before), true) => crate::bridge_probe::latency_buckets(&args.bridge_metrics)
+            .await
+            .and_then(|after| crate::bridge_probe::added_latency(&before, &after)),
         _ => None,
     };
     progress.phase("settle");
@@ -330,7 +352,11 @@ mod tests {
     use clap::Parser;
 
     fn args(extra: &[&str]) -> BridgeArgs {
-        let Command::Bridge(args) = Cli::try_parse_from(["loadtest", "bridge"].iter().chain(extra)).expect("parses").command else { panic!("bridge") };
+        let Command::Bridge(args) =
+            Cli::try_parse_from(["loadtest", "bridge"].iter().chain(extra)).expect("parses").command
+        else {
+            panic!("bridge")
+        };
         args
     }
 
@@ -342,7 +368,10 @@ mod tests {
             assert!(error.contains("--backlog needs --path stream") && error.contains(path), "{error}");
         }
         assert!(check(&args(&["--backlog"]), 1000).is_err(), "the default path is mixed");
-        assert!(check(&args(&["--path", "stream", "--backlog"]), publisher::STREAM_MAXLEN + 1).is_err(), "trimmed away");
+        assert!(
+            check(&args(&["--path", "stream", "--backlog"]), publisher::STREAM_MAXLEN + 1).is_err(),
+            "trimmed away"
+        );
         assert!(check(&args(&["--path", "direct"]), 10_000_000).is_ok());
     }
 

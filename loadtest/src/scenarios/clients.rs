@@ -50,7 +50,10 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
     let duration = args.publish.duration.unwrap_or(scenario.default_duration());
     let failover = kill.map(|k| failover::Plan::resolve(&k, &args.gateway_bin, duration)).transpose()?;
     let resume = args.resume || failover.is_some();
-    anyhow::ensure!(!(resume && args.direct_nats.is_some()), "resume needs the events stored in JetStream: leave out --direct-nats");
+    anyhow::ensure!(
+        !(resume && args.direct_nats.is_some()),
+        "resume needs the events stored in JetStream: leave out --direct-nats"
+    );
     let backoff = failover.as_ref().map_or(Policy::Load, failover::Plan::backoff);
     let churn_rate = match scenario {
         Scenario::Churn => args.churn_rate.unwrap_or((pop.len() as f64 * 0.05).max(1.0)),
@@ -62,7 +65,11 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
         Some(url) => Target::nats(url).await?,
         None => Target::redis(&args.publish.redis_url, &args.publish.stream_key).await?,
     };
-    let pids = if args.gateway_pids.is_empty() { rss::discover(&args.gateway_bin, &ports(&args.urls)) } else { args.gateway_pids.clone() };
+    let pids = if args.gateway_pids.is_empty() {
+        rss::discover(&args.gateway_bin, &ports(&args.urls))
+    } else {
+        args.gateway_pids.clone()
+    };
     let rss_before = rss::total_kib(&pids);
     let cpu_before = rss::cpu_readings(&pids);
 
@@ -111,7 +118,16 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
         }
         _ => (rate * duration).round() as u64,
     };
-    let plan = Plan { generator: &generator, run, first_id: 0, count, rate, max_batch: args.publish.max_batch, pad_to: args.publish.payload_bytes, shape: |e| e };
+    let plan = Plan {
+        generator: &generator,
+        run,
+        first_id: 0,
+        count,
+        rate,
+        max_batch: args.publish.max_batch,
+        pad_to: args.publish.payload_bytes,
+        shape: |e| e,
+    };
     let killing = async {
         match &failover {
             Some(kill) => Some(failover::kill(kill, &fleet, &progress).await),
@@ -163,7 +179,8 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
     conns.connected = phase.connected;
     conns.failed_first_attempt = phase.failed;
     conns.connect_phase_s = phase.last_done_us.saturating_sub(phase.first_start_us) as f64 / 1e6;
-    conns.handshakes_per_s = if conns.connect_phase_s > 0.0 { phase.connected as f64 / conns.connect_phase_s } else { 0.0 };
+    conns.handshakes_per_s =
+        if conns.connect_phase_s > 0.0 { phase.connected as f64 / conns.connect_phase_s } else { 0.0 };
     conns.handshake = hist::summary(&handshake);
 
     let published = log.sent_us.iter().filter(|t| **t != 0).count() as u64;
@@ -229,15 +246,16 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
 
 /// Ports of `ws://host:port` URLs.
 pub fn ports(urls: &[String]) -> Vec<u16> {
-    urls.iter()
-        .filter_map(|u| u.strip_prefix("ws://")?.split('/').next()?.rsplit(':').next()?.parse().ok())
-        .collect()
+    urls.iter().filter_map(|u| u.strip_prefix("ws://")?.split('/').next()?.rsplit(':').next()?.parse().ok()).collect()
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn ports_of_urls() {
-        assert_eq!(super::ports(&["ws://127.0.0.1:8001".into(), "ws://h:9/x".into(), "ws://nohost".into()]), vec![8001, 9]);
+        assert_eq!(
+            super::ports(&["ws://127.0.0.1:8001".into(), "ws://h:9/x".into(), "ws://nohost".into()]),
+            vec![8001, 9]
+        );
     }
 }

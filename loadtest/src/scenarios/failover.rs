@@ -32,22 +32,36 @@ pub struct Plan {
 impl Plan {
     /// Finds the process to kill and checks it exists; `duration` is the traffic's length.
     pub fn resolve(kill: &Kill, gateway_bin: &str, duration: f64) -> anyhow::Result<Plan> {
-        ensure!(kill.kill_after > 0.0 && kill.kill_after < duration, "--kill-after {} must fall within the traffic (--duration {duration})", kill.kill_after);
+        ensure!(
+            kill.kill_after > 0.0 && kill.kill_after < duration,
+            "--kill-after {} must fall within the traffic (--duration {duration})",
+            kill.kill_after
+        );
         ensure!(kill.backoff_base > 0.0, "--backoff-base must be positive");
         let pid = match (kill.kill_pid, &kill.kill_url) {
             (Some(pid), _) => pid,
             (None, Some(url)) => {
-                let port = *super::clients::ports(std::slice::from_ref(url)).first().with_context(|| format!("--kill-url {url} has no port"))?;
+                let port = *super::clients::ports(std::slice::from_ref(url))
+                    .first()
+                    .with_context(|| format!("--kill-url {url} has no port"))?;
                 match crate::rss::discover(gateway_bin, &[port]).as_slice() {
                     [pid] => *pid,
-                    [] => bail!("no process named {gateway_bin} listens on port {port} (--kill-url {url}): give --kill-pid"),
-                    many => bail!("several processes named {gateway_bin} listen on port {port} ({many:?}): give --kill-pid"),
+                    [] => bail!(
+                        "no process named {gateway_bin} listens on port {port} (--kill-url {url}): give --kill-pid"
+                    ),
+                    many => {
+                        bail!("several processes named {gateway_bin} listen on port {port} ({many:?}): give --kill-pid")
+                    }
                 }
             }
             (None, None) => bail!("give --kill-pid or --kill-url"),
         };
         signal::kill(Pid::from_raw(pid), None).with_context(|| format!("gateway pid {pid}"))?;
-        Ok(Plan { pid, after: Duration::from_secs_f64(kill.kill_after), backoff_base: Duration::from_secs_f64(kill.backoff_base) })
+        Ok(Plan {
+            pid,
+            after: Duration::from_secs_f64(kill.kill_after),
+            backoff_base: Duration::from_secs_f64(kill.backoff_base),
+        })
     }
 
     /// The clients reconnect like the browser apps.
@@ -62,7 +76,8 @@ pub async fn kill(plan: &Plan, fleet: &Fleet, progress: &Progress) -> anyhow::Re
     tokio::time::sleep(plan.after).await;
     let at_us = now_micros();
     fleet.send(&ToWorker::Killing { at_us }).await?;
-    signal::kill(Pid::from_raw(plan.pid), Signal::SIGKILL).with_context(|| format!("SIGKILL gateway pid {}", plan.pid))?;
+    signal::kill(Pid::from_raw(plan.pid), Signal::SIGKILL)
+        .with_context(|| format!("SIGKILL gateway pid {}", plan.pid))?;
     progress.phase("killed");
     Ok(at_us)
 }
@@ -91,7 +106,10 @@ pub fn section(plan: &Plan, kill_us: u64, finals: &[Final]) -> (Failover, Vec<St
         problems.push(format!("the kill closed no connection: is pid {} a gateway behind --url?", plan.pid));
     }
     if r.not_reconnected > 0 {
-        problems.push(format!("{} of the dead replica's {} clients were not connected again by the end", r.not_reconnected, r.killed));
+        problems.push(format!(
+            "{} of the dead replica's {} clients were not connected again by the end",
+            r.not_reconnected, r.killed
+        ));
     }
     let failover = Failover {
         killed_pid: plan.pid,

@@ -37,12 +37,23 @@ pub fn render(scenario: Scenario, args: &RunArgs) -> anyhow::Result<String> {
         entry.1 += n;
     }
     let mut out = String::new();
-    let _ = writeln!(out, "{} connections over {} tenants x {} branches, {} table sessions:", pop.len(), args.population.tenants, args.population.branches, pop.sessions());
+    let _ = writeln!(
+        out,
+        "{} connections over {} tenants x {} branches, {} table sessions:",
+        pop.len(),
+        args.population.tenants,
+        args.population.branches,
+        pop.sessions()
+    );
     for kind in Kind::ALL {
         let _ = writeln!(out, "  {:<8} {}", kind.name(), pop.count(kind, pop.len()));
     }
     let _ = writeln!(out, "{} {} events at {rate}/s ({copies} channel/stream copies)", events, scenario.name());
-    let _ = writeln!(out, "{deliveries} expected deliveries: {:.1} per event on average, {max} at most", deliveries as f64 / events.max(1) as f64);
+    let _ = writeln!(
+        out,
+        "{deliveries} expected deliveries: {:.1} per event on average, {max} at most",
+        deliveries as f64 / events.max(1) as f64
+    );
     for (ty, (n, d)) in by_type {
         let _ = writeln!(out, "  {ty:<30} {n:>8} events  {:>8.1} per event", d as f64 / n as f64);
     }

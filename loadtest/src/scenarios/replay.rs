@@ -87,12 +87,23 @@ impl Visit {
 
     /// Reads until `done` holds (`Ok(true)`) or `deadline` passes (`Ok(false)`); `Err` when the
     /// gateway ended the connection.
-    async fn read_until(&mut self, ws: &mut Socket, shared: &Shared, deadline: tokio::time::Instant, done: impl Fn(&Visit) -> bool) -> Result<bool, String> {
+    async fn read_until(
+        &mut self,
+        ws: &mut Socket,
+        shared: &Shared,
+        deadline: tokio::time::Instant,
+        done: impl Fn(&Visit) -> bool,
+    ) -> Result<bool, String> {
         while !done(self) {
             match tokio::time::timeout_at(deadline, ws.next()).await {
                 Err(_) => return Ok(false),
                 Ok(Some(Ok(Message::Text(text)))) => self.on_text(shared, text.as_str()),
-                Ok(Some(Ok(Message::Close(frame)))) => return Err(frame.map_or_else(|| "no code".to_string(), |f| format!("{} {}", u16::from(f.code), client::short(&f.reason)))),
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return Err(frame.map_or_else(
+                        || "no code".to_string(),
+                        |f| format!("{} {}", u16::from(f.code), client::short(&f.reason)),
+                    ))
+                }
                 Ok(Some(Ok(_))) => {}
                 Ok(Some(Err(e))) => return Err(format!("error: {}", client::short(&e.to_string()))),
                 Ok(None) => return Err("eof".into()),
@@ -113,7 +124,12 @@ impl Visit {
 
 /// Opens `member`'s connection with `resume=<cursor>` (`live` without one): the socket and when
 /// its `101` arrived.
-async fn open(shared: &Shared, member: &Member, cursor: Option<u64>, timeout: Duration) -> anyhow::Result<(Socket, u64)> {
+async fn open(
+    shared: &Shared,
+    member: &Member,
+    cursor: Option<u64>,
+    timeout: Duration,
+) -> anyhow::Result<(Socket, u64)> {
     let started = Instant::now();
     let gateway = (member.slot % shared.dialer.gateways.len() as u64) as usize;
     let query = resume::param(cursor);
@@ -131,7 +147,13 @@ async fn open(shared: &Shared, member: &Member, cursor: Option<u64>, timeout: Du
 }
 
 /// The first connection: reads until an event of this run brought a cursor, then leaves.
-async fn first_visit(shared: &Shared, slot: u64, mut ws: Socket, connected_us: u64, timeout: Duration) -> anyhow::Result<(Incarnation, u64)> {
+async fn first_visit(
+    shared: &Shared,
+    slot: u64,
+    mut ws: Socket,
+    connected_us: u64,
+    timeout: Duration,
+) -> anyhow::Result<(Incarnation, u64)> {
     let me = Incarnation { slot, connected_us, opened: Opened::Live, ..Incarnation::default() };
     let mut visit = Visit { me, cursor: None, last_us: 0, live: true };
     let deadline = tokio::time::Instant::now() + timeout;
@@ -150,10 +172,18 @@ async fn first_visit(shared: &Shared, slot: u64, mut ws: Socket, connected_us: u
 /// The second connection, with the cursor: reads until `owed` events of this run arrived or
 /// `timeout` passed, then `settle` longer for late copies. Its record, and the replay time (µs
 /// from the `101` to the last owed event) when complete.
-async fn second_visit(shared: &Shared, member: &Member, cursor: u64, owed: u64, timeout: Duration, settle: Duration) -> anyhow::Result<(Incarnation, Option<u64>)> {
+async fn second_visit(
+    shared: &Shared,
+    member: &Member,
+    cursor: u64,
+    owed: u64,
+    timeout: Duration,
+    settle: Duration,
+) -> anyhow::Result<(Incarnation, Option<u64>)> {
     let (mut ws, opened_us) = open(shared, member, Some(cursor), timeout).await?;
     shared.stats.resumed.fetch_add(1, Relaxed);
-    let me = Incarnation { slot: member.slot, connected_us: opened_us, opened: Opened::Resumed, ..Incarnation::default() };
+    let me =
+        Incarnation { slot: member.slot, connected_us: opened_us, opened: Opened::Resumed, ..Incarnation::default() };
     let mut visit = Visit { me, cursor: Some(cursor), last_us: opened_us, live: false };
     let deadline = tokio::time::Instant::now() + timeout;
     let complete = match visit.read_until(&mut ws, shared, deadline, |v| v.me.received.len() as u64 >= owed).await {
@@ -176,7 +206,13 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<Report> {
     let started = Instant::now();
     let started_at = crate::events::iso8601_micros(now_micros());
     let timeout = Duration::from_secs_f64(args.timeout);
-    let params = PopulationParams { connections: args.clients, tenants: args.tenants, branches: 1, mix: Mix::parse("admin=1")?, diners_per_session: 1 };
+    let params = PopulationParams {
+        connections: args.clients,
+        tenants: args.tenants,
+        branches: 1,
+        mix: Mix::parse("admin=1")?,
+        diners_per_session: 1,
+    };
     let pop = Population::new(params)?;
     // One ROUND_SUBMITTED per tenant and round: every admin of the tenant receives each.
     let generator = Generator::new(Traffic::Probe, pop.clone(), 0);
@@ -197,13 +233,25 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<Report> {
         gateways,
         origin: args.handshake.origin(),
         source_ips: 0,
-        secrets: Secrets { jwt: args.handshake.secrets.jwt_secret.clone(), table: args.handshake.secrets.table_secret.clone() },
+        secrets: Secrets {
+            jwt: args.handshake.secrets.jwt_secret.clone(),
+            table: args.handshake.secrets.table_secret.clone(),
+        },
     };
     let shared = Arc::new(Shared { run, dialer, stats: Stats::new() });
     let members: Vec<Member> = (0..pop.len()).map(|s| pop.member(s)).collect();
     let sent = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(shared.clone(), sent.clone(), pop.len());
-    let plan = |first_id, count, rate| Plan { generator: &generator, run, first_id, count, rate, max_batch: args.max_batch, pad_to: args.payload_bytes, shape: |e| e };
+    let plan = |first_id, count, rate| Plan {
+        generator: &generator,
+        run,
+        first_id,
+        count,
+        rate,
+        max_batch: args.max_batch,
+        pad_to: args.payload_bytes,
+        shape: |e| e,
+    };
     let never = CancellationToken::new();
 
     // 1. Every client connects live and gets one event, hence a cursor; then it leaves.
@@ -217,7 +265,13 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<Report> {
     progress.phase("prime");
     let primer = publisher::run(&mut target, plan(0, round, 0.0), &sent, &never).await;
     ensure!(primer.errors == 0, "the first events could not be published: {}", primer.first_error.unwrap_or_default());
-    let firsts = join_all(sockets.into_iter().zip(&members).map(|((ws, connected_us), m)| first_visit(&shared, m.slot, ws, connected_us, timeout))).await;
+    let firsts = join_all(
+        sockets
+            .into_iter()
+            .zip(&members)
+            .map(|((ws, connected_us), m)| first_visit(&shared, m.slot, ws, connected_us, timeout)),
+    )
+    .await;
     let (mut incarnations, mut cursors) = (Vec::new(), Vec::new());
     for first in firsts {
         let (incarnation, cursor) = first?;
@@ -231,7 +285,8 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<Report> {
     let log = publisher::run(&mut target, plan(round, args.missed * round, args.rate), &sent, &never).await;
     let published = log.sent_us[round as usize..].iter().filter(|t| **t != 0).count() as u64;
     progress.phase("store");
-    let (stored, stored_at_us) = events_stream::wait_stored(&mut stream, since, published, timeout, log.started_us).await?;
+    let (stored, stored_at_us) =
+        events_stream::wait_stored(&mut stream, since, published, timeout, log.started_us).await?;
     let mut problems = Vec::new();
     if stored < published {
         problems.push(format!("only {stored} of the {published} missed events were stored in {} within {timeout:?}: is the bridge running?", args.stream));
@@ -247,7 +302,13 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<Report> {
         }
     }
     let settle = Duration::from_secs_f64(args.settle);
-    let seconds = join_all(members.iter().zip(&cursors).map(|(m, cursor)| second_visit(&shared, m, *cursor, owed[m.slot as usize], timeout, settle))).await;
+    let seconds = join_all(
+        members
+            .iter()
+            .zip(&cursors)
+            .map(|(m, cursor)| second_visit(&shared, m, *cursor, owed[m.slot as usize], timeout, settle)),
+    )
+    .await;
     let mut replay = hist::new();
     let (mut replayed, mut first_open, mut last_event, mut incomplete) = (0u64, u64::MAX, 0u64, 0u64);
     for (second, m) in seconds.into_iter().zip(&members) {

@@ -81,10 +81,15 @@ pub fn read(reply: &Message) -> Result<Stored, Refused> {
 
 /// Reads the JSON body of a publish acknowledgement.
 pub fn parse(body: &[u8]) -> Result<Stored, Refused> {
-    let reply: Reply = serde_json::from_slice(body).map_err(|e| Refused::Unreadable(format!("{e}: {}", String::from_utf8_lossy(body))))?;
+    let reply: Reply = serde_json::from_slice(body)
+        .map_err(|e| Refused::Unreadable(format!("{e}: {}", String::from_utf8_lossy(body))))?;
     match reply {
-        Reply { error: Some(e), .. } => Err(Refused::Api { code: e.code, err_code: e.err_code, description: e.description }),
-        Reply { stream: Some(stream), seq: Some(sequence), duplicate, .. } => Ok(Stored { stream, sequence, duplicate }),
+        Reply { error: Some(e), .. } => {
+            Err(Refused::Api { code: e.code, err_code: e.err_code, description: e.description })
+        }
+        Reply { stream: Some(stream), seq: Some(sequence), duplicate, .. } => {
+            Ok(Stored { stream, sequence, duplicate })
+        }
         _ => Err(Refused::Unreadable(String::from_utf8_lossy(body).into_owned())),
     }
 }
@@ -95,7 +100,10 @@ mod tests {
 
     #[test]
     fn stored_and_duplicate() {
-        assert_eq!(parse(br#"{"stream":"EVENTS","seq":42}"#), Ok(Stored { stream: "EVENTS".into(), sequence: 42, duplicate: false }));
+        assert_eq!(
+            parse(br#"{"stream":"EVENTS","seq":42}"#),
+            Ok(Stored { stream: "EVENTS".into(), sequence: 42, duplicate: false })
+        );
         assert_eq!(
             parse(br#"{"stream":"EVENTS","domain":"hub","seq":7,"duplicate":true}"#),
             Ok(Stored { stream: "EVENTS".into(), sequence: 7, duplicate: true })
@@ -104,9 +112,12 @@ mod tests {
 
     #[test]
     fn api_errors_keep_their_codes() {
-        let conflict = parse(br#"{"error":{"code":400,"err_code":10158,"description":"duplicate message id is in process"}}"#).unwrap_err();
+        let conflict =
+            parse(br#"{"error":{"code":400,"err_code":10158,"description":"duplicate message id is in process"}}"#)
+                .unwrap_err();
         assert!(conflict.in_process_elsewhere());
-        let other = parse(br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#).unwrap_err();
+        let other =
+            parse(br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#).unwrap_err();
         assert!(!other.in_process_elsewhere());
         assert_eq!(other.to_string(), "JetStream error 10077 (503): maximum messages exceeded");
     }

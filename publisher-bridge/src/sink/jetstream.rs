@@ -45,7 +45,14 @@ impl Publisher {
     pub fn new(js: Context, metrics: Arc<Metrics>, abandon: CancellationToken) -> Publisher {
         let client = js.client();
         let reply_prefix = format!("{}.", client.new_inbox());
-        Publisher { js, client, reply_prefix, metrics, abandon, warn: LogLimiter::new(std::time::Duration::from_secs(5)) }
+        Publisher {
+            js,
+            client,
+            reply_prefix,
+            metrics,
+            abandon,
+            warn: LogLimiter::new(std::time::Duration::from_secs(5)),
+        }
     }
 
     pub fn context(&self) -> &Context {
@@ -109,7 +116,8 @@ impl Publisher {
     /// when abandoned meanwhile.
     async fn attempt(&self, out: &Outgoing) -> Option<Result<Stored, Refused>> {
         let attempt = async {
-            let ack = self.js.publish_with_headers(out.subject.clone(), out.headers.clone(), out.payload.clone()).await?;
+            let ack =
+                self.js.publish_with_headers(out.subject.clone(), out.headers.clone(), out.payload.clone()).await?;
             ack.await
         };
         tokio::select! {

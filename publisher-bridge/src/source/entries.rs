@@ -13,10 +13,13 @@ pub struct Entry {
 /// XREADGROUP's reply for a single key: nil on timeout, an array (RESP2) or a map (RESP3).
 pub fn parse_read_reply(reply: Value) -> Vec<Entry> {
     let streams = match reply {
-        Value::Array(streams) => streams.into_iter().filter_map(|s| match s {
-            Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
-            _ => None,
-        }).collect::<Vec<_>>(),
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
         Value::Map(pairs) => pairs.into_iter().map(|(_, entries)| entries).collect(),
         _ => Vec::new(),
     };
@@ -121,7 +124,11 @@ mod tests {
 
     #[test]
     fn reads_autoclaim_replies() {
-        let reply = Value::Array(vec![bulk("5-0"), Value::Array(vec![entry("3-0", &[("payload", "x")])]), Value::Array(vec![])]);
+        let reply = Value::Array(vec![
+            bulk("5-0"),
+            Value::Array(vec![entry("3-0", &[("payload", "x")])]),
+            Value::Array(vec![]),
+        ]);
         let (next, entries) = parse_autoclaim(reply);
         assert_eq!(next, "5-0");
         assert_eq!(entries[0].id, "3-0");
@@ -131,7 +138,9 @@ mod tests {
 
     #[test]
     fn picks_data_then_payload() {
-        let f = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect::<Vec<_>>();
+        let f = |pairs: &[(&str, &str)]| {
+            pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect::<Vec<_>>()
+        };
         assert_eq!(data_field(f(&[("payload", "p"), ("data", "d")])), Ok(b"d".to_vec()));
         assert_eq!(data_field(f(&[("payload", "p")])), Ok(b"p".to_vec()));
         assert_eq!(data_field(f(&[("other", "o")])), Err(br#"{"other":"o"}"#.to_vec()));

@@ -57,7 +57,11 @@ impl Target {
             _ => return Err(std::io::Error::other("TLS connections to Redis (rediss://) are not supported")),
         };
         let settings = info.redis_settings();
-        Ok(Target { addr, username: settings.username().map(str::to_owned), password: settings.password().map(str::to_owned) })
+        Ok(Target {
+            addr,
+            username: settings.username().map(str::to_owned),
+            password: settings.password().map(str::to_owned),
+        })
     }
 }
 

@@ -55,7 +55,9 @@ impl Frame {
             _ => return Push::Other,
         };
         match (&kind[..], parts.next(), parts.next(), parts.next()) {
-            (b"pmessage", Some(_pattern), Some(Frame::Bulk(channel)), Some(Frame::Bulk(payload))) => Push::Message { channel, payload },
+            (b"pmessage", Some(_pattern), Some(Frame::Bulk(channel)), Some(Frame::Bulk(payload))) => {
+                Push::Message { channel, payload }
+            }
             (b"psubscribe", _, Some(Frame::Integer(count)), None) => Push::Subscribed(count),
             (b"pong", ..) => Push::Pong,
             _ => Push::Other,
@@ -199,17 +201,29 @@ mod tests {
     #[test]
     fn decodes_a_pmessage_without_touching_the_payload() {
         let payload = "{\"type\":\"X\",\"text\":\"l\u{00ed}nea\\r\\n\"}";
-        let wire = format!("*4\r\n$8\r\npmessage\r\n$8\r\nbranch:*\r\n$16\r\nbranch:7:waiters\r\n${}\r\n{payload}\r\n", payload.len());
+        let wire = format!(
+            "*4\r\n$8\r\npmessage\r\n$8\r\nbranch:*\r\n$16\r\nbranch:7:waiters\r\n${}\r\n{payload}\r\n",
+            payload.len()
+        );
         let mut b = buf(wire.as_bytes());
         let frame = parse(&mut b).unwrap().unwrap();
         assert!(b.is_empty());
-        assert_eq!(frame.into_push(), Push::Message { channel: Bytes::from_static(b"branch:7:waiters"), payload: Bytes::from(payload.to_string()) });
+        assert_eq!(
+            frame.into_push(),
+            Push::Message {
+                channel: Bytes::from_static(b"branch:7:waiters"),
+                payload: Bytes::from(payload.to_string())
+            }
+        );
     }
 
     #[test]
     fn a_payload_may_contain_crlf() {
         let mut b = buf(b"*4\r\n$8\r\npmessage\r\n$1\r\np\r\n$1\r\nc\r\n$4\r\na\r\nb\r\n");
-        assert_eq!(parse(&mut b).unwrap().unwrap().into_push(), Push::Message { channel: Bytes::from_static(b"c"), payload: Bytes::from_static(b"a\r\nb") });
+        assert_eq!(
+            parse(&mut b).unwrap().unwrap().into_push(),
+            Push::Message { channel: Bytes::from_static(b"c"), payload: Bytes::from_static(b"a\r\nb") }
+        );
     }
 
     #[test]

@@ -56,7 +56,14 @@ pub struct StreamSource {
 }
 
 impl StreamSource {
-    pub fn new(config: &Config, pipeline: Arc<Pipeline>, health: Arc<Health>, metrics: Arc<Metrics>, read_conn: ConnectionManager, ack_conn: ConnectionManager) -> StreamSource {
+    pub fn new(
+        config: &Config,
+        pipeline: Arc<Pipeline>,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+        read_conn: ConnectionManager,
+        ack_conn: ConnectionManager,
+    ) -> StreamSource {
         StreamSource {
             key: config.stream_key.as_str().into(),
             group: config.consumer_group.clone(),
@@ -130,8 +137,14 @@ impl StreamSource {
     }
 
     async fn ensure_group(&self, conn: &mut ConnectionManager, start: &str) -> RedisResult<()> {
-        let created: RedisResult<Value> =
-            redis::cmd("XGROUP").arg("CREATE").arg(&*self.key).arg(&self.group).arg(start).arg("MKSTREAM").query_async(conn).await;
+        let created: RedisResult<Value> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&*self.key)
+            .arg(&self.group)
+            .arg(start)
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
         match created {
             Ok(_) => {
                 tracing::info!(key = %self.key, group = %self.group, start, "created Redis consumer group");
@@ -186,7 +199,8 @@ impl StreamSource {
         while ids.recv_many(&mut batch, 1024).await > 0 {
             let mut backoff = Backoff::publish();
             loop {
-                let acked: RedisResult<u64> = redis::cmd("XACK").arg(&*self.key).arg(&self.group).arg(&batch).query_async(&mut conn).await;
+                let acked: RedisResult<u64> =
+                    redis::cmd("XACK").arg(&*self.key).arg(&self.group).arg(&batch).query_async(&mut conn).await;
                 match acked {
                     Ok(_) => {
                         self.metrics.stream_acked.inc_by(batch.len() as u64);
@@ -273,5 +287,9 @@ impl StreamSource {
 
 /// Connection trouble is retried; an error answer from Redis is not.
 fn retryable(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() || e.code() == Some("LOADING")
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.code() == Some("LOADING")
 }

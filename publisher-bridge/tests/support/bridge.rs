@@ -194,7 +194,8 @@ pub async fn redis(url: &str) -> Result<redis::aio::MultiplexedConnection> {
 }
 
 pub async fn jetstream(url: &str) -> Result<jetstream::Context> {
-    let addrs: Vec<async_nats::ServerAddr> = url.split(',').map(|u| u.trim().parse()).collect::<std::result::Result<_, _>>()?;
+    let addrs: Vec<async_nats::ServerAddr> =
+        url.split(',').map(|u| u.trim().parse()).collect::<std::result::Result<_, _>>()?;
     let client = within(10, "nats connect", async_nats::connect(addrs)).await??;
     Ok(jetstream::new(client))
 }
@@ -228,9 +229,8 @@ pub async fn read_all(js: &jetstream::Context, stream: &str) -> Result<Vec<Store
         return Ok(Vec::new());
     }
     let s = js.get_stream(stream).await?;
-    let consumer = s
-        .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
-        .await?;
+    let consumer =
+        s.create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() }).await?;
     let mut messages = consumer.messages().await?;
     let mut out = Vec::with_capacity(n as usize);
     while (out.len() as u64) < n {
@@ -273,7 +273,8 @@ pub fn seq_of(payload: &[u8]) -> Option<u64> {
 
 /// `XPENDING key group` count.
 pub async fn xpending(conn: &mut redis::aio::MultiplexedConnection, key: &str, group: &str) -> Result<i64> {
-    let reply: redis::Value = within(5, "XPENDING", redis::cmd("XPENDING").arg(key).arg(group).query_async(conn)).await??;
+    let reply: redis::Value =
+        within(5, "XPENDING", redis::cmd("XPENDING").arg(key).arg(group).query_async(conn)).await??;
     match reply {
         redis::Value::Array(items) => match items.first() {
             Some(redis::Value::Int(n)) => Ok(*n),
@@ -284,7 +285,12 @@ pub async fn xpending(conn: &mut redis::aio::MultiplexedConnection, key: &str, g
 }
 
 /// XADDs `field=payload` entries in pipelined batches.
-pub async fn xadd_all(conn: &mut redis::aio::MultiplexedConnection, key: &str, field: &str, payloads: &[String]) -> Result<()> {
+pub async fn xadd_all(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    field: &str,
+    payloads: &[String],
+) -> Result<()> {
     for chunk in payloads.chunks(500) {
         let mut pipe = redis::pipe();
         for p in chunk {
@@ -299,12 +305,20 @@ pub async fn xadd_all(conn: &mut redis::aio::MultiplexedConnection, key: &str, f
 pub fn assert_exactly_once(stored: &[Stored], n: u64) {
     let mut seen = vec![0u32; n as usize];
     for s in stored {
-        let seq = seq_of(&s.payload).unwrap_or_else(|| panic!("not a test event: {}", String::from_utf8_lossy(&s.payload)));
+        let seq =
+            seq_of(&s.payload).unwrap_or_else(|| panic!("not a test event: {}", String::from_utf8_lossy(&s.payload)));
         seen[seq as usize] += 1;
     }
     let missing: Vec<usize> = seen.iter().enumerate().filter(|(_, c)| **c == 0).map(|(i, _)| i).collect();
     let doubled: Vec<usize> = seen.iter().enumerate().filter(|(_, c)| **c > 1).map(|(i, _)| i).collect();
-    assert!(missing.is_empty() && doubled.is_empty(), "missing {} (first {:?}), doubled {} (first {:?})", missing.len(), &missing[..missing.len().min(10)], doubled.len(), &doubled[..doubled.len().min(10)]);
+    assert!(
+        missing.is_empty() && doubled.is_empty(),
+        "missing {} (first {:?}), doubled {} (first {:?})",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        doubled.len(),
+        &doubled[..doubled.len().min(10)]
+    );
     assert_eq!(stored.len() as u64, n);
 }
 

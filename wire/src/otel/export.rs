@@ -22,10 +22,18 @@ pub enum OtelError {
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 
-pub(super) fn provider(settings: &OtelSettings, endpoint: &str, service: &Service) -> Result<SdkTracerProvider, OtelError> {
+pub(super) fn provider(
+    settings: &OtelSettings,
+    endpoint: &str,
+    service: &Service,
+) -> Result<SdkTracerProvider, OtelError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| OtelError::NoRuntime)?;
-    let client = OnRuntime { runtime, inner: opentelemetry_http::hyper::HyperClient::with_default_connector(settings.timeout, None) };
-    let headers: HashMap<String, String> = settings.headers.iter().map(|(k, v)| (k.clone(), v.expose_str().to_string())).collect();
+    let client = OnRuntime {
+        runtime,
+        inner: opentelemetry_http::hyper::HyperClient::with_default_connector(settings.timeout, None),
+    };
+    let headers: HashMap<String, String> =
+        settings.headers.iter().map(|(k, v)| (k.clone(), v.expose_str().to_string())).collect();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_http_client(client)
@@ -62,7 +70,11 @@ fn sampler(setting: Sampler) -> sdk::Sampler {
 /// `service.instance.id`, then OTEL_RESOURCE_ATTRIBUTES (which cannot override the name).
 fn resource(settings: &OtelSettings, service: &Service) -> Resource {
     let name = settings.service_name.clone().unwrap_or_else(|| service.name.to_string());
-    let extra = settings.resource_attributes.iter().filter(|(k, _)| k != "service.name").map(|(k, v)| KeyValue::new(k.clone(), v.clone()));
+    let extra = settings
+        .resource_attributes
+        .iter()
+        .filter(|(k, _)| k != "service.name")
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()));
     Resource::builder_empty()
         .with_attributes([
             KeyValue::new("service.version", service.version),
@@ -85,7 +97,10 @@ struct OnRuntime {
 
 #[async_trait::async_trait]
 impl HttpClient for OnRuntime {
-    async fn send_bytes(&self, request: http::Request<bytes::Bytes>) -> Result<http::Response<bytes::Bytes>, HttpError> {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, HttpError> {
         let inner = self.inner.clone();
         self.runtime.spawn(async move { inner.send_bytes(request).await }).await?
     }

@@ -63,7 +63,10 @@ mod tests {
         let mut headers = async_nats::HeaderMap::new();
         let cx = opentelemetry::Context::new().with_remote_span_context(context.clone());
         TraceContextPropagator::new().inject_context(&cx, &mut Writer(&mut headers));
-        assert_eq!(headers.get(crate::headers::TRACEPARENT).unwrap().as_str(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(
+            headers.get(crate::headers::TRACEPARENT).unwrap().as_str(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
         assert_eq!(headers.get(crate::headers::TRACESTATE).unwrap().as_str(), "vendor=x");
         let back = TraceContextPropagator::new().extract(&Reader(&headers));
         assert_eq!(back.span().span_context(), &context);

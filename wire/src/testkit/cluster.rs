@@ -288,7 +288,11 @@ impl ClusterStack {
 
     fn gateway_duration(&self, name: &str) -> Duration {
         let env = gateway_env(&self.options, "x", loopback(1), "", "");
-        let value = env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("testkit: no {name}"));
+        let value = env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("testkit: no {name}"));
         crate::settings::parse_duration(value).unwrap_or_else(|| panic!("testkit: {name}={value} is not a duration"))
     }
 }
@@ -365,7 +369,10 @@ async fn wait_stream_leader(nats: &NatsCluster) -> usize {
         if let Some(leader) = nats.leader_of_stream(EVENTS_STREAM).await {
             return leader;
         }
-        assert!(Instant::now() < deadline, "testkit: stream {EVENTS_STREAM} has no leader after {STREAM_LEADER_TIMEOUT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "testkit: stream {EVENTS_STREAM} has no leader after {STREAM_LEADER_TIMEOUT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -13,7 +13,12 @@ pub async fn http_get(url: &str) -> Result<(u16, String)> {
 
 /// Sends `method` to `url` with extra `headers` and an optional body (sent with its
 /// `Content-Length`); returns the status code and the body.
-pub async fn http_request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Result<(u16, String)> {
+pub async fn http_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<(u16, String)> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| Error::new(ErrorKind::InvalidInput, format!("not an http:// url: {url}")))?;

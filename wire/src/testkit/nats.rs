@@ -64,18 +64,26 @@ impl NatsServer {
     fn spawn(ports: Ports, name: Option<String>, routes: &[u16]) -> NatsServer {
         let dir = fixture_dir("nats");
         let mut spec = Spec::new(nats_server_bin(), dir.path().join("nats-server.log"))
-            .arg("-a").arg("127.0.0.1")
-            .arg("-p").arg(ports.client)
-            .arg("-m").arg(ports.monitor)
+            .arg("-a")
+            .arg("127.0.0.1")
+            .arg("-p")
+            .arg(ports.client)
+            .arg("-m")
+            .arg(ports.monitor)
             .arg("-js")
-            .arg("-sd").arg(dir.path().join("store").display());
+            .arg("-sd")
+            .arg(dir.path().join("store").display());
         if let Some(name) = &name {
             let routes: Vec<String> = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
             spec = spec
-                .arg("-n").arg(name)
-                .arg("--cluster_name").arg(CLUSTER_NAME)
-                .arg("--cluster").arg(format!("nats://127.0.0.1:{}", ports.cluster))
-                .arg("--routes").arg(routes.join(","));
+                .arg("-n")
+                .arg(name)
+                .arg("--cluster_name")
+                .arg(CLUSTER_NAME)
+                .arg("--cluster")
+                .arg(format!("nats://127.0.0.1:{}", ports.cluster))
+                .arg("--routes")
+                .arg(routes.join(","));
         }
         let child = Some(spec.spawn());
         NatsServer { child, spec, port: ports.client, monitor_port: ports.monitor, server_name: name, _dir: dir }
@@ -155,7 +163,8 @@ impl NatsCluster {
             let ports = fresh_ports(n);
             let mut nodes: Vec<NatsServer> = (0..n)
                 .map(|i| {
-                    let routes: Vec<u16> = ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| p.cluster).collect();
+                    let routes: Vec<u16> =
+                        ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| p.cluster).collect();
                     NatsServer::spawn(ports[i], Some(format!("n{i}")), &routes)
                 })
                 .collect();
@@ -181,7 +190,11 @@ impl NatsCluster {
 
     async fn all_see_meta_leader(&self) -> bool {
         for node in &self.nodes {
-            let leader = node.monitor_json("/jsz").await.ok().and_then(|v| v["meta_cluster"]["leader"].as_str().map(str::to_owned));
+            let leader = node
+                .monitor_json("/jsz")
+                .await
+                .ok()
+                .and_then(|v| v["meta_cluster"]["leader"].as_str().map(str::to_owned));
             if leader.is_none_or(|l| l.is_empty()) {
                 return false;
             }
@@ -200,9 +213,10 @@ impl NatsCluster {
         for (i, node) in self.nodes.iter().enumerate() {
             let Ok(jsz) = node.monitor_json("/jsz?accounts=true&streams=true").await else { continue };
             let accounts = jsz["account_details"].as_array().cloned().unwrap_or_default();
-            let leads = accounts.iter().flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default()).any(|s| {
-                s["name"].as_str() == Some(stream) && s["cluster"]["leader"].as_str() == node.server_name()
-            });
+            let leads = accounts
+                .iter()
+                .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+                .any(|s| s["name"].as_str() == Some(stream) && s["cluster"]["leader"].as_str() == node.server_name());
             if leads {
                 return Some(i);
             }

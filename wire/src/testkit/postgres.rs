@@ -48,10 +48,14 @@ impl Postgres {
             copy_dir(&template, &data);
             let port = free_port();
             let mut spec = Spec::new(bin.join("postgres"), dir.path().join("postgres.log"))
-                .arg("-D").arg(data.display())
-                .arg("-p").arg(port)
-                .arg("-k").arg(sock.display());
-            for setting in ["listen_addresses=127.0.0.1", "fsync=off", "synchronous_commit=off", "full_page_writes=off"] {
+                .arg("-D")
+                .arg(data.display())
+                .arg("-p")
+                .arg(port)
+                .arg("-k")
+                .arg(sock.display());
+            for setting in ["listen_addresses=127.0.0.1", "fsync=off", "synchronous_commit=off", "full_page_writes=off"]
+            {
                 spec = spec.arg("-c").arg(setting);
             }
             spec.run_as = run_as;
@@ -158,8 +162,10 @@ fn ensure_template(bin: &Path, major: &str, run_as: Option<(Uid, Gid)>) -> PathB
     give_to(run_as, &[work.path()]);
     let data = work.path().join("data");
     let mut spec = Spec::new(bin.join("initdb"), work.path().join("initdb.log"))
-        .arg("-D").arg(data.display())
-        .arg("-U").arg(SUPERUSER)
+        .arg("-D")
+        .arg(data.display())
+        .arg("-U")
+        .arg(SUPERUSER)
         .arg("--auth=trust")
         .arg("--no-locale")
         .arg("--encoding=UTF8")

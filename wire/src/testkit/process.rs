@@ -64,8 +64,7 @@ impl Spec {
                 Ok(())
             });
         }
-        cmd.spawn()
-            .unwrap_or_else(|e| panic!("testkit: spawn {}: {e}", self.program.display()))
+        cmd.spawn().unwrap_or_else(|e| panic!("testkit: spawn {}: {e}", self.program.display()))
     }
 }
 

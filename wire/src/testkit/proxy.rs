@@ -71,9 +71,7 @@ impl Haproxy {
         );
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, &config).unwrap_or_else(|e| panic!("testkit: write {}: {e}", path.display()));
-        let spec = Spec::new("haproxy", dir.path().join("haproxy.log"))
-            .arg("-f").arg(path.display())
-            .arg("-db");
+        let spec = Spec::new("haproxy", dir.path().join("haproxy.log")).arg("-f").arg(path.display()).arg("-db");
         let child = Some(spec.spawn());
         Haproxy { child, spec, port, stats_port, config, backends: backends.to_vec(), _dir: dir }
     }
@@ -205,10 +203,14 @@ impl Nginx {
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, &config).unwrap_or_else(|e| panic!("testkit: write {}: {e}", path.display()));
         let spec = Spec::new("nginx", dir.path().join("nginx.log"))
-            .arg("-e").arg("stderr")
-            .arg("-p").arg(format!("{}/", dir.path().display()))
-            .arg("-c").arg(path.display())
-            .arg("-g").arg("daemon off; master_process off;");
+            .arg("-e")
+            .arg("stderr")
+            .arg("-p")
+            .arg(format!("{}/", dir.path().display()))
+            .arg("-c")
+            .arg(path.display())
+            .arg("-g")
+            .arg("daemon off; master_process off;");
         let child = Some(spec.spawn());
         Nginx { child, spec, port, config, _dir: dir }
     }
@@ -409,14 +411,22 @@ mod tests {
             "backend b\n    # @backends-begin\n    server gw1 127.0.0.1:1 check\n    server gw2 127.0.0.1:2 check\n    # @backends-end\n    # after\n"
         );
         let nginx = "u {\n  # @backends-begin\n  server 127.0.0.1:8001;\n  # @backends-end\n}\n";
-        assert_eq!(render(nginx, &[], &backends[..1], nginx_server_line), "u {\n  # @backends-begin\n  server 127.0.0.1:1;\n  # @backends-end\n}\n");
+        assert_eq!(
+            render(nginx, &[], &backends[..1], nginx_server_line),
+            "u {\n  # @backends-begin\n  server 127.0.0.1:1;\n  # @backends-end\n}\n"
+        );
     }
 
     #[test]
     fn the_deploy_files_render() {
         let backends: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap()];
         let haproxy = read_template("deploy/haproxy/haproxy.cfg");
-        let vars = [("FRONTEND_ADDR", "127.0.0.1".to_string()), ("FRONTEND_PORT", "1".into()), ("STATS_ADDR", "127.0.0.1".into()), ("STATS_PORT", "2".into())];
+        let vars = [
+            ("FRONTEND_ADDR", "127.0.0.1".to_string()),
+            ("FRONTEND_PORT", "1".into()),
+            ("STATS_ADDR", "127.0.0.1".into()),
+            ("STATS_PORT", "2".into()),
+        ];
         assert!(render(&haproxy, &vars, &backends, haproxy_server_line).contains("server gw1 127.0.0.1:1"));
         let nginx = read_template("deploy/nginx/nginx.conf");
         assert!(render(&nginx, &vars[..2], &backends, nginx_server_line).contains("server 127.0.0.1:1 "));

@@ -46,12 +46,18 @@ impl Redis {
     fn spawn(port: u16, extra: &[&str]) -> Redis {
         let dir = fixture_dir("redis");
         let mut spec = Spec::new("redis-server", dir.path().join("redis-server.log"))
-            .arg("--bind").arg("127.0.0.1")
-            .arg("--port").arg(port)
-            .arg("--dir").arg(dir.path().display())
-            .arg("--save").arg("")
-            .arg("--appendonly").arg("no")
-            .arg("--daemonize").arg("no");
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--port")
+            .arg(port)
+            .arg("--dir")
+            .arg(dir.path().display())
+            .arg("--save")
+            .arg("")
+            .arg("--appendonly")
+            .arg("no")
+            .arg("--daemonize")
+            .arg("no");
         spec.args.extend(extra.iter().map(|a| a.to_string()));
         let child = Some(spec.spawn());
         Redis { child, spec, port, _dir: dir }

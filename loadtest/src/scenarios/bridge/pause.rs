@@ -74,7 +74,11 @@ fn continue_all(pids: &[i32]) -> anyhow::Result<()> {
             Err(errno) => Some(format!("pid {pid}: {errno}")),
         })
         .collect();
-    anyhow::ensure!(failed.is_empty(), "SIGCONT {BRIDGE_BIN} failed ({}): continue it by hand with `kill -CONT <pid>`", failed.join(", "));
+    anyhow::ensure!(
+        failed.is_empty(),
+        "SIGCONT {BRIDGE_BIN} failed ({}): continue it by hand with `kill -CONT <pid>`",
+        failed.join(", ")
+    );
     Ok(())
 }
 

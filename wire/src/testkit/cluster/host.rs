@@ -34,7 +34,10 @@ pub(super) async fn exclusive_lock() -> Flock<File> {
             }
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
                 if !told {
-                    eprintln!("testkit: another ClusterStack runs on this machine; waiting for it ({})", path.display());
+                    eprintln!(
+                        "testkit: another ClusterStack runs on this machine; waiting for it ({})",
+                        path.display()
+                    );
                     told = true;
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -47,7 +50,8 @@ pub(super) async fn exclusive_lock() -> Flock<File> {
 /// `publisher-bridge` in the same directory as `gateway_bin` (same target dir and profile),
 /// built with cargo first when it is missing or older than the sources it is built from.
 pub(super) fn bridge_binary(gateway_bin: &Path) -> PathBuf {
-    let dir = gateway_bin.parent().unwrap_or_else(|| panic!("testkit: {} has no parent directory", gateway_bin.display()));
+    let dir =
+        gateway_bin.parent().unwrap_or_else(|| panic!("testkit: {} has no parent directory", gateway_bin.display()));
     let bin = dir.join("publisher-bridge");
     let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
     let root = repo_root();
@@ -86,7 +90,10 @@ pub(super) fn bridge_binary(gateway_bin: &Path) -> PathBuf {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(status.success(), "testkit: `cargo build -p publisher-bridge` failed ({status}); build it by hand to see why");
+    assert!(
+        status.success(),
+        "testkit: `cargo build -p publisher-bridge` failed ({status}); build it by hand to see why"
+    );
     assert!(bin.is_file(), "testkit: the build produced no {}", bin.display());
     bin
 }

@@ -88,7 +88,9 @@ impl Service {
         .await;
         match outcome {
             Wait::Ready => {}
-            Wait::Exited(status) => panic!("testkit: {} exited with {status} during start-up\n{}", self.name, self.log_tail()),
+            Wait::Exited(status) => {
+                panic!("testkit: {} exited with {status} during start-up\n{}", self.name, self.log_tail())
+            }
             Wait::TimedOut => panic!("testkit: {} not ready after {within:?}\n{}", self.name, self.log_tail()),
         }
     }
