@@ -110,6 +110,7 @@ async fn jetstream_state(app: &App) -> Result<Value, String> {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
+    app.metrics.set_connections(app.registry.per_endpoint());
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
         .into_response()
 }

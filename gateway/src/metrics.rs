@@ -2,6 +2,7 @@
 //! `wsgateway_*` ones existing dashboards read. Labels are bounded sets (endpoint names, close
 //! and rejection labels, reject reasons); nothing is labelled per tenant or per user.
 
+use crate::auth::Endpoint;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -175,15 +176,23 @@ impl Metrics {
     }
 
     pub fn connection_opened(&self, endpoint: &'static str) {
-        self.connections.get_or_create(&EndpointLabel { endpoint }).inc();
         self.connections_opened.get_or_create(&EndpointLabel { endpoint }).inc();
-        self.legacy_connections.inc();
     }
 
     pub fn connection_closed(&self, endpoint: &'static str, reason: &'static str) {
-        self.connections.get_or_create(&EndpointLabel { endpoint }).dec();
         self.connections_closed.get_or_create(&CloseLabel { endpoint, reason }).inc();
-        self.legacy_connections.dec();
+    }
+
+    /// Sets the open-connection gauges (`gateway_connections`, `wsgateway_connections`) from
+    /// the registry's counts, indexed by `Endpoint as usize`. Called right before each scrape,
+    /// so the gauges agree with admission (a client is counted once its `101` is on the way)
+    /// instead of trailing it by the session task's start.
+    pub fn set_connections(&self, per_endpoint: [usize; 4]) {
+        for endpoint in Endpoint::ALL {
+            let open = per_endpoint[endpoint as usize];
+            self.connections.get_or_create(&EndpointLabel { endpoint: endpoint.as_str() }).set(open as i64);
+        }
+        self.legacy_connections.set(per_endpoint.iter().sum::<usize>() as i64);
     }
 
     pub fn rejected(&self, reason: &'static str) {
@@ -219,7 +228,7 @@ mod tests {
     #[test]
     fn renders_new_and_legacy_series() {
         let m = Metrics::default();
-        m.connection_opened("waiter");
+        m.set_connections([1, 0, 0, 0]);
         m.rejected("auth_failed");
         m.invalid_event("not_json");
         let text = m.encode();

@@ -224,6 +224,8 @@ struct Inner {
     all: HashMap<u64, Arc<Conn>>,
     per_key: HashMap<ConnKey, usize>,
     tenants: HashMap<u64, Arc<Tenant>>,
+    /// Open connections by endpoint (indexed by `Endpoint as usize`), kept with `all`.
+    per_endpoint: [usize; 4],
 }
 
 pub struct Registry {
@@ -294,6 +296,7 @@ impl Registry {
             info,
         });
         *inner.per_key.entry(key).or_default() += 1;
+        inner.per_endpoint[endpoint as usize] += 1;
         inner.all.insert(conn.id, conn.clone());
         inner
             .tenants
@@ -308,6 +311,7 @@ impl Registry {
         if inner.all.remove(&conn.id).is_none() {
             return;
         }
+        inner.per_endpoint[conn.endpoint as usize] -= 1;
         if let Some(n) = inner.per_key.get_mut(&conn.key) {
             *n -= 1;
             if *n == 0 {
@@ -323,6 +327,12 @@ impl Registry {
     /// The tenant's index, if this replica holds any of its connections.
     pub fn tenant(&self, tenant_id: u64) -> Option<Arc<Tenant>> {
         self.inner.lock().expect("registry lock").tenants.get(&tenant_id).cloned()
+    }
+
+    /// Open connections by endpoint (indexed by `Endpoint as usize`): admitted ones count from
+    /// admission, before their `101` is sent, until their registration is dropped.
+    pub fn per_endpoint(&self) -> [usize; 4] {
+        self.inner.lock().expect("registry lock").per_endpoint
     }
 
     pub fn len(&self) -> usize {

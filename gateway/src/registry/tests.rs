@@ -113,3 +113,18 @@ fn diners_only_get_their_session() {
     assert_eq!(mine.try_recv().unwrap().payload, "x");
     assert!(other.try_recv().is_err());
 }
+
+#[test]
+fn per_endpoint_counts_follow_admission_and_release() {
+    let r = registry(10, 5, 5, 8);
+    assert_eq!(r.per_endpoint(), [0; 4]);
+    let w = r.admit(Endpoint::Waiter, waiter(&[1]), user(7), Arc::from([])).unwrap();
+    let diner = Audience::Diner { tenant_id: 1, session_id: 9 };
+    let d = r.admit(Endpoint::Diner, diner, ConnKey::Session { tenant_id: 1, session_id: 9 }, Arc::from([])).unwrap();
+    assert_eq!(r.per_endpoint(), [1, 0, 0, 1], "counted at admission, before any session task runs");
+    assert!(r.admit(Endpoint::Waiter, waiter(&[1]), user(7), Arc::from([])).is_ok());
+    assert_eq!(r.per_endpoint(), [1, 0, 0, 1], "a registration dropped at once is no longer counted");
+    drop(w);
+    drop(d);
+    assert_eq!(r.per_endpoint(), [0; 4]);
+}
