@@ -62,6 +62,10 @@ pub struct AuthConfig {
     pub table_token_secret: Secret,
     pub allow_legacy_table_tokens: bool,
     pub allowed_origins: Vec<String>,
+    /// Origins whose browsers may read the HTTP endpoints' answers (CORS): `ALLOWED_ORIGINS`,
+    /// or when it is unset the default origins and their `https://` variants (protocol
+    /// section 7, as the old gateway had it).
+    pub cors_origins: Vec<String>,
     /// `ENVIRONMENT=development` and `PRODUCTION_CHECK` unset.
     pub allow_missing_origin: bool,
     pub staff_recheck_interval: Duration,
@@ -98,6 +102,8 @@ impl Config {
         let mut p = Parser::new(lookup);
         let development = p.string_or(ENVIRONMENT, "production").eq_ignore_ascii_case("development");
         let production_check = p.raw(PRODUCTION_CHECK).is_some();
+        let allowed_origins = p.list(ALLOWED_ORIGINS);
+        let cors_origins = allowed_origins.clone().unwrap_or_else(default_cors_origins);
         let config = Config {
             listen_addr: p.socket_addr(GATEWAY_LISTEN_ADDR, "0.0.0.0:8001"),
             instance_id: p.string(GATEWAY_INSTANCE_ID).unwrap_or_else(default_instance_id),
@@ -109,7 +115,8 @@ impl Config {
                 table_token_secret: p
                     .required_secret(TABLE_TOKEN_SECRET, "the key the backend signs table tokens with"),
                 allow_legacy_table_tokens: p.bool(ALLOW_LEGACY_TABLE_TOKENS, true),
-                allowed_origins: p.list(ALLOWED_ORIGINS).unwrap_or_else(default_origins),
+                allowed_origins: allowed_origins.unwrap_or_else(default_origins),
+                cors_origins,
                 allow_missing_origin: development && !production_check,
                 staff_recheck_interval: p.duration(WS_TOKEN_RECHECK_INTERVAL, Duration::from_secs(300)),
                 diner_recheck_interval: p.duration(WS_DINER_RECHECK_INTERVAL, Duration::from_secs(1800)),
@@ -206,6 +213,13 @@ fn default_origins() -> Vec<String> {
         .iter()
         .flat_map(|host| ports.iter().map(move |port| format!("{host}:{port}")))
         .collect()
+}
+
+/// The default origins and the same hosts over `https://`.
+fn default_cors_origins() -> Vec<String> {
+    let plain = default_origins();
+    let secure = plain.iter().map(|o| o.replacen("http://", "https://", 1)).collect::<Vec<_>>();
+    plain.into_iter().chain(secure).collect()
 }
 
 fn default_instance_id() -> String {

@@ -1,7 +1,7 @@
 //! The HTTP surface: the four WebSocket endpoints, the catch-up endpoints, `/ws/health`,
 //! `/ws/health/detailed`, `/ws/metrics` (also `/metrics`), and the Kubernetes probes `/livez`
 //! and `/readyz`.
-//! [`router`] is what tests and `run` serve.
+//! [`router`] is what tests and `run` serve; every route answers CORS as [`crate::cors`] says.
 
 use crate::app::App;
 use crate::auth::Endpoint;
@@ -35,6 +35,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::cors::Origins::new(&app.config.auth.cors_origins),
+            crate::cors::middleware,
+        ))
         .with_state(app)
 }
 

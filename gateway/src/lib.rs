@@ -10,6 +10,7 @@ pub mod auth;
 pub mod catchup;
 pub mod config;
 pub mod connection;
+pub mod cors;
 pub mod dispatch;
 pub mod history;
 pub mod http;

@@ -21,7 +21,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 pub use cluster::{ClusterOptions, ClusterStack, Service, EVENTS_STREAM};
-pub use http::{http_get, http_request};
+pub use http::{http_exchange, http_get, http_request, HttpResponse};
 pub use nats::{NatsCluster, NatsServer};
 pub use postgres::Postgres;
 pub use proxy::{Haproxy, Nginx};

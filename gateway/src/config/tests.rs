@@ -107,3 +107,15 @@ fn otel_settings_come_from_the_standard_variables() {
     let bad = Config::from_map(&env(&[(wire::otel::OTEL_TRACES_SAMPLER, "sometimes")])).unwrap_err();
     assert!(bad.names(wire::otel::OTEL_TRACES_SAMPLER));
 }
+
+#[test]
+fn cors_origins_are_the_allowed_origins_or_the_defaults_over_http_and_https() {
+    let defaults = Config::from_map(&env(&[])).unwrap();
+    assert_eq!(defaults.auth.cors_origins.len(), 24);
+    for origin in ["http://localhost:5173", "https://localhost:5173", "https://127.0.0.1:5180"] {
+        assert!(defaults.auth.cors_origins.contains(&origin.to_string()), "{origin}");
+    }
+    let set = Config::from_map(&env(&[(ALLOWED_ORIGINS, "https://app.example.com,https://pwa.example.com")])).unwrap();
+    assert_eq!(set.auth.cors_origins, ["https://app.example.com", "https://pwa.example.com"]);
+    assert_eq!(set.auth.cors_origins, set.auth.allowed_origins, "an explicit list is used as it is");
+}

@@ -11,6 +11,26 @@ pub async fn http_get(url: &str) -> Result<(u16, String)> {
     http_request("GET", url, &[], None).await
 }
 
+/// One HTTP answer: status, headers in the order received (names as sent), body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether any header's name starts with `prefix` (case-insensitive).
+    pub fn has_header_prefix(&self, prefix: &str) -> bool {
+        self.headers.iter().any(|(n, _)| n.len() >= prefix.len() && n[..prefix.len()].eq_ignore_ascii_case(prefix))
+    }
+}
+
 /// Sends `method` to `url` with extra `headers` and an optional body (sent with its
 /// `Content-Length`); returns the status code and the body.
 pub async fn http_request(
@@ -19,6 +39,16 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Result<(u16, String)> {
+    http_exchange(method, url, headers, body).await.map(|r| (r.status, r.body))
+}
+
+/// [`http_request`] returning the answer's headers too.
+pub async fn http_exchange(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<HttpResponse> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| Error::new(ErrorKind::InvalidInput, format!("not an http:// url: {url}")))?;
@@ -46,7 +76,7 @@ fn bad(msg: &str) -> Error {
     Error::new(ErrorKind::InvalidData, msg.to_string())
 }
 
-fn parse_response(raw: &[u8]) -> Result<(u16, String)> {
+fn parse_response(raw: &[u8]) -> Result<HttpResponse> {
     let head_end = find(raw, b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
     let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| bad("headers are not UTF-8"))?;
     let body = &raw[head_end + 4..];
@@ -58,9 +88,11 @@ fn parse_response(raw: &[u8]) -> Result<(u16, String)> {
         .ok_or_else(|| bad("bad status line"))?;
     let mut chunked = false;
     let mut length = None;
+    let mut headers = Vec::new();
     for line in lines {
         let Some((name, value)) = line.split_once(':') else { continue };
         let value = value.trim();
+        headers.push((name.to_string(), value.to_string()));
         if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
             chunked = true;
         } else if name.eq_ignore_ascii_case("content-length") {
@@ -74,7 +106,7 @@ fn parse_response(raw: &[u8]) -> Result<(u16, String)> {
     } else {
         body.to_vec()
     };
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok(HttpResponse { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
 fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
@@ -103,19 +135,24 @@ mod tests {
 
     #[test]
     fn content_length_body() {
-        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-        assert_eq!(parse_response(raw).unwrap(), (200, "ok".to_string()));
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVary: origin\r\n\r\nok";
+        let answer = parse_response(raw).unwrap();
+        assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
+        assert_eq!(answer.header("vary"), Some("origin"));
+        assert!(answer.has_header_prefix("VARY") && !answer.has_header_prefix("access-control-"));
     }
 
     #[test]
     fn chunked_body() {
         let raw = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nnot\r\n6;x=y\r\n ready\r\n0\r\n\r\n";
-        assert_eq!(parse_response(raw).unwrap(), (503, "not ready".to_string()));
+        let answer = parse_response(raw).unwrap();
+        assert_eq!((answer.status, answer.body.as_str()), (503, "not ready"));
     }
 
     #[test]
     fn body_until_close() {
         let raw = b"HTTP/1.0 404 Not Found\r\nServer: x\r\n\r\nmissing";
-        assert_eq!(parse_response(raw).unwrap(), (404, "missing".to_string()));
+        let answer = parse_response(raw).unwrap();
+        assert_eq!((answer.status, answer.body.as_str()), (404, "missing"));
     }
 }
