@@ -106,7 +106,8 @@ impl AdvisoryDlq {
             }
         };
         let mut h = HeaderMap::new();
-        let consumer_id = crate::header::escape(advisory.consumer.as_bytes(), advisory.consumer.len(), crate::header::MAX_VALUE);
+        let consumer_id =
+            crate::header::escape(advisory.consumer.as_bytes(), advisory.consumer.len(), crate::header::MAX_VALUE);
         h.insert(headers::MSG_ID, format!("advisory:{consumer_id}:{}", advisory.stream_seq));
         h.insert(headers::DLQ_REASON, reason.as_str());
         h.insert(headers::DLQ_AT, now_rfc3339());

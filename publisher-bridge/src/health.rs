@@ -83,7 +83,8 @@ impl Health {
         if self.metrics.in_flight.get() <= 0 {
             return None;
         }
-        let since = self.start.elapsed().saturating_sub(Duration::from_millis(self.progress_ms.load(Ordering::Relaxed)));
+        let since =
+            self.start.elapsed().saturating_sub(Duration::from_millis(self.progress_ms.load(Ordering::Relaxed)));
         (since >= self.stall_after).then_some(since)
     }
 

@@ -263,10 +263,7 @@ mod tests {
         assert_eq!(subject(STREAM, "nope"), Err("not_json"));
         assert_eq!(subject(STREAM, "[1]"), Err("not_object"));
         assert_eq!(subject(STREAM, r#"{"type":"X","tenant_id":"3","branch_id":1}"#), Err("bad_tenant"));
-        assert_eq!(
-            subject(STREAM, r#"{"type":"X","tenant_id":3,"branch_id":1,"sector_id":-2}"#),
-            Err("bad_sector")
-        );
+        assert_eq!(subject(STREAM, r#"{"type":"X","tenant_id":3,"branch_id":1,"sector_id":-2}"#), Err("bad_sector"));
         let big = format!(r#"{{"type":"X","tenant_id":3,"branch_id":1,"pad":"{}"}}"#, "x".repeat(70_000));
         assert_eq!(subject(STREAM, &big), Err("too_large"));
         // The channel is checked before the body.
@@ -275,7 +272,14 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for name in ["branch:7:waiters", "branch:1:kitchen", "branch:12:admin", "sector:4:waiters", "session:99", "tenant:3:admin"] {
+        for name in [
+            "branch:7:waiters",
+            "branch:1:kitchen",
+            "branch:12:admin",
+            "sector:4:waiters",
+            "session:99",
+            "tenant:3:admin",
+        ] {
             assert_eq!(Channel::parse(name.as_bytes()).unwrap().to_string(), name);
         }
     }

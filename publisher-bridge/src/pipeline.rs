@@ -58,7 +58,10 @@ pub enum Origin {
     /// A channel the patterns matched but the contract does not know ([`Channel::parse`]): its
     /// name escaped and cut for the header ([`crate::header::escape`]).
     BadChannel(Box<str>),
-    Stream { key: Arc<str>, id: String },
+    Stream {
+        key: Arc<str>,
+        id: String,
+    },
 }
 
 impl Origin {
@@ -111,16 +114,7 @@ impl Incoming {
         let received_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
         let span = crate::traces::receive(&origin);
         let refused = matches!(origin, Origin::BadChannel(_)).then_some(DlqReason::BadChannel);
-        Incoming {
-            payload,
-            origin,
-            refused,
-            cut_from: None,
-            charge: None,
-            received: Instant::now(),
-            received_us,
-            span,
-        }
+        Incoming { payload, origin, refused, cut_from: None, charge: None, received: Instant::now(), received_us, span }
     }
 
     /// An event whose payload the reader may have cut: a cut one is `too_large` (unless already
@@ -406,7 +400,10 @@ impl Pipeline {
         let error = format!("{}: {why}", why.permanent().unwrap_or("other"));
         h.insert(DLQ_ERROR, crate::header::escape(error.as_bytes(), error.len(), crate::header::MAX_VALUE));
         let subject = original.subject.as_str();
-        h.insert(DLQ_ORIGINAL_SUBJECT, crate::header::escape(subject.as_bytes(), subject.len(), crate::header::MAX_VALUE));
+        h.insert(
+            DLQ_ORIGINAL_SUBJECT,
+            crate::header::escape(subject.as_bytes(), subject.len(), crate::header::MAX_VALUE),
+        );
         let limit = self.dlq_payload_limit.min(self.publisher.max_payload().saturating_sub(HEADER_ROOM));
         let mut payload = original.payload.clone();
         if payload.len() > limit {

@@ -119,14 +119,8 @@ async fn run_connected(
         health: health.clone(),
     };
     let pubsub_task = tokio::spawn(pubsub.run(first_pubsub, stop.clone()));
-    let stream = Arc::new(StreamSource::new(
-        config,
-        pipeline.clone(),
-        health.clone(),
-        metrics.clone(),
-        pubsub_target,
-        ack_conn,
-    ));
+    let stream =
+        Arc::new(StreamSource::new(config, pipeline.clone(), health.clone(), metrics.clone(), pubsub_target, ack_conn));
     let stream_task = tokio::spawn(stream.run(stop.clone(), abandon.clone(), tracker.clone()));
     tracing::info!(instance = %config.instance_id, "publisher-bridge running");
 

@@ -171,7 +171,11 @@ mod tests {
 
     #[test]
     fn reads_autoclaim_replies() {
-        let reply = Frame::Array(vec![bulk("5-0"), Frame::Array(vec![entry("3-0", &[("payload", "x")])]), Frame::Array(vec![])]);
+        let reply = Frame::Array(vec![
+            bulk("5-0"),
+            Frame::Array(vec![entry("3-0", &[("payload", "x")])]),
+            Frame::Array(vec![]),
+        ]);
         let (next, entries) = from_autoclaim(reply).unwrap();
         assert_eq!(next, "5-0");
         assert_eq!(entries[0].id, "3-0");

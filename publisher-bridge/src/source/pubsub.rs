@@ -59,9 +59,9 @@ pub async fn subscribe(target: &Target, timeout: Duration) -> std::io::Result<Su
         }
         Ok(())
     };
-    tokio::time::timeout_at(deadline, subscribe)
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis pub/sub connect timed out")))?;
+    tokio::time::timeout_at(deadline, subscribe).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis pub/sub connect timed out"))
+    })?;
     Ok(Subscribed { conn })
 }
 

@@ -315,7 +315,10 @@ mod tests {
         assert!(b.is_empty());
         assert_eq!(
             frame.into_push(),
-            Push::Message { channel: whole(b"branch:7:waiters"), payload: Blob::whole(Bytes::from(payload.to_string())) }
+            Push::Message {
+                channel: whole(b"branch:7:waiters"),
+                payload: Blob::whole(Bytes::from(payload.to_string()))
+            }
         );
     }
 
@@ -389,7 +392,10 @@ mod tests {
         let mut b = buf(b"+OK\r\n-NOAUTH Authentication required.\r\n:42\r\n$-1\r\n");
         let mut d = Decoder::new(64);
         assert_eq!(d.decode(&mut b).unwrap(), Some(Frame::Simple(Bytes::from_static(b"OK"))));
-        assert_eq!(d.decode(&mut b).unwrap().unwrap().into_push(), Push::Error("NOAUTH Authentication required.".into()));
+        assert_eq!(
+            d.decode(&mut b).unwrap().unwrap().into_push(),
+            Push::Error("NOAUTH Authentication required.".into())
+        );
         assert_eq!(d.decode(&mut b).unwrap(), Some(Frame::Integer(42)));
         assert_eq!(d.decode(&mut b).unwrap(), Some(Frame::Null));
         assert_eq!(d.decode(&mut b).unwrap(), None);

@@ -310,8 +310,12 @@ impl StreamSource {
             cursor = next;
         }
         let mut ack_conn = self.ack_conn.clone();
-        let pending: Value =
-            redis::cmd("XPENDING").arg(&*self.key).arg(&self.group).query_async(&mut ack_conn).await.map_err(std::io::Error::other)?;
+        let pending: Value = redis::cmd("XPENDING")
+            .arg(&*self.key)
+            .arg(&self.group)
+            .query_async(&mut ack_conn)
+            .await
+            .map_err(std::io::Error::other)?;
         if let Value::Array(items) = pending {
             if let Some(Value::Int(n)) = items.first() {
                 self.metrics.stream_pending.set((*n).max(0) as u64);
