@@ -36,6 +36,16 @@ pub const BRIDGE_DLQ_MAX_MSG_SIZE: &str = "BRIDGE_DLQ_MAX_MSG_SIZE";
 pub const BRIDGE_ADVISORY_DLQ: &str = "BRIDGE_ADVISORY_DLQ";
 pub const BRIDGE_STARTUP_TIMEOUT: &str = "BRIDGE_STARTUP_TIMEOUT";
 pub const BRIDGE_SHUTDOWN_TIMEOUT: &str = "BRIDGE_SHUTDOWN_TIMEOUT";
+pub const BRIDGE_HTTP_HEADER_TIMEOUT: &str = "BRIDGE_HTTP_HEADER_TIMEOUT";
+pub const BRIDGE_HTTP_MAX_UNFINISHED: &str = "BRIDGE_HTTP_MAX_UNFINISHED";
+pub const BRIDGE_HTTP_MAX_HEAD_BYTES: &str = "BRIDGE_HTTP_MAX_HEAD_BYTES";
+
+/// The bounds of the bridge's HTTP listener.
+pub const HTTP_VARS: wire::http_server::HttpVars = wire::http_server::HttpVars {
+    header_timeout: BRIDGE_HTTP_HEADER_TIMEOUT,
+    max_unfinished: BRIDGE_HTTP_MAX_UNFINISHED,
+    max_head_bytes: BRIDGE_HTTP_MAX_HEAD_BYTES,
+};
 
 /// Every variable the bridge reads besides the shared `NATS_*` and `OTEL_*` ones (README, helm
 /// chart; see `wire::natsconn::VARS` and `wire::otel::VARS`).
@@ -67,6 +77,9 @@ pub const VARS: &[&str] = &[
     BRIDGE_STARTUP_TIMEOUT,
     BRIDGE_SHUTDOWN_TIMEOUT,
     BRIDGE_WORKER_THREADS,
+    BRIDGE_HTTP_HEADER_TIMEOUT,
+    BRIDGE_HTTP_MAX_UNFINISHED,
+    BRIDGE_HTTP_MAX_HEAD_BYTES,
 ];
 
 /// The smallest events-stream message size that still fits a maximal event plus headers.
@@ -156,6 +169,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// OTLP trace export (off without an endpoint).
     pub otel: OtelSettings,
+    /// Header timeout, unfinished-connection cap and head size of the HTTP listener.
+    pub http: wire::http_server::HttpLimits,
 }
 
 impl Config {
@@ -233,6 +248,7 @@ impl Config {
             startup_timeout: p.duration(BRIDGE_STARTUP_TIMEOUT, Duration::from_secs(10)),
             shutdown_timeout: p.duration(BRIDGE_SHUTDOWN_TIMEOUT, Duration::from_secs(20)),
             otel: OtelSettings::read(&mut p),
+            http: wire::http_server::HttpLimits::read(&mut p, &HTTP_VARS),
         };
         config.cross_check(&mut p);
         p.finish(config)

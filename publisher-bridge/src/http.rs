@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -38,11 +38,20 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+/// Prometheus text, or OpenMetrics when the scraper asks for it (`wire::exposition`).
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let accept: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    let (content_type, body) = wire::exposition::negotiate(Some(&accept.join(",")), state.metrics.encode());
+    ([(header::CONTENT_TYPE, content_type)], body)
 }
 
-/// Serves until `stop` fires.
-pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await
+/// Serves until `stop` fires, bounded as `limits` say (`wire::http_server`).
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    limits: wire::http_server::HttpLimits,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let counters = state.metrics.http.clone();
+    wire::http_server::serve(listener, router(state), limits, counters, stop).await
 }

@@ -64,6 +64,8 @@ const LATENCY_BUCKETS: [f64; 16] =
 
 pub struct Metrics {
     pub registry: Registry,
+    /// What the HTTP listener refused or timed out.
+    pub http: wire::http_server::HttpCounters,
     received: Family<SourceLabel, Counter>,
     /// The two `received` series, held so the hot path skips the family's lock and hash.
     received_by: [Counter; 2],
@@ -93,6 +95,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut m = Metrics {
+            http: wire::http_server::HttpCounters::default(),
             registry: Registry::default(),
             received: Family::default(),
             received_by: Default::default(),
@@ -132,6 +135,16 @@ impl Metrics {
     fn register(mut self) -> Metrics {
         let r = &mut self.registry;
         r.register("bridge_received", "Events read from Redis, by source", self.received.clone());
+        r.register(
+            "bridge_http_refused_unfinished",
+            "HTTP connections closed at accept: BRIDGE_HTTP_MAX_UNFINISHED were waiting for their request head",
+            self.http.refused_unfinished.clone(),
+        );
+        r.register(
+            "bridge_http_header_timeouts",
+            "HTTP connections closed without a complete request head within BRIDGE_HTTP_HEADER_TIMEOUT",
+            self.http.header_timeouts.clone(),
+        );
         r.register("bridge_published", "Events newly stored in the EVENTS stream", self.published.clone());
         r.register(
             "bridge_duplicates",

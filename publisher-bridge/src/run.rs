@@ -46,7 +46,7 @@ pub async fn run(config: Config, listener: TcpListener, stop: CancellationToken)
     let health = Arc::new(Health::new(metrics.clone(), config.stall_timeout));
     let http_stop = CancellationToken::new();
     let state = AppState { health: health.clone(), metrics: metrics.clone() };
-    let http_task = tokio::spawn(http::serve(listener, state, http_stop.clone()));
+    let http_task = tokio::spawn(http::serve(listener, state, config.http, http_stop.clone()));
     let result = run_connected(&config, &metrics, &health, stop).await;
     http_stop.cancel();
     let _ = http_task.await;

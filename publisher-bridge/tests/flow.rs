@@ -221,8 +221,20 @@ async fn oversized_dead_letters_keep_their_head_and_say_so() -> Result<()> {
 async fn http_endpoints_and_graceful_stop() -> Result<()> {
     let redis_server = Redis::start().await;
     let nats = NatsServer::start().await;
-    let bridge = InProcess::start(env(&redis_server.url(), &nats.url(), "flow-4", &[])).await?;
+    let bridge =
+        InProcess::start(env(&redis_server.url(), &nats.url(), "flow-4", &[("BRIDGE_HTTP_HEADER_TIMEOUT", "1s")]))
+            .await?;
     let base = format!("http://{}", bridge.addr);
+    // The port is bounded like the gateway's: a connection that never sends a request head is
+    // closed by the header timeout, and it is counted.
+    let mut idle = tokio::net::TcpStream::connect(bridge.addr).await?;
+    let mut buf = [0u8; 64];
+    let read = within(15, "an idle connection closed", tokio::io::AsyncReadExt::read(&mut idle, &mut buf)).await?;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    bridge.wait_metric("bridge_http_header_timeouts_total", 1.0).await?;
+    let answer =
+        within(5, "metrics", wire::testkit::http_exchange("GET", &format!("{base}/metrics"), &[], None)).await??;
+    assert_eq!(answer.header("content-type"), Some(wire::exposition::PROMETHEUS_TEXT), "Prometheus text by default");
     assert_eq!(within(5, "livez", http_get(&format!("{base}/livez"))).await??.0, 200);
     let (status, body) = within(5, "readyz", http_get(&format!("{base}/readyz"))).await??;
     assert_eq!(status, 200, "{body}");
