@@ -12,6 +12,7 @@ import ctypes
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,6 +31,8 @@ START_TIMEOUT = 20.0
 # A cold debug build of both binaries takes about 7 minutes on the 2-core reference machine.
 BUILD_TIMEOUT = 20 * 60.0
 BINARIES = ("gateway", "publisher-bridge")
+# NATS users, one per component (when the repository has them: then anonymous clients are refused).
+NATS_AUTH_CONF = ROOT / "deploy/nats/auth.conf"
 # Sources whose change makes the binaries stale.
 SOURCE_DIRS = ("gateway", "publisher-bridge", "wire")
 
@@ -194,7 +197,14 @@ def target_directory() -> Path:
 
 def cargo_binaries() -> dict[str, Path]:
     """The debug binaries from the workspace's target directory, built first when missing or
-    older than their sources."""
+    older than their sources; or, with BROWSER_TEST_BIN_DIR set, the ones there, as they are."""
+    given = os.environ.get("BROWSER_TEST_BIN_DIR")
+    if given:
+        bins = {name: Path(given) / name for name in BINARIES}
+        missing = [str(p) for p in bins.values() if not p.is_file()]
+        if missing:
+            raise RuntimeError(f"browser test: BROWSER_TEST_BIN_DIR lacks {', '.join(missing)}")
+        return bins
     debug = target_directory() / "debug"
     bins = {name: debug / name for name in BINARIES}
     newest_source = max(
@@ -299,10 +309,17 @@ class Stack:
             raise RuntimeError(f"browser test: nats-server not found at {nats_bin}: run deploy/install-deps.sh")
         nats_port, nats_monitor, redis_port, bridge_port, gw1, gw2, lb_port, lb_stats = free_ports(8)
         store = self.logs / "nats-store"
-        nats = self._spawn(
-            "nats-server",
-            [str(nats_bin), "-a", "127.0.0.1", "-p", str(nats_port), "-m", str(nats_monitor), "-js", "-sd", str(store)],
-        )
+        nats_argv = [str(nats_bin), "-a", "127.0.0.1", "-p", str(nats_port), "-m", str(nats_monitor), "-js", "-sd", str(store)]
+        nats_env, bridge_login, gateway_login = base_env(), {}, {}
+        if NATS_AUTH_CONF.is_file():
+            # As deploy/stack.sh runs it: the project's NATS users, passwords from nats-server's
+            # environment, each component logged in as its own user.
+            passwords = {user: secrets.token_hex(16) for user in ("OPERATOR", "BRIDGE", "GATEWAY", "LOADTEST")}
+            nats_env.update({f"NATS_{user}_PASSWORD": password for user, password in passwords.items()})
+            nats_argv[1:1] = ["-c", str(NATS_AUTH_CONF)]
+            bridge_login = {"NATS_USER": "bridge", "NATS_PASSWORD": passwords["BRIDGE"]}
+            gateway_login = {"NATS_USER": "gateway", "NATS_PASSWORD": passwords["GATEWAY"]}
+        nats = self._spawn("nats-server", nats_argv, nats_env)
         redis = self._spawn(
             "redis-server",
             ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--dir", str(self.logs),
@@ -320,6 +337,7 @@ class Stack:
             "BRIDGE_LISTEN_ADDR": f"127.0.0.1:{bridge_port}",
             "BRIDGE_INSTANCE_ID": "bridge-browser-test",
             "BRIDGE_WORKER_THREADS": "1",
+            **bridge_login,
         }
         bridge = self._spawn("publisher-bridge", [str(bins["publisher-bridge"])], bridge_env)
         bridge.wait_ready(lambda: answers(f"http://127.0.0.1:{bridge_port}/readyz"))
@@ -332,6 +350,7 @@ class Stack:
             "NATS_URL": nats_url,
             "REDIS_URL": redis_url,
             "GATEWAY_WORKER_THREADS": "1",
+            **gateway_login,
             **self.gateway_env,
         }
         for i, port in enumerate((gw1, gw2), 1):
@@ -365,6 +384,13 @@ class Stack:
             return seen[0] == statuses
 
         wait_for(f"HAProxy reports {statuses}", matches, timeout, interval=0.1, details=lambda: f"last seen {seen[0]}")
+
+    def restore_gateways(self) -> None:
+        """Every gateway running again and UP in HAProxy (after a test stopped one)."""
+        for gateway in self.gateways:
+            if not gateway.proc.alive():
+                gateway.start()
+        self.wait_haproxy(["UP"] * len(self.gateways))
 
     @property
     def lb(self) -> str:

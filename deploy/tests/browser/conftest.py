@@ -5,7 +5,8 @@ backend's way, and the artefacts of the run (screenshots, page logs, process log
 <cargo target dir>/browser-artifacts/<time>/, printed at the end of the run.
 
 Run alone: PYTHONPATH=.tools/browser-py:.tools/chart-py python3 -m pytest -p no:cacheprovider deploy/tests/browser
-(deploy/install-deps.sh installs chromium, chromium-driver and selenium).
+(deploy/install-deps.sh installs chromium, chromium-driver and selenium); BROWSER_TEST_BIN_DIR=<dir>
+takes the gateway and publisher-bridge binaries from <dir> instead of the cargo target directory.
 """
 
 from __future__ import annotations
