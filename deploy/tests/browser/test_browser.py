@@ -183,11 +183,14 @@ def test_rolling_restart_loses_nothing(page, origins, stack, backend, mode):
 
     snapshot = page.wait("waiter", "every event", has_all(sent), SOON)
     if not resume:
-        last_open = lambda s: max(i for i, e in enumerate(s["log"]) if e["kind"] == "open")
-        snapshot = page.wait("waiter", "the catch-up after the reconnect", lambda s: any(
-            e["kind"] == "catchup" and e["why"] == "reconnect" for e in s["log"][last_open(s):]), SOON)
-        catch_ups = [e for e in snapshot["log"] if e["kind"] == "catchup"]
-        assert catch_ups and all(e["ok"] for e in catch_ups), catch_ups
+        # The catch-up after the last reconnect worked (one after an upgrade that the draining
+        # replica closed at once may not have: the app tries again after its next reconnect).
+        def after_last_open(s: dict) -> list[dict]:
+            last = max(i for i, e in enumerate(s["log"]) if e["kind"] == "open")
+            return [e for e in s["log"][last:] if e["kind"] == "catchup" and e["why"] == "reconnect"]
+
+        snapshot = page.wait("waiter", "the catch-up after the reconnect", after_last_open, SOON)
+        assert after_last_open(snapshot)[0]["ok"], after_last_open(snapshot)
 
     first_close = closes(snapshot)[0]
     assert (first_close["code"], first_close["reason"]) == (1012, "Service restart"), first_close
