@@ -59,8 +59,8 @@ pub fn spawn(
     };
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%addr, "admin API listening");
-    let server =
-        axum::serve(listener, router(app.clone(), token, shutdown)).with_graceful_shutdown(stop.cancelled_owned());
+    let router = router(app.clone(), token, shutdown);
+    let server = wire::http_server::serve(listener, router, app.config.http, app.metrics.http.clone(), stop);
     Some(tokio::spawn(async move {
         if let Err(error) = server.await {
             tracing::error!(%error, "admin API stopped");
@@ -73,16 +73,28 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer)
         .map(|token| -> [u8; 32] { Sha256::digest(token.trim().as_bytes()).into() });
     let allowed = presented.is_some_and(|digest| bool::from(digest.ct_eq(&state.token_digest)));
     if !allowed {
-        tracing::warn!(target: crate::audit::TARGET, action = "admin_denied", path = request.uri().path(), "admin request without a valid token");
+        if DENIED.allow() {
+            tracing::warn!(target: crate::audit::TARGET, action = "admin_denied", path = request.uri().path(), "admin request without a valid token (repeats within 10 s not logged)");
+        }
         let body =
             Json(json!({"error": "a valid bearer token is required (Authorization: Bearer <GATEWAY_ADMIN_TOKEN>)"}));
         return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
     }
     next.run(request).await
+}
+
+/// Refused admin requests are logged at most once per 10 s: a scanner must not flood the log.
+static DENIED: crate::telemetry::Throttle = crate::telemetry::Throttle::every_secs(10);
+
+/// The credentials of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110 section 11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 /// `POST /admin/drain`: the SIGTERM drain (readiness off, closes with 1012 spread over the
@@ -107,4 +119,19 @@ async fn drain(State(state): State<AdminState>) -> Response {
 /// A 400 with a JSON error.
 fn bad_request(message: impl Into<String>) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({"error": message.into()}))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer abc", "bearer abc", "BEARER abc", " Bearer abc"] {
+            assert_eq!(bearer(value), Some("abc"), "{value:?}");
+        }
+        for value in ["Basic abc", "Bearerabc", "abc", ""] {
+            assert_eq!(bearer(value), None, "{value:?}");
+        }
+    }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
+use wire::http_server::HttpLimits;
 use wire::natsconn::NatsSettings;
 use wire::otel::OtelSettings;
 use wire::settings::Parser;
@@ -49,6 +50,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// OTLP trace export (off without an endpoint).
     pub otel: OtelSettings,
+    /// Header timeout, unfinished-connection cap and head size of the public and admin listeners.
+    pub http: HttpLimits,
 }
 
 /// The shortest admin token accepted.
@@ -153,6 +156,7 @@ impl Config {
             admin_listen_addr: p.socket_addr(GATEWAY_ADMIN_LISTEN_ADDR, "127.0.0.1:9090"),
             admin_token: p.optional_secret(GATEWAY_ADMIN_TOKEN),
             otel: OtelSettings::read(&mut p),
+            http: HttpLimits::read(&mut p, &HTTP_VARS),
         };
         cross_check(&mut p, &config);
         p.finish(config)

@@ -116,7 +116,10 @@ impl Session {
                         }
                     }
                     Some(Ok(Message::Binary(_))) => return End::Server(CloseReason::BINARY_FRAME.into()),
-                    Some(Ok(Message::Close(frame))) => return End::ClientClosed(frame.map(|f| (f.code, f.reason))),
+                    Some(Ok(Message::Close(frame))) => {
+                        Box::pin(answer_close(socket)).await;
+                        return End::ClientClosed(frame.map(|f| (f.code, f.reason)));
+                    }
                     None => return End::ClientClosed(None),
                     // Control frames are not liveness, but they cost a reply: they count against
                     // the rate limit (browsers cannot send them; only tools and abusers do).
@@ -125,8 +128,7 @@ impl Session {
                             return End::Server(CloseReason::RATE_LIMITED.into());
                         }
                     }
-                    Some(Err(error)) if too_large(&error) => return End::Server(CloseReason::MESSAGE_TOO_LARGE.into()),
-                    Some(Err(_)) => return End::Broken,
+                    Some(Err(error)) => return read_failed(&error),
                 },
                 _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
@@ -272,14 +274,33 @@ pub async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
     .await;
 }
 
-/// Whether a read failed because the client's message exceeded the size limit.
-fn too_large(error: &axum::Error) -> bool {
+/// Answers a client's close frame: tungstenite queued the same code as the reply; this read
+/// writes it and then sees the end of the stream (bounded by [`CLOSE_LINGER`]). The server then
+/// drops the TCP connection, as RFC 6455 section 7.1.1 asks of servers.
+async fn answer_close(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = socket.recv().await {} }).await;
+}
+
+/// How a failed read ends the session: a message over the size limit (1009), a frame that
+/// breaks the protocol (1002), text that is not UTF-8 (1007), or a lost connection.
+fn read_failed(error: &axum::Error) -> End {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(e) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
-            return true;
+        match e.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Capacity(_)) => return End::Server(CloseReason::MESSAGE_TOO_LARGE.into()),
+            Some(tungstenite::Error::Utf8(_)) => return End::Server(CloseReason::INVALID_UTF8.into()),
+            Some(tungstenite::Error::Protocol(p)) if !lost(p) => {
+                return End::Server(CloseReason::PROTOCOL_ERROR.into())
+            }
+            Some(_) => return End::Broken,
+            None => source = e.source(),
         }
-        source = e.source();
     }
-    false
+    End::Broken
+}
+
+/// Protocol "errors" that only mean the peer went away without a close handshake.
+fn lost(error: &tungstenite::error::ProtocolError) -> bool {
+    use tungstenite::error::ProtocolError::*;
+    matches!(error, ResetWithoutClosingHandshake | SendAfterClosing | ReceivedAfterClosing)
 }

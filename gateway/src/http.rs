@@ -113,10 +113,13 @@ async fn jetstream_state(app: &App) -> Result<Value, String> {
     Ok(json!({"stream": info.config.name, "messages": info.state.messages, "last_sequence": info.state.last_sequence}))
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+/// Prometheus text, or OpenMetrics when the scraper asks for it (`wire::exposition`).
+async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     app.metrics.set_connections(app.registry.per_endpoint());
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
-        .into_response()
+    // Several `Accept` lines are one comma-separated list (RFC 9110 section 5.3).
+    let accept: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    let (content_type, body) = wire::exposition::negotiate(Some(&accept.join(",")), app.metrics.encode());
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {

@@ -28,7 +28,6 @@ pub mod traces;
 pub use app::StartError;
 pub use config::Config;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -60,9 +59,14 @@ pub struct Listeners {
 pub async fn serve(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), StartError> {
     let app = app::App::start(config).await?;
     let stop_http = CancellationToken::new();
-    let public = http::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listeners.public, public).with_graceful_shutdown(stop_http.clone().cancelled_owned());
-    let server = tokio::spawn(async move { server.await });
+    let server = wire::http_server::serve(
+        listeners.public,
+        http::router(app.clone()),
+        app.config.http,
+        app.metrics.http.clone(),
+        stop_http.clone(),
+    );
+    let server = tokio::spawn(server);
     let admin = admin::spawn(&app, listeners.admin, shutdown.clone(), stop_http.clone());
     tracing::info!(instance = %app.config.instance_id, "gateway ready");
     shutdown.cancelled().await;

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub nats_recovered_events: Counter,
     pub nats_recovery_incomplete: Counter,
     pub draining: Gauge,
+    /// What the public and admin listeners refused or timed out.
+    pub http: wire::http_server::HttpCounters,
     legacy_connections: Gauge,
     legacy_rejected: Family<ReasonLabel, Counter>,
     legacy_processed: Counter,
@@ -91,6 +93,7 @@ impl Metrics {
             nats_recovered_events: Counter::default(),
             nats_recovery_incomplete: Counter::default(),
             draining: Gauge::default(),
+            http: wire::http_server::HttpCounters::default(),
             legacy_connections: Gauge::default(),
             legacy_rejected: Family::default(),
             legacy_processed: Counter::default(),
@@ -158,6 +161,16 @@ impl Metrics {
             self.nats_recovery_incomplete.clone(),
         );
         r.register("gateway_draining", "1 while the instance drains", self.draining.clone());
+        r.register(
+            "gateway_http_refused_unfinished",
+            "HTTP connections closed at accept: GATEWAY_HTTP_MAX_UNFINISHED were waiting for their request head",
+            self.http.refused_unfinished.clone(),
+        );
+        r.register(
+            "gateway_http_header_timeouts",
+            "HTTP connections closed without a complete request head within GATEWAY_HTTP_HEADER_TIMEOUT",
+            self.http.header_timeouts.clone(),
+        );
         r.register("wsgateway_connections", "Legacy: open connections", self.legacy_connections.clone());
         r.register(
             "wsgateway_connections_rejected",

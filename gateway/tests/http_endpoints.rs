@@ -187,11 +187,31 @@ async fn metrics_are_prometheus_text_with_the_legacy_series() {
             "# TYPE wsgateway_connections gauge",
             "wsgateway_connections 1",
             r#"wsgateway_connections_rejected_total{reason="auth_failed"} 1"#,
-            "# TYPE wsgateway_events_processed counter",
+            "# TYPE wsgateway_events_processed_total counter",
             "wsgateway_events_processed_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{path} lacks {line:?}:\n{text}");
         }
+    }
+
+    // Prometheus text unless the scraper asks for OpenMetrics (contract section 7).
+    for (accept, content_type, last_line) in [
+        (None, "text/plain; version=0.0.4; charset=utf-8", None),
+        (Some("text/plain;version=0.0.4"), "text/plain; version=0.0.4; charset=utf-8", None),
+        (
+            Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5"),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Some("# EOF"),
+        ),
+    ] {
+        let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+        let answer =
+            tokio::time::timeout(SOON, wire::testkit::http_exchange("GET", &gw.http("/ws/metrics"), &headers, None))
+                .await
+                .expect("metrics in time")
+                .expect("metrics");
+        assert_eq!(answer.header("content-type"), Some(content_type), "Accept: {accept:?}");
+        assert_eq!(answer.body.lines().last() == Some("# EOF"), last_line.is_some(), "Accept: {accept:?}");
     }
 
     let nats = stack.nats_client().await;

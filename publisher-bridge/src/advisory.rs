@@ -20,7 +20,7 @@ use wire::subject::{dlq_subject, EVENTS_STREAM};
 use crate::mapping::DlqReason;
 use crate::metrics::Metrics;
 use crate::pipeline::now_rfc3339;
-use crate::sink::jetstream::{Outgoing, Publisher};
+use crate::sink::jetstream::{Outcome, Outgoing, Publisher};
 
 pub const MAX_DELIVERIES_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES";
 pub const TERMINATED_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED";
@@ -106,10 +106,13 @@ impl AdvisoryDlq {
             }
         };
         let mut h = HeaderMap::new();
-        h.insert(headers::MSG_ID, format!("advisory:{}:{}", advisory.consumer, advisory.stream_seq));
+        let consumer_id =
+            crate::header::escape(advisory.consumer.as_bytes(), advisory.consumer.len(), crate::header::MAX_VALUE);
+        h.insert(headers::MSG_ID, format!("advisory:{consumer_id}:{}", advisory.stream_seq));
         h.insert(headers::DLQ_REASON, reason.as_str());
         h.insert(headers::DLQ_AT, now_rfc3339());
-        h.insert(DLQ_CONSUMER, advisory.consumer.as_str());
+        let consumer = &advisory.consumer;
+        h.insert(DLQ_CONSUMER, crate::header::escape(consumer.as_bytes(), consumer.len(), crate::header::MAX_VALUE));
         h.insert(DLQ_STREAM_SEQ, advisory.stream_seq.to_string());
         h.insert(DLQ_SUBJECT, original.subject.as_str());
         h.insert(DLQ_DELIVERIES, advisory.deliveries.to_string());
@@ -117,11 +120,16 @@ impl AdvisoryDlq {
             h.insert(headers::SOURCE, source.as_str());
         }
         let out = Outgoing { subject: dlq_subject(reason.as_str()).into(), headers: h, payload: original.payload };
-        if let Some(ack) = self.publisher.publish(&out).await {
-            if !ack.duplicate {
+        match self.publisher.publish(&out).await {
+            Outcome::Stored(ack) if !ack.duplicate => {
                 self.metrics.dead_lettered(reason);
                 tracing::info!(reason = reason.as_str(), consumer = %advisory.consumer, seq = advisory.stream_seq, "copied a message a durable consumer gave up on into EVENTS_DLQ");
             }
+            Outcome::Refused(why) => {
+                self.metrics.dropped(why.permanent().unwrap_or("other"));
+                tracing::warn!(error = %why, consumer = %advisory.consumer, seq = advisory.stream_seq, "EVENTS_DLQ refused the copy of a dead-letter advisory's message; dropped");
+            }
+            _ => {}
         }
     }
 }

@@ -17,6 +17,8 @@ pub const BRIDGE_STREAM_KEY: &str = "BRIDGE_STREAM_KEY";
 pub const BRIDGE_CONSUMER_GROUP: &str = "BRIDGE_CONSUMER_GROUP";
 pub const BRIDGE_GROUP_START: &str = "BRIDGE_GROUP_START";
 pub const BRIDGE_READ_COUNT: &str = "BRIDGE_READ_COUNT";
+pub const BRIDGE_READ_MAX_BYTES: &str = "BRIDGE_READ_MAX_BYTES";
+pub const BRIDGE_STALL_TIMEOUT: &str = "BRIDGE_STALL_TIMEOUT";
 pub const BRIDGE_CLAIM_IDLE: &str = "BRIDGE_CLAIM_IDLE";
 pub const BRIDGE_CLAIM_INTERVAL: &str = "BRIDGE_CLAIM_INTERVAL";
 pub const BRIDGE_MAX_IN_FLIGHT: &str = "BRIDGE_MAX_IN_FLIGHT";
@@ -46,6 +48,8 @@ pub const VARS: &[&str] = &[
     BRIDGE_CONSUMER_GROUP,
     BRIDGE_GROUP_START,
     BRIDGE_READ_COUNT,
+    BRIDGE_READ_MAX_BYTES,
+    BRIDGE_STALL_TIMEOUT,
     BRIDGE_CLAIM_IDLE,
     BRIDGE_CLAIM_INTERVAL,
     BRIDGE_MAX_IN_FLIGHT,
@@ -136,6 +140,10 @@ pub struct Config {
     pub consumer_group: String,
     pub group_start: GroupStart,
     pub read_count: usize,
+    /// Bytes of stream entries read and not yet finished ([`crate::source::budget`]).
+    pub read_max_bytes: usize,
+    /// In flight this long without a finished publish: not ready ([`crate::health`]).
+    pub stall_timeout: Duration,
     pub claim_idle: Duration,
     pub claim_interval: Duration,
     pub max_in_flight: usize,
@@ -213,6 +221,8 @@ impl Config {
             consumer_group: p.string_or(BRIDGE_CONSUMER_GROUP, "publisher_bridge"),
             group_start,
             read_count: p.number(BRIDGE_READ_COUNT, 512, 1..=10_000),
+            read_max_bytes: p.number(BRIDGE_READ_MAX_BYTES, 32 << 20, 64 << 10..=4 << 30),
+            stall_timeout: p.duration(BRIDGE_STALL_TIMEOUT, Duration::from_secs(30)),
             claim_idle,
             claim_interval: p.duration(BRIDGE_CLAIM_INTERVAL, (claim_idle / 3).max(Duration::from_millis(100))),
             max_in_flight: p.number(BRIDGE_MAX_IN_FLIGHT, 1024, 1..=65_536),
@@ -244,6 +254,9 @@ impl Config {
         if self.claim_idle + self.claim_interval + self.publish_timeout >= s.duplicate_window / 2 {
             p.problem(BRIDGE_CLAIM_IDLE, "BRIDGE_CLAIM_IDLE + BRIDGE_CLAIM_INTERVAL + BRIDGE_PUBLISH_TIMEOUT must stay under half of BRIDGE_DUPLICATE_WINDOW");
         }
+        if self.stall_timeout < Duration::from_secs(1) {
+            p.problem(BRIDGE_STALL_TIMEOUT, "must be at least 1 s");
+        }
         if self.claim_idle <= self.publish_timeout * 2 {
             p.problem(BRIDGE_CLAIM_IDLE, "must be more than twice BRIDGE_PUBLISH_TIMEOUT, or healthy replicas steal each other's in-flight entries");
         }
@@ -262,7 +275,7 @@ impl Config {
     pub fn summary(&self) -> String {
         let s = &self.streams;
         format!(
-            "redis={} nats={:?} listen={} instance={} stream_key={} group={} group_start={} read_count={} claim_idle={:?} \
+            "redis={} nats={:?} listen={} instance={} stream_key={} group={} group_start={} read_count={} read_max_bytes={} stall_timeout={:?} claim_idle={:?} \
              claim_interval={:?} max_in_flight={} publish_timeout={:?} replicas={} storage={:?} events_max_age={:?} \
              events_max_bytes={} events_max_msg_size={} duplicate_window={:?} dlq_max_age={:?} dlq_max_bytes={} \
              dlq_max_msg_size={} advisory_dlq={} shutdown_timeout={:?} traces={}",
@@ -274,6 +287,8 @@ impl Config {
             self.consumer_group,
             self.group_start.as_redis_id(),
             self.read_count,
+            self.read_max_bytes,
+            self.stall_timeout,
             self.claim_idle,
             self.claim_interval,
             self.max_in_flight,
@@ -333,6 +348,8 @@ mod tests {
         assert_eq!(c.claim_idle, Duration::from_secs(15));
         assert_eq!(c.claim_interval, Duration::from_secs(5));
         assert_eq!(c.max_in_flight, 1024);
+        assert_eq!(c.read_max_bytes, 32 << 20);
+        assert_eq!(c.stall_timeout, Duration::from_secs(30));
         assert_eq!(c.streams, StreamSettings::default());
         assert!(c.advisory_dlq);
     }
@@ -370,6 +387,8 @@ mod tests {
             (BRIDGE_DUPLICATE_WINDOW, "30s"),
             (BRIDGE_GROUP_START, "yesterday"),
             (BRIDGE_EVENTS_MAX_MSG_SIZE, "1000"),
+            (BRIDGE_READ_MAX_BYTES, "100"),
+            (BRIDGE_STALL_TIMEOUT, "10ms"),
         ])
         .unwrap_err();
         for var in [
@@ -379,6 +398,8 @@ mod tests {
             BRIDGE_DUPLICATE_WINDOW,
             BRIDGE_GROUP_START,
             BRIDGE_EVENTS_MAX_MSG_SIZE,
+            BRIDGE_READ_MAX_BYTES,
+            BRIDGE_STALL_TIMEOUT,
         ] {
             assert!(err.names(var), "{var} missing from {err}");
         }

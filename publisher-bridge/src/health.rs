@@ -1,9 +1,17 @@
 //! Readiness state: which dependencies are up (Redis pub/sub reader, Redis stream reader, NATS,
-//! streams ensured) and the drain latch that turns readiness off before shutdown. It mirrors
-//! connection state into the `bridge_*_connected` gauges; it does not serve HTTP.
+//! streams ensured), whether the pipeline makes progress, and the drain latch that turns
+//! readiness off before shutdown. It mirrors connection state into the `bridge_*_connected`
+//! gauges; it does not serve HTTP.
+//!
+//! Progress: the pipeline calls [`Health::progressed`] whenever a publish is finished (stored,
+//! dead-lettered or dropped) and when it turns busy after being idle. The bridge is stalled, and
+//! not ready, while publishes are in flight and none finished for `BRIDGE_STALL_TIMEOUT`
+//! (NATS refusing everything, a stream gone, every slot held by retries); it is ready again as
+//! soon as one finishes.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -16,6 +24,10 @@ pub struct Health {
     nats: AtomicBool,
     streams: AtomicBool,
     draining: AtomicBool,
+    /// Milliseconds since `start` of the last progress.
+    progress_ms: AtomicU64,
+    start: Instant,
+    stall_after: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +39,11 @@ pub enum Dependency {
 }
 
 impl Health {
-    pub fn new(metrics: Arc<Metrics>) -> Health {
+    pub fn new(metrics: Arc<Metrics>, stall_after: Duration) -> Health {
         Health {
+            progress_ms: AtomicU64::new(0),
+            start: Instant::now(),
+            stall_after,
             metrics,
             redis_pubsub: AtomicBool::new(false),
             redis_stream: AtomicBool::new(false),
@@ -57,6 +72,22 @@ impl Health {
         flag.store(up, Ordering::Relaxed);
     }
 
+    /// A publish finished, or the pipeline turned busy.
+    pub fn progressed(&self) {
+        self.progress_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long publishes have been in flight without one finishing; `None` when nothing is in
+    /// flight or the last one finished within `BRIDGE_STALL_TIMEOUT`.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        if self.metrics.in_flight.get() <= 0 {
+            return None;
+        }
+        let since =
+            self.start.elapsed().saturating_sub(Duration::from_millis(self.progress_ms.load(Ordering::Relaxed)));
+        (since >= self.stall_after).then_some(since)
+    }
+
     /// Readiness off for good: the process is shutting down.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
@@ -71,12 +102,20 @@ impl Health {
             ("nats", get(&self.nats)),
             ("jetstream_streams", get(&self.streams)),
         ];
+        let stalled = self.stalled_for();
         let draining = get(&self.draining);
-        let ready = !draining && checks.iter().all(|(_, up)| *up);
-        let down: Vec<&str> = checks.iter().filter(|(_, up)| !up).map(|(name, _)| *name).collect();
+        let ready = !draining && stalled.is_none() && checks.iter().all(|(_, up)| *up);
+        let mut down: Vec<&str> = checks.iter().filter(|(_, up)| !up).map(|(name, _)| *name).collect();
+        if stalled.is_some() {
+            down.push("pipeline");
+        }
         let body = json!({
             "status": if ready { "ready" } else if draining { "draining" } else { "not_ready" },
             "down": down,
+            "pipeline": match stalled {
+                None => json!("progressing"),
+                Some(since) => json!(format!("stalled: {} publishes in flight, none finished for {} s", self.metrics.in_flight.get(), since.as_secs())),
+            },
             "checks": checks.iter().map(|(name, up)| (name.to_string(), json!(if *up { "up" } else { "down" }))).collect::<serde_json::Map<_, _>>(),
         });
         (ready, body)
@@ -89,7 +128,7 @@ mod tests {
 
     #[test]
     fn ready_only_when_everything_is_up_and_not_draining() {
-        let h = Health::new(Arc::new(Metrics::new()));
+        let h = Health::new(Arc::new(Metrics::new()), Duration::from_secs(30));
         assert!(!h.readiness().0);
         for d in [Dependency::RedisPubsub, Dependency::RedisStream, Dependency::Nats] {
             h.set(d, true);
@@ -101,5 +140,26 @@ mod tests {
         assert!(h.readiness().0);
         h.start_draining();
         assert_eq!(h.readiness().1["status"], "draining");
+    }
+
+    #[test]
+    fn stalled_while_in_flight_without_progress() {
+        let metrics = Arc::new(Metrics::new());
+        let h = Health::new(metrics.clone(), Duration::from_millis(30));
+        for d in [Dependency::RedisPubsub, Dependency::RedisStream, Dependency::Nats, Dependency::Streams] {
+            h.set(d, true);
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(h.readiness().0, "idle is not stalled, however long");
+        metrics.in_flight.inc();
+        h.progressed();
+        assert!(h.readiness().0, "busy since just now");
+        std::thread::sleep(Duration::from_millis(40));
+        let (ready, body) = h.readiness();
+        assert!(!ready);
+        assert_eq!(body["down"], json!(["pipeline"]));
+        assert!(body["pipeline"].as_str().unwrap().starts_with("stalled: 1 publishes"), "{body}");
+        h.progressed();
+        assert!(h.readiness().0, "one finished publish is progress");
     }
 }

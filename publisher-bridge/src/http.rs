@@ -1,6 +1,7 @@
 //! The bridge's HTTP surface: `/livez` (the process runs), `/readyz` (200 only when Redis pub/sub,
-//! the Redis stream reader and NATS are connected, the streams were ensured, and the bridge is not
-//! draining; otherwise 503 with a JSON body naming what is down) and `/metrics` (Prometheus text).
+//! the Redis stream reader and NATS are connected, the streams were ensured, the pipeline is not
+//! stalled ([`Health::stalled_for`]) and the bridge is not draining; otherwise 503 with a JSON
+//! body naming what is down) and `/metrics` (Prometheus text).
 //! It owns no state of its own.
 
 use std::sync::Arc;

@@ -6,10 +6,11 @@
 //! (environment), [`source`] (Redis readers), [`mapping`] (event → subject / reason),
 //! [`pipeline`] (in-flight bound, headers, acknowledgement flow), [`sink`] (JetStream publishing
 //! and stream layout), [`advisory`] (durable consumers' dead letters), [`http`], [`metrics`],
-//! [`health`], [`shutdown`], [`telemetry`] and [`traces`] (logs and OTLP spans), [`retry`].
+//! [`health`], [`header`] (safe header values), [`shutdown`], [`telemetry`] and [`traces`] (logs and OTLP spans), [`retry`].
 
 pub mod advisory;
 pub mod config;
+pub mod header;
 pub mod health;
 pub mod http;
 pub mod mapping;

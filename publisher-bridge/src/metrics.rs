@@ -71,6 +71,7 @@ pub struct Metrics {
     pub duplicates: Counter,
     pub copies_skipped: Counter,
     dead_lettered: Family<ReasonLabel, Counter>,
+    dropped: Family<ReasonLabel, Counter>,
     pub retries: Counter,
     pub conflicts: Counter,
     pub latency: Histogram,
@@ -80,6 +81,7 @@ pub struct Metrics {
     pub stream_acked: Counter,
     pub stream_claimed: Counter,
     pub stream_pending: Gauge<u64, AtomicU64>,
+    pub stream_read_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -98,6 +100,7 @@ impl Metrics {
             duplicates: Counter::default(),
             copies_skipped: Counter::default(),
             dead_lettered: Family::default(),
+            dropped: Family::default(),
             retries: Counter::default(),
             conflicts: Counter::default(),
             // 1-2-5 steps from 100 µs to 5 s, so the 5 ms target is a bucket bound.
@@ -108,6 +111,7 @@ impl Metrics {
             stream_acked: Counter::default(),
             stream_claimed: Counter::default(),
             stream_pending: Gauge::default(),
+            stream_read_bytes: Gauge::default(),
         };
         // Pre-create every label value so dashboards see zeros rather than missing series.
         for source in [Source::Pubsub, Source::Stream] {
@@ -115,6 +119,9 @@ impl Metrics {
         }
         for reason in DlqReason::all() {
             let _ = m.dead_lettered.get_or_create(&ReasonLabel { reason: reason.as_str() });
+        }
+        for reason in crate::sink::ack::PERMANENT.into_iter().chain(["other"]) {
+            let _ = m.dropped.get_or_create(&ReasonLabel { reason });
         }
         for connection in [RedisConn::Pubsub, RedisConn::Stream] {
             let _ = m.redis_connected.get_or_create(&ConnLabel { connection: connection.as_str() });
@@ -137,6 +144,11 @@ impl Metrics {
             self.copies_skipped.clone(),
         );
         r.register("bridge_dead_lettered", "Events stored in EVENTS_DLQ, by reason", self.dead_lettered.clone());
+        r.register(
+            "bridge_events_dropped",
+            "Events given up on: JetStream refused even their dead letter for good, by refusal",
+            self.dropped.clone(),
+        );
         r.register(
             "bridge_publish_retries",
             "JetStream publishes retried after an error or timeout",
@@ -174,6 +186,11 @@ impl Metrics {
             "Entries pending in the bridge's Redis consumer group (sampled)",
             self.stream_pending.clone(),
         );
+        r.register(
+            "bridge_stream_read_bytes",
+            "Bytes of stream entries read and not yet finished, sampled at each read (bounded by BRIDGE_READ_MAX_BYTES)",
+            self.stream_read_bytes.clone(),
+        );
         self
     }
 
@@ -183,6 +200,10 @@ impl Metrics {
 
     pub fn dead_lettered(&self, reason: DlqReason) {
         self.dead_lettered.get_or_create(&ReasonLabel { reason: reason.as_str() }).inc();
+    }
+
+    pub fn dropped(&self, reason: &'static str) {
+        self.dropped.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn set_redis_connected(&self, connection: RedisConn, up: bool) {
@@ -216,6 +237,8 @@ mod tests {
             "bridge_received_total{source=\"pubsub\"} 0",
             "bridge_dead_lettered_total{reason=\"bad_channel\"} 1",
             "bridge_dead_lettered_total{reason=\"too_large\"} 0",
+            "bridge_dead_lettered_total{reason=\"publish_refused\"} 0",
+            "bridge_events_dropped_total{reason=\"message_too_large\"} 0",
             "bridge_published_total 0",
             "bridge_duplicates_total 0",
             "bridge_publish_retries_total 0",

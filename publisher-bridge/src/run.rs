@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::sink::jetstream::Publisher;
 use crate::sink::streams::{ensure_streams, StreamsError};
+use crate::source::conn::Target;
 use crate::source::pubsub::{self, PubSubSource};
 use crate::source::stream::StreamSource;
 
@@ -42,7 +43,7 @@ pub enum BridgeError {
 pub async fn run(config: Config, listener: TcpListener, stop: CancellationToken) -> Result<(), BridgeError> {
     tracing::info!(config = %config.summary(), "publisher-bridge starting");
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(metrics.clone()));
+    let health = Arc::new(Health::new(metrics.clone(), config.stall_timeout));
     let http_stop = CancellationToken::new();
     let state = AppState { health: health.clone(), metrics: metrics.clone() };
     let http_task = tokio::spawn(http::serve(listener, state, http_stop.clone()));
@@ -82,11 +83,10 @@ async fn run_connected(
     let redis_client = redis::Client::open(config.redis_url.expose_str())
         .map_err(|source| BridgeError::Redis { what: "REDIS_URL", source })?;
     let pubsub_target =
-        pubsub::Target::of(&redis_client).map_err(|e| BridgeError::Redis { what: "REDIS_URL", source: e.into() })?;
+        Target::of(&redis_client).map_err(|e| BridgeError::Redis { what: "REDIS_URL", source: e.into() })?;
     let first_pubsub = pubsub::subscribe(&pubsub_target, config.startup_timeout)
         .await
         .map_err(|e| BridgeError::Redis { what: "pub/sub", source: e.into() })?;
-    let read_conn = connection_manager(&redis_client, config.startup_timeout, Duration::from_secs(8)).await?;
     let ack_conn = connection_manager(&redis_client, config.startup_timeout, Duration::from_secs(3)).await?;
 
     let abandon = CancellationToken::new();
@@ -96,6 +96,7 @@ async fn run_connected(
     let pipeline = Arc::new(Pipeline::new(
         publisher.clone(),
         metrics.clone(),
+        health.clone(),
         config.max_in_flight,
         config.publish_timeout,
         tracker.clone(),
@@ -112,14 +113,14 @@ async fn run_connected(
         None
     };
     let pubsub = PubSubSource {
-        target: pubsub_target,
+        target: pubsub_target.clone(),
         connect_timeout: Duration::from_secs(5),
         pipeline: pipeline.clone(),
         health: health.clone(),
     };
     let pubsub_task = tokio::spawn(pubsub.run(first_pubsub, stop.clone()));
     let stream =
-        Arc::new(StreamSource::new(config, pipeline.clone(), health.clone(), metrics.clone(), read_conn, ack_conn));
+        Arc::new(StreamSource::new(config, pipeline.clone(), health.clone(), metrics.clone(), pubsub_target, ack_conn));
     let stream_task = tokio::spawn(stream.run(stop.clone(), abandon.clone(), tracker.clone()));
     tracing::info!(instance = %config.instance_id, "publisher-bridge running");
 

@@ -16,8 +16,13 @@ pub fn receive(origin: &Origin) -> Span {
     if !wire::otel::enabled() {
         return Span::none();
     }
+    let channel;
     let (source, destination, entry_id) = match origin {
-        Origin::PubSub { channel } => ("pubsub", channel.as_str(), None),
+        Origin::PubSub(c) => {
+            channel = c.to_string();
+            ("pubsub", channel.as_str(), None)
+        }
+        Origin::BadChannel(escaped) => ("pubsub", &**escaped, None),
         Origin::Stream { key, id } => ("stream", &**key, Some(id.as_str())),
     };
     let span = tracing::info_span!(

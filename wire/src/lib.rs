@@ -8,12 +8,16 @@
 //!
 //! It owns no I/O of its own. The `nats` feature adds the shared NATS connection settings
 //! ([`natsconn`]); the `otel` feature adds the logging and OTLP trace set-up both services use
-//! ([`otel`]); the `testkit` feature adds real-process fixtures for integration tests.
+//! ([`otel`]); the `server` feature the bounded HTTP/1.1 listener loop ([`http_server`]); the
+//! `testkit` feature adds real-process fixtures for integration tests.
 
 pub mod dedup;
 pub mod envelope;
 pub mod event_types;
+pub mod exposition;
 pub mod headers;
+#[cfg(feature = "server")]
+pub mod http_server;
 pub mod msg_id;
 #[cfg(feature = "nats")]
 pub mod natsconn;

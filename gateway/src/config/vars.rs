@@ -42,6 +42,16 @@ pub const GATEWAY_SHUTDOWN_TIMEOUT: &str = "GATEWAY_SHUTDOWN_TIMEOUT";
 pub const GATEWAY_ADMIN_LISTEN_ADDR: &str = "GATEWAY_ADMIN_LISTEN_ADDR";
 pub const GATEWAY_ADMIN_TOKEN: &str = "GATEWAY_ADMIN_TOKEN";
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
+pub const GATEWAY_HTTP_HEADER_TIMEOUT: &str = "GATEWAY_HTTP_HEADER_TIMEOUT";
+pub const GATEWAY_HTTP_MAX_UNFINISHED: &str = "GATEWAY_HTTP_MAX_UNFINISHED";
+pub const GATEWAY_HTTP_MAX_HEAD_BYTES: &str = "GATEWAY_HTTP_MAX_HEAD_BYTES";
+
+/// The bounds of the public and admin listeners.
+pub const HTTP_VARS: wire::http_server::HttpVars = wire::http_server::HttpVars {
+    header_timeout: GATEWAY_HTTP_HEADER_TIMEOUT,
+    max_unfinished: GATEWAY_HTTP_MAX_UNFINISHED,
+    max_head_bytes: GATEWAY_HTTP_MAX_HEAD_BYTES,
+};
 
 // NATS_* variables are shared with the bridge: see `wire::natsconn`; so are the OTEL_* ones:
 // see `wire::otel`.

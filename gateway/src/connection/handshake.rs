@@ -10,8 +10,8 @@ use crate::auth::{Endpoint, Identity};
 use crate::registry::{ConnInfo, ConnKey};
 use crate::routing::Audience;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::{header, HeaderMap};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -24,6 +24,10 @@ pub async fn upgrade(
     query: Option<String>,
     peer: Option<SocketAddr>,
 ) -> Response {
+    if let Err(why) = check_key(&headers) {
+        app.metrics.rejected("bad_handshake");
+        return (StatusCode::BAD_REQUEST, why).into_response();
+    }
     let limits = &app.config.limits;
     let ws = ws
         .read_buffer_size(limits.read_buffer_size)
@@ -111,6 +115,28 @@ async fn admit(
     Ok(Session { app: app.clone(), identity, table_token, registration, queue, lease, resume })
 }
 
+/// RFC 6455 section 4.2.1: exactly one `Sec-WebSocket-Key`, the base64 encoding of a 16-byte
+/// nonce (24 characters, the last two `=`). A request that breaks this is no WebSocket handshake
+/// and gets a plain 400.
+fn check_key(headers: &HeaderMap) -> Result<(), &'static str> {
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    match (keys.next(), keys.next()) {
+        (Some(key), None) if nonce_of_16_bytes(key.as_bytes()) => Ok(()),
+        (Some(_), None) => Err("Sec-WebSocket-Key must be the base64 encoding of 16 bytes"),
+        _ => Err("exactly one Sec-WebSocket-Key header is required"),
+    }
+}
+
+fn nonce_of_16_bytes(key: &[u8]) -> bool {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let [body @ .., b'=', b'='] = key else { return false };
+    let Some((&last, body)) = body.split_last() else { return false };
+    // 16 bytes = 21 full characters and one carrying the last 2 bits (its low 4 bits zero).
+    body.len() == 21
+        && body.iter().all(|c| ALPHABET.contains(c))
+        && ALPHABET.iter().position(|c| *c == last).is_some_and(|i| i & 0b1111 == 0)
+}
+
 /// The first address of `X-Forwarded-For`, if it parses.
 fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
     let value = headers.get("x-forwarded-for")?.to_str().ok()?;
@@ -129,7 +155,37 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{forwarded_for, query_param};
+    use super::{check_key, forwarded_for, nonce_of_16_bytes, query_param};
+    use axum::http::{header, HeaderMap, HeaderValue};
+
+    #[test]
+    fn the_key_is_one_base64_16_byte_nonce() {
+        // RFC 6455's example key, and one tungstenite generates.
+        for key in ["dGhlIHNhbXBsZSBub25jZQ==", "AAAAAAAAAAAAAAAAAAAAAA==", "/////////////////////w=="] {
+            assert!(nonce_of_16_bytes(key.as_bytes()), "{key}");
+        }
+        for key in [
+            "",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZQ=",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25j*Q==",
+            "dGhlIHNhbXBsZSBub25jZQdGhl==",
+            "aGVsbG8=",
+        ] {
+            assert!(!nonce_of_16_bytes(key.as_bytes()), "{key}");
+        }
+    }
+
+    #[test]
+    fn exactly_one_key_header() {
+        let mut headers = HeaderMap::new();
+        assert!(check_key(&headers).is_err(), "none");
+        headers.append(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(check_key(&headers).is_ok());
+        headers.append(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(check_key(&headers).is_err(), "two");
+    }
 
     #[test]
     fn reads_and_decodes_the_token_parameter() {

@@ -33,6 +33,8 @@ impl CloseReason {
     pub const HEARTBEAT_TIMEOUT: CloseReason = close(1001, "Heartbeat timeout", "heartbeat_timeout");
     pub const BINARY_FRAME: CloseReason = close(1003, "Binary frames not supported", "binary_frame");
     pub const SLOW_CONSUMER: CloseReason = close(1013, "Client too slow", "slow_consumer");
+    pub const PROTOCOL_ERROR: CloseReason = close(1002, "Protocol error", "protocol_error");
+    pub const INVALID_UTF8: CloseReason = close(1007, "Invalid UTF-8", "invalid_utf8");
 }
 
 /// Why the server closes an open connection: one of the documented reasons, or an operator's

@@ -26,7 +26,8 @@ impl From<PublishAck> for Stored {
     }
 }
 
-/// Why a publish was not acknowledged; every kind is retried.
+/// Why a publish was not acknowledged. Every kind is retried but those
+/// [`Refused::permanent`] names: a retry of those can never succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// No stream listens on the subject right now (a leader election, or the stream is gone).
@@ -41,11 +42,39 @@ pub enum Refused {
     /// The client could not send or wait (a closed connection, say).
     #[error("publish failed: {0}")]
     Other(String),
+    /// The message is larger than the server accepts on a connection (`max_payload`): sending
+    /// it would make nats-server close the connection.
+    #[error("message larger than the server's max_payload")]
+    MaxPayload,
 }
+
+/// Why a publish was refused for good: the `reason` label of `bridge_events_dropped_total` and
+/// the start of a `publish_refused` dead letter's `Dlq-Error` header.
+pub const PERMANENT: [&str; 6] =
+    ["message_too_large", "header_too_large", "expected_mismatch", "bad_request", "stream_sealed", "max_payload"];
 
 impl Refused {
     pub fn in_process_elsewhere(&self) -> bool {
         matches!(self, Refused::Api { err_code: IN_PROCESS_ELSEWHERE, .. })
+    }
+
+    /// `Some(reason)` when the refusal is about the message itself (or a stream that will never
+    /// take it), so that a retry cannot succeed; `None` for anything that may pass later (no
+    /// responders during a leader election, timeouts, 10158, a full stream, a lost connection).
+    pub fn permanent(&self) -> Option<&'static str> {
+        let code = match self {
+            Refused::MaxPayload => return Some("max_payload"),
+            Refused::Api { err_code, .. } => *err_code as u64,
+            _ => return None,
+        };
+        Some(match ErrorCode(code) {
+            ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => "message_too_large",
+            ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM => "header_too_large",
+            ErrorCode::STREAM_WRONG_LAST_SEQUENCE | ErrorCode::STREAM_WRONG_LAST_MESSAGE_ID => "expected_mismatch",
+            ErrorCode::BAD_REQUEST => "bad_request",
+            ErrorCode::STREAM_SEALED => "stream_sealed",
+            _ => return None,
+        })
     }
 }
 
@@ -120,6 +149,31 @@ mod tests {
             parse(br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#).unwrap_err();
         assert!(!other.in_process_elsewhere());
         assert_eq!(other.to_string(), "JetStream error 10077 (503): maximum messages exceeded");
+    }
+
+    #[test]
+    fn only_refusals_about_the_message_are_permanent() {
+        let api = |err_code: u16| Refused::Api { code: 400, err_code, description: String::new() };
+        assert_eq!(api(10054).permanent(), Some("message_too_large"));
+        assert_eq!(api(10097).permanent(), Some("header_too_large"));
+        assert_eq!(api(10071).permanent(), Some("expected_mismatch"));
+        assert_eq!(api(10070).permanent(), Some("expected_mismatch"));
+        assert_eq!(api(10003).permanent(), Some("bad_request"));
+        assert_eq!(Refused::MaxPayload.permanent(), Some("max_payload"));
+        for transient in [
+            api(IN_PROCESS_ELSEWHERE),
+            api(10077),
+            api(10008),
+            Refused::NoResponders,
+            Refused::TimedOut,
+            Refused::Other("connection closed".into()),
+            Refused::Unreadable("?".into()),
+        ] {
+            assert_eq!(transient.permanent(), None, "{transient}");
+        }
+        for reason in PERMANENT {
+            assert!(PERMANENT.iter().filter(|r| **r == reason).count() == 1);
+        }
     }
 
     #[test]

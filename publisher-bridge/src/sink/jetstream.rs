@@ -4,7 +4,9 @@
 //! message each way and no task, timer or channel per publish. Whatever was not acknowledged
 //! (no responders during a stream leader election, a lost connection, a timeout, an error) goes
 //! through [`Publisher::retry`], which republishes and waits, with capped, jittered backoff, until
-//! JetStream stores it or the bridge gives up at the end of its shutdown budget. A "duplicate"
+//! JetStream stores it, refuses it for a reason no retry can change
+//! ([`Refused::permanent`]: the caller dead-letters or drops it), or the bridge gives up at the
+//! end of its shutdown budget. A "duplicate"
 //! acknowledgement is a success; "duplicate message id is in process" (another replica is storing
 //! the same event) is retried without a warning and counted on its own. It does not decide
 //! subjects or headers (see [`crate::pipeline`]).
@@ -13,14 +15,14 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::jetstream::{Context, ErrorCode};
+use async_nats::jetstream::Context;
 use async_nats::{Client, HeaderMap, Subject, Subscriber};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::retry::{Backoff, LogLimiter};
-use crate::sink::ack::{Refused, Stored, IN_PROCESS_ELSEWHERE};
+use crate::sink::ack::{Refused, Stored};
 
 /// One message to store.
 #[derive(Debug, Clone)]
@@ -28,6 +30,16 @@ pub struct Outgoing {
     pub subject: Subject,
     pub headers: HeaderMap,
     pub payload: Bytes,
+}
+
+/// How a publish ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Stored(Stored),
+    /// Refused for good ([`Refused::permanent`]).
+    Refused(Refused),
+    /// The shutdown budget ran out first.
+    Abandoned,
 }
 
 pub struct Publisher {
@@ -76,12 +88,14 @@ impl Publisher {
     }
 
     /// Republishes `out`, which failed with `failure`, and waits, as long as it takes, until
-    /// JetStream stored it (or reports it a duplicate). `None` only when the shutdown budget ran
-    /// out first.
-    pub async fn retry(&self, out: &Outgoing, failure: Refused) -> Option<Stored> {
+    /// JetStream stored it (or reports it a duplicate) or refused it for good.
+    pub async fn retry(&self, out: &Outgoing, failure: Refused) -> Outcome {
         let mut backoff = Backoff::publish();
         let mut failure = failure;
         loop {
+            if failure.permanent().is_some() {
+                return Outcome::Refused(failure);
+            }
             if failure.in_process_elsewhere() {
                 // Another bridge replica is storing the same event right now: the retry is
                 // acknowledged as a duplicate once it has. Expected with two replicas.
@@ -94,22 +108,30 @@ impl Publisher {
             }
             tokio::select! {
                 biased;
-                _ = self.abandon.cancelled() => return None,
+                _ = self.abandon.cancelled() => return Outcome::Abandoned,
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            match self.attempt(out).await? {
-                Ok(stored) => return Some(stored),
-                Err(refused) => failure = refused,
+            match self.attempt(out).await {
+                None => return Outcome::Abandoned,
+                Some(Ok(stored)) => return Outcome::Stored(stored),
+                Some(Err(refused)) => failure = refused,
             }
         }
     }
 
-    /// Publishes and waits (advisory copies and other low-rate paths).
-    pub async fn publish(&self, out: &Outgoing) -> Option<Stored> {
-        match self.attempt(out).await? {
-            Ok(stored) => Some(stored),
-            Err(failure) => self.retry(out, failure).await,
+    /// Publishes and waits, retrying what may pass later (dead letters, advisory copies and
+    /// other low-rate paths).
+    pub async fn publish(&self, out: &Outgoing) -> Outcome {
+        match self.attempt(out).await {
+            None => Outcome::Abandoned,
+            Some(Ok(stored)) => Outcome::Stored(stored),
+            Some(Err(failure)) => self.retry(out, failure).await,
         }
+    }
+
+    /// The largest message (payload and headers) the server takes on this connection.
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
     }
 
     /// One request-reply publish through the JetStream context (with its own timeout); `None`
@@ -138,9 +160,11 @@ fn refused(error: &PublishError) -> Refused {
     match (error.kind(), api) {
         (PublishErrorKind::TimedOut, _) => Refused::TimedOut,
         (PublishErrorKind::StreamNotFound, _) => Refused::NoResponders,
-        (_, Some(e)) if e.error_code() == ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT => {
-            Refused::Api { code: e.code() as u16, err_code: IN_PROCESS_ELSEWHERE, description: e.to_string() }
-        }
+        (_, Some(e)) => Refused::Api {
+            code: e.code() as u16,
+            err_code: u16::try_from(e.error_code().0).unwrap_or(u16::MAX),
+            description: e.to_string(),
+        },
         _ => Refused::Other(error.to_string()),
     }
 }

@@ -4,8 +4,12 @@
 //! capped, jittered backoff that resets after a healthy period, and pings the server to notice a
 //! dead connection that never closed. Only the very first connect, at start, fails the process.
 //!
-//! It speaks the protocol itself ([`crate::source::resp`]): messages are decoded in place, the
-//! payload a slice of the read buffer.
+//! It speaks the protocol itself ([`crate::source::resp`], [`crate::source::conn`]): messages are
+//! decoded in place, the payload a slice of the read buffer. Bounded: a payload or channel name
+//! longer than [`BULK_CAP`] is kept as its head (the event is `too_large`, the channel
+//! `bad_channel`) and the rest discarded as it arrives, so one message costs at most
+//! [`BULK_CAP`] bytes and the pub/sub path at most `BRIDGE_MAX_IN_FLIGHT` of them. A channel
+//! name is parsed here, once ([`Origin::pubsub`]).
 //!
 //! Backpressure: while every in-flight slot is taken, this source stops reading; what arrives
 //! meanwhile waits in the socket and then in Redis's output buffer for this client, and Redis
@@ -13,157 +17,52 @@
 //! 32 MB, or 8 MB for 60 s): a burst larger than that, faster than the bridge stores it, loses
 //! the excess (README, "Delivery guarantees").
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{Dependency, Health};
 use crate::mapping::PATTERNS;
 use crate::pipeline::{Incoming, Origin, Pipeline};
 use crate::retry::{Backoff, LogLimiter};
-use crate::source::resp::{self, Frame, Push};
+use crate::source::conn::{Conn, Target};
+use crate::source::resp::Push;
+use crate::source::BULK_CAP;
 
 /// A quiet connection is pinged after this long...
 const PING_EVERY: Duration = Duration::from_secs(10);
 /// ...and given up when nothing at all arrived this long after the ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
-const READ_CHUNK: usize = 64 * 1024;
 
-/// Where the pub/sub connection goes, from `REDIS_URL`.
-#[derive(Debug, Clone)]
-pub struct Target {
-    addr: Addr,
-    username: Option<String>,
-    password: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-enum Addr {
-    Tcp(String, u16),
-    Unix(PathBuf),
-}
-
-impl Target {
-    pub fn of(client: &redis::Client) -> std::io::Result<Target> {
-        let info = client.get_connection_info();
-        let addr = match info.addr() {
-            redis::ConnectionAddr::Tcp(host, port) => Addr::Tcp(host.clone(), *port),
-            redis::ConnectionAddr::Unix(path) => Addr::Unix(path.clone()),
-            _ => return Err(std::io::Error::other("TLS connections to Redis (rediss://) are not supported")),
-        };
-        let settings = info.redis_settings();
-        Ok(Target {
-            addr,
-            username: settings.username().map(str::to_owned),
-            password: settings.password().map(str::to_owned),
-        })
-    }
-}
-
-enum Conn {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Conn {
-    async fn open(addr: &Addr) -> std::io::Result<Conn> {
-        Ok(match addr {
-            Addr::Tcp(host, port) => {
-                let stream = TcpStream::connect((host.as_str(), *port)).await?;
-                stream.set_nodelay(true)?;
-                Conn::Tcp(stream)
-            }
-            Addr::Unix(path) => Conn::Unix(UnixStream::connect(path).await?),
-        })
-    }
-
-    /// Cancel-safe: nothing is read when the future is dropped before it completes.
-    async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => s.read_buf(buf).await,
-            Conn::Unix(s) => s.read_buf(buf).await,
-        }
-    }
-
-    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match self {
-            Conn::Tcp(s) => s.write_all(bytes).await,
-            Conn::Unix(s) => s.write_all(bytes).await,
-        }
-    }
-}
-
-/// A connection in subscribed mode, with what it read but not yet decoded.
+/// A connection in subscribed mode.
 pub struct Subscribed {
     conn: Conn,
-    buf: BytesMut,
-}
-
-impl Subscribed {
-    /// Reads more bytes into the buffer; an error when the connection ended.
-    async fn fill(&mut self) -> std::io::Result<()> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
-        }
-        match self.conn.read_buf(&mut self.buf).await? {
-            0 => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "Redis closed the pub/sub connection")),
-            _ => Ok(()),
-        }
-    }
-
-    fn decode(&mut self) -> std::io::Result<Option<Frame>> {
-        resp::parse(&mut self.buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-    }
-
-    async fn next_frame(&mut self) -> std::io::Result<Frame> {
-        loop {
-            if let Some(frame) = self.decode()? {
-                return Ok(frame);
-            }
-            self.fill().await?;
-        }
-    }
 }
 
 /// Connects, authenticates when the URL carries credentials, and pattern-subscribes to the
 /// contract's channels, all within `timeout`.
 pub async fn subscribe(target: &Target, timeout: Duration) -> std::io::Result<Subscribed> {
-    let connect = async {
-        let mut sub = Subscribed { conn: Conn::open(&target.addr).await?, buf: BytesMut::with_capacity(READ_CHUNK) };
-        let mut out = BytesMut::new();
-        if let Some(password) = &target.password {
-            match &target.username {
-                Some(user) => resp::encode(&mut out, &[b"AUTH", user.as_bytes(), password.as_bytes()]),
-                None => resp::encode(&mut out, &[b"AUTH", password.as_bytes()]),
-            }
-        }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut conn = Conn::open(target, BULK_CAP, timeout).await?;
+    let subscribe = async {
         let mut args: Vec<&[u8]> = vec![b"PSUBSCRIBE"];
         args.extend(PATTERNS.iter().map(|p| p.as_bytes()));
-        resp::encode(&mut out, &args);
-        sub.conn.write_all(&out).await?;
-        if target.password.is_some() {
-            if let Frame::Error(e) = sub.next_frame().await? {
-                return Err(std::io::Error::other(format!("Redis refused AUTH: {}", String::from_utf8_lossy(&e))));
-            }
-        }
+        conn.send(&args).await?;
         let mut confirmed = 0;
         while confirmed < PATTERNS.len() {
-            match sub.next_frame().await?.into_push() {
+            match conn.next_frame().await?.into_push() {
                 Push::Subscribed(_) => confirmed += 1,
                 Push::Error(e) => return Err(std::io::Error::other(format!("Redis refused PSUBSCRIBE: {e}"))),
                 _ => {}
             }
         }
-        Ok(sub)
+        Ok(())
     };
-    tokio::time::timeout(timeout, connect)
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis pub/sub connect timed out")))
+    tokio::time::timeout_at(deadline, subscribe).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis pub/sub connect timed out"))
+    })?;
+    Ok(Subscribed { conn })
 }
 
 pub struct PubSubSource {
@@ -220,7 +119,8 @@ impl PubSubSource {
     }
 
     /// Reads one connection until it fails (`false`) or `stop` fires (`true`).
-    async fn read(&self, mut sub: Subscribed, stop: &CancellationToken) -> bool {
+    async fn read(&self, sub: Subscribed, stop: &CancellationToken) -> bool {
+        let mut sub = sub.conn;
         let mut awaiting_pong = false;
         loop {
             // Everything already read first; the pipeline's backpressure pauses reading here.
@@ -235,8 +135,7 @@ impl PubSubSource {
                 };
                 match frame.into_push() {
                     Push::Message { channel, payload } => {
-                        let channel = String::from_utf8_lossy(&channel).into_owned();
-                        let event = Incoming::new(payload, Origin::PubSub { channel });
+                        let event = Incoming::from_blob(payload, Origin::pubsub(&channel));
                         // A shutdown while waiting for an in-flight slot drops this message:
                         // pub/sub is at-most-once, and the stream path keeps such entries pending.
                         tokio::select! {
@@ -264,7 +163,7 @@ impl PubSubSource {
                     awaiting_pong = false;
                 }
                 _ = tokio::time::sleep(quiet) => {
-                    if awaiting_pong || sub.conn.write_all(b"*1\r\n$4\r\nPING\r\n").await.is_err() {
+                    if awaiting_pong || sub.write_all(b"*1\r\n$4\r\nPING\r\n").await.is_err() {
                         return false;
                     }
                     awaiting_pong = true;

@@ -16,6 +16,12 @@
 //! clients as if they were new. When the group disappears while running (Redis restarted without
 //! persistence, or someone destroyed it), it is re-created at the last entry id this process saw,
 //! so nothing written after that is skipped and nothing before it is replayed.
+//!
+//! Memory: entries are read on connections of the bridge's own ([`crate::source::conn`]) that keep
+//! at most [`crate::source::BULK_CAP`] bytes of any field (a longer `data` is dead-lettered as
+//! `too_large` with its head), and every read, XAUTOCLAIM included, asks for no more entries
+//! than fit the byte budget `BRIDGE_READ_MAX_BYTES` of entries read and not yet finished
+//! ([`crate::source::budget`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,9 +39,15 @@ use crate::mapping::DlqReason;
 use crate::metrics::Metrics;
 use crate::pipeline::{Incoming, Origin, Pipeline};
 use crate::retry::{Backoff, LogLimiter};
+use crate::source::budget::ReadBudget;
+use crate::source::conn::{Conn, Target};
 use crate::source::entries::{self, Entry};
+use crate::source::BULK_CAP;
 
 const BLOCK: Duration = Duration::from_secs(2);
+/// How long a reply may take beyond the read's own BLOCK time.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(6);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct StreamSource {
     pub key: Arc<str>,
@@ -49,9 +61,10 @@ pub struct StreamSource {
     pub pipeline: Arc<Pipeline>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
-    /// Blocking reads only.
-    pub read_conn: ConnectionManager,
-    /// XACK, XAUTOCLAIM, XPENDING.
+    /// Where the reads (XREADGROUP, XAUTOCLAIM) connect, each on a connection of its own.
+    pub target: Target,
+    pub budget: Arc<ReadBudget>,
+    /// XGROUP, XACK, XPENDING.
     pub ack_conn: ConnectionManager,
 }
 
@@ -61,7 +74,7 @@ impl StreamSource {
         pipeline: Arc<Pipeline>,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
-        read_conn: ConnectionManager,
+        target: Target,
         ack_conn: ConnectionManager,
     ) -> StreamSource {
         StreamSource {
@@ -76,7 +89,8 @@ impl StreamSource {
             pipeline,
             health,
             metrics,
-            read_conn,
+            target,
+            budget: ReadBudget::new(config.read_max_bytes),
             ack_conn,
         }
     }
@@ -114,10 +128,10 @@ impl StreamSource {
     }
 
     /// One connected period: ensure the group, re-publish own pending entries, then read new ones.
-    async fn session(&self, ack: &mpsc::Sender<String>, last_seen: &mut Option<String>) -> RedisResult<()> {
-        let mut conn = self.read_conn.clone();
+    async fn session(&self, ack: &mpsc::Sender<String>, last_seen: &mut Option<String>) -> std::io::Result<()> {
         let start = last_seen.clone().unwrap_or_else(|| self.start.clone());
-        self.ensure_group(&mut conn, &start).await?;
+        self.ensure_group(&start).await.map_err(std::io::Error::other)?;
+        let mut conn = Conn::open(&self.target, BULK_CAP, CONNECT_TIMEOUT).await?;
         self.health.set(Dependency::RedisStream, true);
         let mut cursor = "0".to_string();
         loop {
@@ -136,14 +150,15 @@ impl StreamSource {
         }
     }
 
-    async fn ensure_group(&self, conn: &mut ConnectionManager, start: &str) -> RedisResult<()> {
+    async fn ensure_group(&self, start: &str) -> RedisResult<()> {
+        let mut conn = self.ack_conn.clone();
         let created: RedisResult<Value> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&*self.key)
             .arg(&self.group)
             .arg(start)
             .arg("MKSTREAM")
-            .query_async(conn)
+            .query_async(&mut conn)
             .await;
         match created {
             Ok(_) => {
@@ -155,14 +170,21 @@ impl StreamSource {
         }
     }
 
-    async fn read(&self, conn: &mut ConnectionManager, id: &str, block: Option<Duration>) -> RedisResult<Vec<Entry>> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(&self.group).arg(&self.consumer).arg("COUNT").arg(self.count);
-        if let Some(block) = block {
-            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+    /// One XREADGROUP of as many entries as the budget allows (waiting for budget first).
+    async fn read(&self, conn: &mut Conn, id: &str, block: Option<Duration>) -> std::io::Result<Vec<Entry>> {
+        let count = self.budget.next_count(self.count).await.to_string();
+        let block_ms = block.map(|b| b.as_millis().to_string());
+        let mut args: Vec<&[u8]> =
+            vec![b"XREADGROUP", b"GROUP", self.group.as_bytes(), self.consumer.as_bytes(), b"COUNT", count.as_bytes()];
+        if let Some(ms) = &block_ms {
+            args.extend([&b"BLOCK"[..], ms.as_bytes()]);
         }
-        cmd.arg("STREAMS").arg(&*self.key).arg(id);
-        Ok(entries::parse_read_reply(cmd.query_async(conn).await?))
+        args.extend([&b"STREAMS"[..], self.key.as_bytes(), id.as_bytes()]);
+        let reply = request(conn, &args, block.unwrap_or_default() + REPLY_TIMEOUT).await?;
+        let entries = entries::from_read(reply).map_err(std::io::Error::other)?;
+        let read: usize = entries.iter().map(|e| e.cost).sum();
+        self.metrics.stream_read_bytes.set((self.budget.used() + read) as i64);
+        Ok(entries)
     }
 
     async fn submit_all(&self, batch: Vec<Entry>, ack: &mpsc::Sender<String>) {
@@ -177,18 +199,22 @@ impl StreamSource {
         }
     }
 
-    /// The event of an entry, or its id when the entry no longer exists.
+    /// The event of an entry (holding its share of the read budget), or its id when the entry
+    /// no longer exists.
     fn incoming(&self, entry: Entry) -> Result<Incoming, String> {
         let Some(fields) = entry.fields else { return Err(entry.id) };
+        let charge = self.budget.charge(entry.cost);
         let origin = Origin::Stream { key: self.key.clone(), id: entry.id };
-        Ok(match entries::data_field(fields) {
-            Ok(data) => Incoming::new(Bytes::from(data), origin),
+        let mut event = match entries::data_field(fields) {
+            Ok(data) => Incoming::from_blob(data, origin),
             Err(fields_json) => {
                 let mut event = Incoming::new(Bytes::from(fields_json), origin);
                 event.refused = Some(DlqReason::NoData);
                 event
             }
-        })
+        };
+        event.charge = Some(charge);
+        Ok(event)
     }
 
     /// XACKs ids in batches as their publishes are confirmed; never before.
@@ -230,7 +256,7 @@ impl StreamSource {
     /// Periodically takes over entries idle for longer than `claim_idle` (a dead replica's), and
     /// samples the group's pending count.
     async fn claimer(self: Arc<Self>, stop: CancellationToken, ack: mpsc::Sender<String>) {
-        let mut conn = self.ack_conn.clone();
+        let mut conn: Option<Conn> = None;
         let warn = LogLimiter::new(Duration::from_secs(30));
         loop {
             tokio::select! {
@@ -244,6 +270,7 @@ impl StreamSource {
                 r = self.claim_round(&mut conn, &ack) => r,
             };
             if let Err(error) = result {
+                conn = None;
                 if let Some(held_back) = warn.allow() {
                     tracing::warn!(%error, held_back, "XAUTOCLAIM round failed");
                 }
@@ -251,20 +278,27 @@ impl StreamSource {
         }
     }
 
-    async fn claim_round(&self, conn: &mut ConnectionManager, ack: &mpsc::Sender<String>) -> RedisResult<()> {
+    async fn claim_round(&self, conn: &mut Option<Conn>, ack: &mpsc::Sender<String>) -> std::io::Result<()> {
+        let raw = match conn {
+            Some(c) => c,
+            None => conn.insert(Conn::open(&self.target, BULK_CAP, CONNECT_TIMEOUT).await?),
+        };
+        let idle = self.claim_idle.as_millis().to_string();
         let mut cursor = "0-0".to_string();
         loop {
-            let reply: Value = redis::cmd("XAUTOCLAIM")
-                .arg(&*self.key)
-                .arg(&self.group)
-                .arg(&self.consumer)
-                .arg(self.claim_idle.as_millis() as u64)
-                .arg(&cursor)
-                .arg("COUNT")
-                .arg(self.count)
-                .query_async(conn)
-                .await?;
-            let (next, claimed) = entries::parse_autoclaim(reply);
+            let count = self.budget.next_count(self.count).await.to_string();
+            let args: [&[u8]; 8] = [
+                b"XAUTOCLAIM",
+                self.key.as_bytes(),
+                self.group.as_bytes(),
+                self.consumer.as_bytes(),
+                idle.as_bytes(),
+                cursor.as_bytes(),
+                b"COUNT",
+                count.as_bytes(),
+            ];
+            let reply = request(raw, &args, REPLY_TIMEOUT).await?;
+            let (next, claimed) = entries::from_autoclaim(reply).map_err(std::io::Error::other)?;
             if !claimed.is_empty() {
                 tracing::info!(entries = claimed.len(), consumer = %self.consumer, "took over idle pending stream entries");
                 self.metrics.stream_claimed.inc_by(claimed.len() as u64);
@@ -275,14 +309,29 @@ impl StreamSource {
             }
             cursor = next;
         }
-        let pending: Value = redis::cmd("XPENDING").arg(&*self.key).arg(&self.group).query_async(conn).await?;
+        let mut ack_conn = self.ack_conn.clone();
+        let pending: Value = redis::cmd("XPENDING")
+            .arg(&*self.key)
+            .arg(&self.group)
+            .query_async(&mut ack_conn)
+            .await
+            .map_err(std::io::Error::other)?;
         if let Value::Array(items) = pending {
             if let Some(Value::Int(n)) = items.first() {
                 self.metrics.stream_pending.set((*n).max(0) as u64);
             }
         }
+        self.metrics.stream_read_bytes.set(self.budget.used() as i64);
         Ok(())
     }
+}
+
+/// Sends one command and waits at most `timeout` for its reply.
+async fn request(conn: &mut Conn, args: &[&[u8]], timeout: Duration) -> std::io::Result<crate::source::resp::Frame> {
+    conn.send(args).await?;
+    tokio::time::timeout(timeout, conn.next_frame())
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply from Redis in time")))
 }
 
 /// Connection trouble is retried; an error answer from Redis is not.
