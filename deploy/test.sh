@@ -3,7 +3,8 @@
 #   1. deploy/install-deps.sh (idempotent: redis-server, postgresql, nats-server, ...);
 #   2. every Rust test of the workspace with all features, through cargo-nextest when installed
 #      (settings in .config/nextest.toml), else `cargo test`;
-#   3. the chart and deploy-file tests (pytest: helm/tests, deploy/tests).
+#   3. the chart, deploy-file and browser tests (pytest: helm/tests, deploy/tests; the browser
+#      test, deploy/tests/browser, drives headless Chromium against the real binaries).
 # Every step runs even if an earlier test step failed; the exit status is non-zero if any failed.
 # Extra arguments go to the Rust test runner (for example a test name filter).
 set -euo pipefail
@@ -45,8 +46,8 @@ else
   run "rust tests (cargo test)" cargo test --workspace --all-features --no-fail-fast "$@"
 fi
 
-run "chart and deploy-file tests (pytest)" \
-  env PYTHONPATH="$root/.tools/chart-py" PYTHONDONTWRITEBYTECODE=1 \
+run "chart, deploy-file and browser tests (pytest)" \
+  env PYTHONPATH="$root/.tools/chart-py:$root/.tools/browser-py" PYTHONDONTWRITEBYTECODE=1 \
   python3 -m pytest -q -p no:cacheprovider helm/tests deploy/tests
 
 if ((${#failed[@]})); then
