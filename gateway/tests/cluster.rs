@@ -101,7 +101,7 @@ impl Run {
     async fn finish(self, stack: &ClusterStack) -> (Verdict, Vec<Member>, Vec<fleet::Log>) {
         let published = self.publisher.stop().await;
         eprintln!("cluster: published {} events in {:.1} s", published.len(), self.started.elapsed().as_secs_f64());
-        let js = traffic::jetstream(&stack).await;
+        let js = traffic::jetstream(stack).await;
         let stored_n = traffic::wait_stored(&js, published.len() as u64, Duration::from_secs(60)).await;
         let stored = traffic::read_stored(&js).await;
         assert_eq!(stored.len() as u64, stored_n);
@@ -433,7 +433,7 @@ async fn publish_batch(
     first_seq: u64,
     n: usize,
 ) -> Vec<traffic::Published> {
-    let js = traffic::jetstream(&stack).await;
+    let js = traffic::jetstream(stack).await;
     let before = traffic::stored_count(&js).await;
     let publisher = Publisher::start(&stack.redis_url(), layout.clone(), 100, first_seq).await;
     tokio::time::sleep(Duration::from_secs_f64(n as f64 / 100.0)).await;
