@@ -10,6 +10,9 @@
 # With --cluster it runs the production topology instead (deploy/lib/cluster.sh): three routed
 # JetStream nodes (:4222-4224), two bridges (:9100, :9101), three gateways (:8001-8003) and
 # HAProxy on :8080 in front of them, the clients' entry point.
+# NATS runs with the users of deploy/nats/auth.conf (operator, bridge, gateway, loadtest), each
+# allowed only what it needs; anonymous clients are refused. Their passwords are generated once
+# into .stack/secrets.env (NATS_*_PASSWORD; LOADTEST_NATS_* for the loadtest).
 # State, pid files and logs live in .stack/ (logs: .stack/logs/<name>.log). Safe to run again:
 # processes left by an earlier run are stopped first.
 set -euo pipefail
@@ -104,15 +107,31 @@ if ((with_bridge)) && [ ! -x "$bridge_bin" ]; then
   with_bridge=0
 fi
 
-# Demo secrets, generated once and reused so that tokens minted earlier stay valid.
+# Demo secrets, generated once and reused so that tokens minted earlier stay valid. NATS
+# passwords are added to a secrets.env written before NATS had users.
 if [ ! -s "$state/secrets.env" ]; then
   say "generating demo secrets into .stack/secrets.env"
   (umask 077 && python3 -c 'import secrets
 print("JWT_SECRET=" + secrets.token_hex(32))
 print("TABLE_TOKEN_SECRET=" + secrets.token_hex(32))' >"$state/secrets.env")
 fi
+if ! grep -q '^NATS_OPERATOR_PASSWORD=' "$state/secrets.env"; then
+  say "generating NATS user passwords into .stack/secrets.env"
+  (umask 077 && python3 -c 'import secrets
+passwords = {user: secrets.token_hex(24) for user in ("OPERATOR", "BRIDGE", "GATEWAY", "LOADTEST")}
+for user, password in passwords.items():
+    print(f"NATS_{user}_PASSWORD={password}")
+# What loadtest reads: the user "loadtest" of deploy/nats/auth.conf.
+print("LOADTEST_NATS_USER=loadtest")
+print("LOADTEST_NATS_PASSWORD=" + passwords["LOADTEST"])' >>"$state/secrets.env")
+fi
 # shellcheck disable=SC1091
 . "$state/secrets.env"
+# nats-server reads each user's password from its environment (deploy/nats/auth.conf).
+nats_conf="$root/deploy/nats/auth.conf"
+nats_env=(NATS_OPERATOR_PASSWORD="$NATS_OPERATOR_PASSWORD" NATS_BRIDGE_PASSWORD="$NATS_BRIDGE_PASSWORD"
+  NATS_GATEWAY_PASSWORD="$NATS_GATEWAY_PASSWORD" NATS_LOADTEST_PASSWORD="$NATS_LOADTEST_PASSWORD")
+bridge_nats_env=(NATS_USER=bridge NATS_PASSWORD="$NATS_BRIDGE_PASSWORD")
 
 ports=("$nats_port" "$nats_http_port" "$redis_port" "${gw_ports[@]}")
 ((with_pg)) && ports+=("$pg_port")
@@ -133,8 +152,8 @@ trap 'exit 0' INT TERM HUP
 # order (gateways before the NATS and Redis they depend on).
 if ((!with_cluster)); then
   say "starting nats-server on 127.0.0.1:$nats_port (monitoring :$nats_http_port)"
-  start_bg nats setsid "$nats_bin" -n stack -a 127.0.0.1 -p "$nats_port" -m "$nats_http_port" \
-    -js -sd "$state/nats"
+  start_bg nats env "${nats_env[@]}" setsid "$nats_bin" -c "$nats_conf" -n stack -a 127.0.0.1 \
+    -p "$nats_port" -m "$nats_http_port" -js -sd "$state/nats"
   wait_until nats 20 http_ok "http://127.0.0.1:$nats_http_port/healthz"
 fi
 
@@ -154,8 +173,8 @@ nats_url="nats://127.0.0.1:$nats_port"
 redis_url="redis://127.0.0.1:$redis_port"
 if ((with_bridge && !with_cluster)); then
   say "starting publisher-bridge on 127.0.0.1:$bridge_port"
-  start_bg publisher-bridge env REDIS_URL="$redis_url" NATS_URL="$nats_url" BRIDGE_WORKER_THREADS=1 \
-    BRIDGE_LISTEN_ADDR="127.0.0.1:$bridge_port" setsid "$bridge_bin"
+  start_bg publisher-bridge env REDIS_URL="$redis_url" NATS_URL="$nats_url" "${bridge_nats_env[@]}" \
+    BRIDGE_WORKER_THREADS=1 BRIDGE_LISTEN_ADDR="127.0.0.1:$bridge_port" setsid "$bridge_bin"
   wait_until publisher-bridge 60 http_ok "http://127.0.0.1:$bridge_port/readyz"
 fi
 
@@ -163,7 +182,8 @@ fi
 # small machine (2 cores) fewer threads waking each other cut the latency tail (README,
 # "Performance").
 gw_env=(JWT_SECRET="$JWT_SECRET" TABLE_TOKEN_SECRET="$TABLE_TOKEN_SECRET" ENVIRONMENT=development
-  REDIS_URL="$redis_url" NATS_URL="$nats_url" GATEWAY_WORKER_THREADS=1)
+  REDIS_URL="$redis_url" NATS_URL="$nats_url" NATS_USER=gateway NATS_PASSWORD="$NATS_GATEWAY_PASSWORD"
+  GATEWAY_WORKER_THREADS=1)
 if ((with_pg)); then
   gw_env+=(DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:$pg_port/menu")
 else
@@ -214,6 +234,8 @@ fi
 cat <<EOF
   logs       $logs/
   secrets    $state/secrets.env
+  nats users operator, bridge, gateway, loadtest (deploy/nats/auth.conf; passwords NATS_*_PASSWORD in
+             secrets.env); anonymous clients are refused
 
 Tokens (staff: 12 h, table: 3 h):
   waiter  (sub 2, WAITER, tenant 1, branch 1)  $waiter_token

@@ -10,7 +10,10 @@
 # Redis and PostgreSQL are started by stack.sh as in the default mode. Every name below is a
 # process NAME of proc.sh: logs in $logs/NAME.log, pid in $pids/NAME.pid.
 # Expects $root, $state, $logs, $pids, $nats_bin, $bridge_bin, $gateway_bin, $redis_url set and
-# proc.sh sourced; the gateways get the environment in the array gw_env (set by stack.sh).
+# proc.sh sourced; the gateways get the environment in the array gw_env, the bridges their NATS
+# login in bridge_nats_env, and nats-server the users' passwords in nats_env with the users of
+# $nats_conf (all set by stack.sh). The route ports are loopback-only here; see README, "Trust
+# boundary", for routes between machines.
 
 read -r -a cl_nats_ports <<<"${STACK_CLUSTER_NATS_PORTS:-4222 4223 4224}"
 read -r -a cl_route_ports <<<"${STACK_CLUSTER_ROUTE_PORTS:-6222 6223 6224}"
@@ -87,7 +90,8 @@ cluster_spawn_nats() {
   done
   mkdir -p "$state/nats-cluster/n$((i + 1))"
   say "starting nats-server n$((i + 1)) on 127.0.0.1:${cl_nats_ports[i]} (routes :${cl_route_ports[i]}, monitoring :${cl_monitor_ports[i]})"
-  start_bg "nats-$((i + 1))" setsid "$nats_bin" -n "n$((i + 1))" -a 127.0.0.1 -p "${cl_nats_ports[i]}" \
+  start_bg "nats-$((i + 1))" env "${nats_env[@]}" setsid "$nats_bin" -c "$nats_conf" -n "n$((i + 1))" \
+    -a 127.0.0.1 -p "${cl_nats_ports[i]}" \
     -m "${cl_monitor_ports[i]}" -js -sd "$state/nats-cluster/n$((i + 1))" --cluster_name stack \
     --cluster "nats://127.0.0.1:${cl_route_ports[i]}" --routes "$(IFS=,; echo "${routes[*]}")"
 }
@@ -96,7 +100,7 @@ cluster_spawn_nats() {
 cluster_spawn_bridge() {
   local i="$1"
   say "starting publisher-bridge bridge-$((i + 1)) on 127.0.0.1:${cl_bridge_ports[i]}"
-  start_bg "publisher-bridge-$((i + 1))" env REDIS_URL="$redis_url" NATS_URL="$(cluster_nats_url)" \
+  start_bg "publisher-bridge-$((i + 1))" env REDIS_URL="$redis_url" NATS_URL="$(cluster_nats_url)" "${bridge_nats_env[@]}" \
     BRIDGE_LISTEN_ADDR="127.0.0.1:${cl_bridge_ports[i]}" BRIDGE_INSTANCE_ID="bridge-$((i + 1))" \
     BRIDGE_EVENTS_REPLICAS=3 BRIDGE_STARTUP_TIMEOUT=30s BRIDGE_WORKER_THREADS=1 setsid "$bridge_bin"
 }

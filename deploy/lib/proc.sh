@@ -21,7 +21,7 @@ start_bg() {
   shift
   local shown=() arg
   for arg in "$@"; do
-    case "$arg" in *SECRET=*) shown+=("${arg%%=*}=***") ;; *) shown+=("$arg") ;; esac
+    case "$arg" in *SECRET=* | *PASSWORD=*) shown+=("${arg%%=*}=***") ;; *) shown+=("$arg") ;; esac
   done
   # One log per run; the previous run's is kept as NAME.log.1.
   [ -f "$logs/$name.log" ] && mv -f "$logs/$name.log" "$logs/$name.log.1"

@@ -151,3 +151,24 @@ def test_dockerfiles_build_small_non_root_images(binary, port):
 def test_dockerignore_keeps_the_context_small():
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {"target/", ".tools/", ".stack/", ".git/"} <= set(ignored)
+
+
+def test_nats_runs_with_least_privilege_users_and_no_default_password():
+    """Every NATS node loads deploy/nats/auth.conf, each service logs in as its own user of it,
+    and no password has a default (compose refuses to start without them)."""
+    conf = (DEPLOY / "nats" / "auth.conf").read_text()
+    users = set(re.findall(r"user: (\w+)", conf))
+    assert users == {"operator", "bridge", "gateway", "loadtest"}
+    for name, svc in by_prefix("nats-").items():
+        args = svc["command"]
+        assert args[args.index("--config") + 1] == "/etc/nats/auth.conf", name
+        assert "./nats/auth.conf:/etc/nats/auth.conf:ro" in svc["volumes"], name
+        for user in users:
+            value = svc["environment"][f"NATS_{user.upper()}_PASSWORD"]
+            assert re.fullmatch(rf"\$\{{NATS_{user.upper()}_PASSWORD:\?[^}}]+\}}", value), f"{name}: {value}"
+    for prefix, user in (("gateway-", "gateway"), ("bridge-", "bridge")):
+        for name, svc in by_prefix(prefix).items():
+            env = svc["environment"]
+            assert env["NATS_USER"] == user, name
+            assert env["NATS_PASSWORD"].startswith(f"${{NATS_{user.upper()}_PASSWORD:?"), name
+            assert "NATS_ALLOW_ANONYMOUS" not in env, name

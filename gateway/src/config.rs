@@ -144,7 +144,7 @@ impl Config {
                 p.check(DATABASE_URL, checked)
             }),
             sector_cache_ttl: p.duration(WS_SECTOR_CACHE_TTL, Duration::from_secs(60)),
-            nats: NatsSettings::read(&mut p),
+            nats: NatsSettings::read(&mut p, wire::natsconn::GATEWAY_INBOX_PREFIX),
             unsubscribe_delay: p.duration(GATEWAY_UNSUBSCRIBE_DELAY, Duration::from_secs(30)),
             dedup_window: p.duration(GATEWAY_DEDUP_WINDOW, Duration::from_secs(120)),
             resume_max_events: p.number(GATEWAY_RESUME_MAX_EVENTS, 10_000, 1..=10_000_000),

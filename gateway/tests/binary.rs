@@ -29,6 +29,27 @@ async fn bad_configuration_exits_64_naming_every_bad_variable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_without_nats_credentials_exits_64_in_one_line() {
+    let stack = Stack::start().await;
+    let mut env = stack.env();
+    env.remove("NATS_USER");
+    env.remove("NATS_PASSWORD");
+    let out = tokio::time::timeout(SOON, command(&env).output()).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line =
+        stderr.lines().find(|l| l.contains("NATS_USER")).unwrap_or_else(|| panic!("no NATS_USER line:\n{stderr}"));
+    assert!(line.contains("NATS_ALLOW_ANONYMOUS") && line.contains("production"), "{line}");
+
+    // The waiver gets past the configuration; the test NATS itself refuses anonymous clients.
+    env.insert("NATS_ALLOW_ANONYMOUS".into(), "true".into());
+    let out = tokio::time::timeout(Duration::from_secs(30), command(&env).output()).await.unwrap().unwrap();
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(69), "{output}");
+    assert!(output.to_lowercase().contains("authorization"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_nats_exits_69() {
     let stack = Stack::start().await;
     let mut env = stack.env();

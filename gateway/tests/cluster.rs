@@ -101,7 +101,7 @@ impl Run {
     async fn finish(self, stack: &ClusterStack) -> (Verdict, Vec<Member>, Vec<fleet::Log>) {
         let published = self.publisher.stop().await;
         eprintln!("cluster: published {} events in {:.1} s", published.len(), self.started.elapsed().as_secs_f64());
-        let js = traffic::jetstream(&stack.nats_urls()).await;
+        let js = traffic::jetstream(stack).await;
         let stored_n = traffic::wait_stored(&js, published.len() as u64, Duration::from_secs(60)).await;
         let stored = traffic::read_stored(&js).await;
         assert_eq!(stored.len() as u64, stored_n);
@@ -358,7 +358,7 @@ async fn kill_9_a_nats_node_a_replica_uses() {
     let mut holding = gateways_on_nats(&stack).await;
     if holding.iter().all(|(node, _)| *node == leader) {
         // Every replica uses the leader's node: move the leadership away first.
-        let js = traffic::jetstream(&stack.nats_urls()).await;
+        let js = traffic::jetstream(&stack).await;
         let subject = format!("STREAM.LEADER.STEPDOWN.{}", wire::testkit::EVENTS_STREAM);
         let answer: Result<Value, _> =
             tokio::time::timeout(Duration::from_secs(10), js.request(subject, &serde_json::json!({})))
@@ -433,7 +433,7 @@ async fn publish_batch(
     first_seq: u64,
     n: usize,
 ) -> Vec<traffic::Published> {
-    let js = traffic::jetstream(&stack.nats_urls()).await;
+    let js = traffic::jetstream(stack).await;
     let before = traffic::stored_count(&js).await;
     let publisher = Publisher::start(&stack.redis_url(), layout.clone(), 100, first_seq).await;
     tokio::time::sleep(Duration::from_secs_f64(n as f64 / 100.0)).await;
@@ -456,7 +456,7 @@ async fn catch_up_returns_exactly_the_missed_events() {
     stack.kill_gateway(0);
     let published = publish_batch(&stack, &layout, before.len() as u64 + 1, 150).await;
     // In stream order, which is what catch-up returns (the two Redis paths may interleave).
-    let stored = traffic::read_stored(&traffic::jetstream(&stack.nats_urls()).await).await;
+    let stored = traffic::read_stored(&traffic::jetstream(&stack).await).await;
     let missed: Vec<&traffic::Published> =
         stored.iter().filter_map(|(_, payload)| published.iter().find(|e| e.payload == *payload)).collect();
     assert_eq!(missed.len(), published.len(), "the second batch is stored once");

@@ -25,14 +25,12 @@ fn histogram(text: &str, name: &str) -> (f64, f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_is_observed_from_the_bridge_to_the_socket_write() {
     let stack = Stack::start().await;
-    let env: std::collections::HashMap<String, String> = [
-        ("REDIS_URL", stack.redis.url()),
-        ("NATS_URL", stack.nats.url()),
-        ("BRIDGE_INSTANCE_ID", "bridge-latency".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let env: std::collections::HashMap<String, String> =
+        [("REDIS_URL", stack.redis.url()), ("BRIDGE_INSTANCE_ID", "bridge-latency".to_string())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .chain(stack.bridge_nats_env())
+            .collect();
     let config = publisher_bridge::Config::from_lookup(|k| env.get(k).cloned()).unwrap_or_else(|e| panic!("{e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bridge_http = format!("http://{}", listener.local_addr().unwrap());

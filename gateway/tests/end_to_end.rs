@@ -9,14 +9,12 @@ use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
 async fn start_bridge(stack: &Stack) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let env: std::collections::HashMap<String, String> = [
-        ("REDIS_URL", stack.redis.url()),
-        ("NATS_URL", stack.nats.url()),
-        ("BRIDGE_INSTANCE_ID", "bridge-e2e".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let env: std::collections::HashMap<String, String> =
+        [("REDIS_URL", stack.redis.url()), ("BRIDGE_INSTANCE_ID", "bridge-e2e".to_string())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .chain(stack.bridge_nats_env())
+            .collect();
     let config = publisher_bridge::Config::from_lookup(|k| env.get(k).cloned()).unwrap_or_else(|e| panic!("{e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ready = format!("http://{}/readyz", listener.local_addr().unwrap());

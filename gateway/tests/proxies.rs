@@ -125,10 +125,11 @@ async fn nginx_passes_the_upgrade_and_events() {
 
 /// The gateway's default `WS_HEARTBEAT_TIMEOUT`, from its own configuration code.
 fn default_heartbeat() -> Duration {
-    let env: HashMap<String, String> = [("JWT_SECRET", "x"), ("TABLE_TOKEN_SECRET", "y")]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env: HashMap<String, String> =
+        [("JWT_SECRET", "x"), ("TABLE_TOKEN_SECRET", "y"), ("NATS_ALLOW_ANONYMOUS", "true")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     gateway::Config::from_map(&env).expect("defaults parse").limits.heartbeat_timeout
 }
 

@@ -30,13 +30,13 @@ async fn one_event_is_one_trace_across_bridge_and_gateway() {
     let receiver = otlp::Receiver::start().await;
 
     // The bridge, in-process, exporting as "publisher-bridge" with every root sampled.
-    let bridge_env = vars(&[
+    let mut bridge_env = vars(&[
         ("REDIS_URL", stack.redis.url()),
-        ("NATS_URL", stack.nats.url()),
         ("BRIDGE_INSTANCE_ID", "bridge-traces".into()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.clone()),
         ("OTEL_TRACES_SAMPLER", "always_on".into()),
     ]);
+    bridge_env.extend(stack.bridge_nats_env());
     let bridge_config =
         publisher_bridge::Config::from_lookup(|k| bridge_env.get(k).cloned()).unwrap_or_else(|e| panic!("{e}"));
     let telemetry = publisher_bridge::telemetry::install(&bridge_config).unwrap();

@@ -151,8 +151,12 @@ def test_an_existing_secret_is_referenced_not_created(render):
         "TABLE_TOKEN_SECRET": {"name": "menu-backend-secrets", "key": "table-token-secret"},
         "REDIS_URL": {"name": "menu-backend-secrets", "key": "redis-url"},
         "DATABASE_URL": {"name": "menu-backend-secrets", "key": "database-url"},
+        "NATS_PASSWORD": {"name": "menu-backend-secrets", "key": "nats-gateway-password"},
     }
-    assert secret_refs(rendered, "bridge") == {"REDIS_URL": {"name": "menu-backend-secrets", "key": "redis-url"}}
+    assert secret_refs(rendered, "bridge") == {
+        "REDIS_URL": {"name": "menu-backend-secrets", "key": "redis-url"},
+        "NATS_PASSWORD": {"name": "menu-backend-secrets", "key": "nats-bridge-password"},
+    }
     for component in ["gateway", "bridge"]:
         annotations = rendered.deployment(component)["spec"]["template"]["metadata"].get("annotations") or {}
         assert "checksum/secret" not in annotations
@@ -170,7 +174,8 @@ def test_a_chart_secret_holds_the_given_values_and_rolls_the_pods(render):
         "JWT_SECRET": "test-jwt-secret",
         "TABLE_TOKEN_SECRET": "test-table-secret",
         "REDIS_URL": "redis://:s3cret@backend-redis:6379/0",
-        "NATS_PASSWORD": "nats-s3cret",
+        "NATS_GATEWAY_PASSWORD": "nats-gateway-s3cret",
+        "NATS_BRIDGE_PASSWORD": "nats-bridge-s3cret",
         "GATEWAY_ADMIN_TOKEN": "test-admin-token-0123456789",
         "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=s3cret",
     }
@@ -179,8 +184,9 @@ def test_a_chart_secret_holds_the_given_values_and_rolls_the_pods(render):
             assert ref["name"] == secret["metadata"]["name"]
             assert ref["key"] in secret["stringData"], name
         assert "checksum/secret" in rendered.deployment(component)["spec"]["template"]["metadata"]["annotations"]
-    assert rendered.env("bridge")["NATS_USER"]["value"] == "realtime"
-    assert "NATS_PASSWORD" in secret_refs(rendered, "bridge")
+    for component in ["gateway", "bridge"]:
+        assert rendered.env(component)["NATS_USER"]["value"] == f"realtime-{component}"
+        assert secret_refs(rendered, component)["NATS_PASSWORD"]["key"] == f"NATS_{component.upper()}_PASSWORD"
 
 
 def test_nats_tls_and_credentials_are_mounted_from_secrets(render):
@@ -193,17 +199,40 @@ def test_nats_tls_and_credentials_are_mounted_from_secrets(render):
         volumes = {v["name"]: v for v in pod["volumes"]}
         mounts = {m["name"]: m for m in rendered.container(component)["volumeMounts"]}
         for var, volume, secret, key in [
-            ("NATS_CREDS_FILE", "nats-creds", "realtime-nats-creds", "gateway.creds"),
+            ("NATS_CREDS_FILE", "nats-creds", f"realtime-nats-{component}-creds", "user.creds"),
             ("NATS_TLS_CA_FILE", "nats-ca", "nats-ca", "ca.crt"),
         ]:
             assert volumes[volume]["secret"]["secretName"] == secret
             assert volumes[volume]["secret"]["items"] == [{"key": key, "path": key}]
             assert mounts[volume]["readOnly"] is True
             assert env[var]["value"] == f"{mounts[volume]['mountPath']}/{key}"
-        assert not {"NATS_USER", "NATS_PASSWORD", "NATS_TOKEN"} & env.keys()
+        assert not {"NATS_USER", "NATS_PASSWORD", "NATS_TOKEN", "NATS_ALLOW_ANONYMOUS"} & env.keys()
     bridge = rendered.env("bridge")
     assert bridge["BRIDGE_EVENTS_REPLICAS"]["value"] == "3"
     assert bridge["BRIDGE_EVENTS_MAX_BYTES"]["value"] == "10737418240", "large numbers stay integers"
+
+
+def test_by_default_each_component_logs_in_as_its_own_nats_user(render):
+    rendered = render(load_values("minimal"))
+    (secret,) = rendered.of_kind("Secret")
+    assert secret["stringData"]["NATS_GATEWAY_PASSWORD"] == "test-nats-gateway-password"
+    assert secret["stringData"]["NATS_BRIDGE_PASSWORD"] == "test-nats-bridge-password"
+    for component, user in [("gateway", "gateway"), ("bridge", "bridge")]:
+        env = rendered.env(component)
+        assert env["NATS_USER"]["value"] == user, "the users of deploy/nats/auth.conf and the chart README"
+        key = f"NATS_{component.upper()}_PASSWORD"
+        assert secret_refs(rendered, component)["NATS_PASSWORD"] == {"name": f"{RELEASE}-realtime-gateway", "key": key}
+        assert "NATS_ALLOW_ANONYMOUS" not in env
+
+
+def test_anonymous_nats_only_with_the_explicit_opt_out(render):
+    rendered = render(load_values("nats-anonymous"))
+    for component in ["gateway", "bridge"]:
+        env = rendered.env(component)
+        assert env["NATS_ALLOW_ANONYMOUS"]["value"] == "true", "the binaries refuse anonymous NATS otherwise"
+        assert not {"NATS_USER", "NATS_PASSWORD", "NATS_TOKEN", "NATS_CREDS_FILE"} & env.keys()
+    (secret,) = rendered.of_kind("Secret")
+    assert not {"NATS_GATEWAY_PASSWORD", "NATS_BRIDGE_PASSWORD"} & secret["stringData"].keys()
 
 
 def test_nats_token(render):

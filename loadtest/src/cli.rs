@@ -150,7 +150,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub publish: Publish,
     /// Publish straight to NATS live.<tenant>.<branch>.<role> subjects at this URL instead of
-    /// Redis: measures the gateway alone, without the bridge.
+    /// Redis: measures the gateway alone, without the bridge. Logs in with LOADTEST_NATS_USER /
+    /// LOADTEST_NATS_PASSWORD (or nats://user:password@host).
     #[arg(long, value_name = "NATS_URL")]
     pub direct_nats: Option<String>,
     /// Connections recycled per second in the churn scenario.
@@ -246,7 +247,8 @@ pub struct ReplayArgs {
     /// Backend Redis.
     #[arg(long, default_value = "redis://127.0.0.1:6380")]
     pub redis_url: String,
-    /// NATS server holding the bridge's EVENTS stream.
+    /// NATS server holding the bridge's EVENTS stream; logs in with LOADTEST_NATS_USER /
+    /// LOADTEST_NATS_PASSWORD (or nats://user:password@host).
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// JetStream stream the bridge stores events in.
@@ -284,7 +286,8 @@ pub enum BridgePath {
 
 #[derive(Debug, Clone, Args)]
 pub struct BridgeArgs {
-    /// NATS server holding the bridge's EVENTS stream.
+    /// NATS server holding the bridge's EVENTS stream; logs in with LOADTEST_NATS_USER /
+    /// LOADTEST_NATS_PASSWORD (or nats://user:password@host).
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// JetStream stream the bridge stores events in.

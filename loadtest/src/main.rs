@@ -10,6 +10,7 @@ mod events_stream;
 mod expectations;
 mod hist;
 mod messages;
+mod nats;
 mod pacing;
 mod population;
 mod progress;

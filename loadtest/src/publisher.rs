@@ -44,10 +44,7 @@ impl Target {
     }
 
     pub async fn nats(url: &str) -> anyhow::Result<Target> {
-        let client = tokio::time::timeout(Duration::from_secs(5), async_nats::connect(url))
-            .await
-            .map_err(|_| anyhow::anyhow!("connect to NATS at {url}: timed out"))?
-            .with_context(|| format!("connect to NATS at {url}"))?;
+        let client = crate::nats::connect(url, async_nats::ConnectOptions::new()).await?;
         Ok(Target::Nats { client })
     }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use wire::testkit::{free_port, http_get, NatsServer, Redis};
+use wire::testkit::{free_port, http_get, NatsServer, NatsUser, Redis};
 
 const JWT_SECRET: &str = "smoke-jwt-secret-0123456789abcdef";
 const TABLE_SECRET: &str = "smoke-table-secret-0123456789abcdef";
@@ -102,6 +102,8 @@ fn spawn_gateway(i: u32, nats: &NatsServer, redis: &Redis) -> (String, Proc) {
             ("JWT_SECRET", JWT_SECRET.into()),
             ("TABLE_TOKEN_SECRET", TABLE_SECRET.into()),
             ("NATS_URL", nats.url()),
+            ("NATS_USER", NatsUser::Gateway.name().into()),
+            ("NATS_PASSWORD", nats.auth().password(NatsUser::Gateway).into()),
             ("REDIS_URL", redis.url()),
             ("GATEWAY_LISTEN_ADDR", format!("127.0.0.1:{port}")),
             ("ENVIRONMENT", "development".into()),
@@ -127,6 +129,8 @@ impl Stack {
             &workspace_bin("publisher-bridge", "publisher-bridge"),
             &[
                 ("NATS_URL", nats.url()),
+                ("NATS_USER", NatsUser::Bridge.name().into()),
+                ("NATS_PASSWORD", nats.auth().password(NatsUser::Bridge).into()),
                 ("REDIS_URL", redis.url()),
                 ("BRIDGE_LISTEN_ADDR", format!("127.0.0.1:{bridge_port}")),
             ],
@@ -179,6 +183,8 @@ impl Stack {
             .arg("--expect-zero-loss")
             .env("JWT_SECRET", JWT_SECRET)
             .env("TABLE_TOKEN_SECRET", TABLE_SECRET)
+            .env("LOADTEST_NATS_USER", NatsUser::Loadtest.name())
+            .env("LOADTEST_NATS_PASSWORD", self.nats.auth().password(NatsUser::Loadtest))
             .kill_on_drop(true);
         let started = Instant::now();
         let out = tokio::time::timeout(RUN_TIMEOUT, cmd.output())
@@ -388,8 +394,11 @@ async fn every_scenario_delivers_exactly_once() {
 
     // The accounting notices loss: events published to a NATS server no gateway listens to are
     // all missing, and --expect-zero-loss fails the run.
+    // (Its own loadtest password travels in the URL, which wins over the environment's.)
     let elsewhere = NatsServer::start().await;
-    let args = run(&["-n", "50", "--rate", "50", "--duration", "1", "--direct-nats", &elsewhere.url()], "steady");
+    let elsewhere_url =
+        format!("nats://loadtest:{}@127.0.0.1:{}", elsewhere.auth().password(NatsUser::Loadtest), elsewhere.port());
+    let args = run(&["-n", "50", "--rate", "50", "--duration", "1", "--direct-nats", &elsewhere_url], "steady");
     let (passed, r) = stack.run_loadtest("lossy", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     assert!(!passed, "a run that delivered nothing must fail");
     let d = &r["deliveries"];

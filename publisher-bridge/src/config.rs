@@ -186,7 +186,7 @@ impl Config {
         if redis::Client::open(redis_url.as_str()).is_err() {
             p.problem(REDIS_URL, "is not a Redis URL like redis://host:6379/0");
         }
-        let nats = NatsSettings::read(&mut p);
+        let nats = NatsSettings::read(&mut p, wire::natsconn::BRIDGE_INBOX_PREFIX);
         let default_instance = p.string("HOSTNAME").unwrap_or_else(|| format!("bridge-{}", std::process::id()));
         let instance_id = p.string_or(BRIDGE_INSTANCE_ID, &default_instance);
         let group_start = match p.string_or(BRIDGE_GROUP_START, "$").as_str() {
@@ -347,9 +347,25 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// `pairs` over NATS credentials (production refuses to run without them).
     fn read(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let creds = [("NATS_USER", "bridge"), ("NATS_PASSWORD", "pw")];
+        let map: HashMap<String, String> =
+            creds.iter().chain(pairs).map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn production_refuses_anonymous_nats_unless_waived() {
+        let anonymous = |extra: &[(&str, &str)]| {
+            let map: HashMap<String, String> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            Config::from_lookup(move |k| map.get(k).cloned())
+        };
+        let err = anonymous(&[]).unwrap_err();
+        assert!(err.names("NATS_USER") && err.0.len() == 1, "{err}");
+        assert!(anonymous(&[("NATS_ALLOW_ANONYMOUS", "true")]).is_ok());
+        assert!(anonymous(&[("ENVIRONMENT", "development")]).is_ok());
+        assert_eq!(read(&[]).unwrap().nats.inbox_prefix, "_INBOX.bridge");
     }
 
     #[test]

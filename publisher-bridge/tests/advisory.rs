@@ -13,15 +13,15 @@ use async_nats::jetstream::AckKind;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use support::*;
-use wire::testkit::{NatsServer, Redis};
+use wire::testkit::{NatsServer, NatsUser, Redis};
 
 #[tokio::test]
 async fn max_deliveries_and_terminated_messages_are_copied_to_the_dlq_once() -> Result<()> {
     let redis_server = Redis::start().await;
     let nats = NatsServer::start().await;
-    let a = InProcess::start(env(&redis_server.url(), &nats.url(), "adv-a", &[])).await?;
-    let b = InProcess::start(env(&redis_server.url(), &nats.url(), "adv-b", &[])).await?;
-    let js = jetstream(&nats.url()).await?;
+    let a = InProcess::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "adv-a", &[])).await?;
+    let b = InProcess::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "adv-b", &[])).await?;
+    let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
     let mut conn = support::redis(&redis_server.url()).await?;
     let naked = event(1, "ROUND_READY", 2, Some(3));
     let terminated = event(2, "ROUND_READY", 2, Some(3));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use support::*;
-use wire::testkit::{NatsCluster, Redis};
+use wire::testkit::{NatsCluster, NatsUser, Redis};
 
 const STREAM_ENTRIES: u64 = 3_000;
 const PUBSUB_EVENTS: u64 = 300;
@@ -18,10 +18,14 @@ const PUBSUB_EVENTS: u64 = 300;
 async fn stream_leader_killed_mid_burst() -> Result<()> {
     let redis_server = Redis::start().await;
     let mut cluster = NatsCluster::start(3).await;
-    let bridge =
-        InProcess::start(env(&redis_server.url(), &cluster.urls(), "cluster-1", &[("BRIDGE_EVENTS_REPLICAS", "3")]))
-            .await?;
-    let js = jetstream(&cluster.urls()).await?;
+    let bridge = InProcess::start(env(
+        &redis_server.url(),
+        &cluster.env(NatsUser::Bridge),
+        "cluster-1",
+        &[("BRIDGE_EVENTS_REPLICAS", "3")],
+    ))
+    .await?;
+    let js = jetstream(cluster.connect(NatsUser::Operator).await).await?;
     let info = js.get_stream("EVENTS").await?.info().await?.clone();
     assert_eq!(info.config.num_replicas, 3);
     let conn = support::redis(&redis_server.url()).await?;

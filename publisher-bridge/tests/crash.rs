@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use support::*;
-use wire::testkit::{NatsServer, Redis};
+use wire::testkit::{NatsServer, NatsUser, Redis};
 
 const ENTRIES: u64 = 10_000;
 
@@ -18,10 +18,10 @@ const ENTRIES: u64 = 10_000;
 async fn ten_thousand_entries_survive_repeated_sigkill() -> Result<()> {
     let redis_server = Redis::start().await;
     let nats = NatsServer::start().await;
-    let env = env(&redis_server.url(), &nats.url(), "crash-bridge", &[]);
+    let env = env(&redis_server.url(), &nats.env(NatsUser::Bridge), "crash-bridge", &[]);
     let log = log_path("crash");
     let mut bridge = Binary::start(env.clone(), log.clone()).await?;
-    let js = jetstream(&nats.url()).await?;
+    let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
     let conn = support::redis(&redis_server.url()).await?;
 
     // The writer spreads the entries over a few seconds so that the kills land mid-stream.

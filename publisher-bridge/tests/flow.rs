@@ -12,14 +12,14 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use sha2::{Digest, Sha256};
 use support::*;
-use wire::testkit::{http_get, NatsServer, Redis};
+use wire::testkit::{http_get, NatsServer, NatsUser, Redis};
 
 #[tokio::test]
 async fn channels_and_stream_map_to_subjects_with_bytes_unchanged() -> Result<()> {
     let redis_server = Redis::start().await;
     let nats = NatsServer::start().await;
-    let bridge = InProcess::start(env(&redis_server.url(), &nats.url(), "flow-1", &[])).await?;
-    let js = jetstream(&nats.url()).await?;
+    let bridge = InProcess::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "flow-1", &[])).await?;
+    let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
     let mut live = js.client().subscribe("live.>").await?;
     let mut conn = support::redis(&redis_server.url()).await?;
 
@@ -83,8 +83,8 @@ async fn channels_and_stream_map_to_subjects_with_bytes_unchanged() -> Result<()
 async fn same_text_on_three_channels_is_stored_once() -> Result<()> {
     let redis_server = Redis::start().await;
     let nats = NatsServer::start().await;
-    let bridge = InProcess::start(env(&redis_server.url(), &nats.url(), "flow-2", &[])).await?;
-    let js = jetstream(&nats.url()).await?;
+    let bridge = InProcess::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "flow-2", &[])).await?;
+    let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
     let mut conn = support::redis(&redis_server.url()).await?;
 
     for n in 0..20u64 {
@@ -116,8 +116,8 @@ async fn same_text_on_three_channels_is_stored_once() -> Result<()> {
 async fn bad_input_is_dead_lettered_with_its_reason_and_valid_events_still_flow() -> Result<()> {
     let redis_server = Redis::start().await;
     let nats = NatsServer::start().await;
-    let bridge = InProcess::start(env(&redis_server.url(), &nats.url(), "flow-3", &[])).await?;
-    let js = jetstream(&nats.url()).await?;
+    let bridge = InProcess::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "flow-3", &[])).await?;
+    let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
     let mut conn = support::redis(&redis_server.url()).await?;
 
     let huge = format!(r#"{{"type":"X","tenant_id":1,"branch_id":1,"pad":"{}"}}"#, "é".repeat(40_000));
@@ -201,10 +201,14 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_valid_events_still_flow(
 async fn oversized_dead_letters_keep_their_head_and_say_so() -> Result<()> {
     let redis_server = Redis::start().await;
     let nats = NatsServer::start().await;
-    let bridge =
-        InProcess::start(env(&redis_server.url(), &nats.url(), "flow-6", &[("BRIDGE_DLQ_MAX_MSG_SIZE", "16384")]))
-            .await?;
-    let js = jetstream(&nats.url()).await?;
+    let bridge = InProcess::start(env(
+        &redis_server.url(),
+        &nats.env(NatsUser::Bridge),
+        "flow-6",
+        &[("BRIDGE_DLQ_MAX_MSG_SIZE", "16384")],
+    ))
+    .await?;
+    let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
     let mut conn = support::redis(&redis_server.url()).await?;
     let huge = format!(r#"{{"type":"X","tenant_id":1,"branch_id":1,"pad":"{}"}}"#, "x".repeat(100_000));
     let _: i64 = within(5, "PUBLISH", conn.publish("branch:1:admin", huge.as_str())).await??;
@@ -221,9 +225,13 @@ async fn oversized_dead_letters_keep_their_head_and_say_so() -> Result<()> {
 async fn http_endpoints_and_graceful_stop() -> Result<()> {
     let redis_server = Redis::start().await;
     let nats = NatsServer::start().await;
-    let bridge =
-        InProcess::start(env(&redis_server.url(), &nats.url(), "flow-4", &[("BRIDGE_HTTP_HEADER_TIMEOUT", "1s")]))
-            .await?;
+    let bridge = InProcess::start(env(
+        &redis_server.url(),
+        &nats.env(NatsUser::Bridge),
+        "flow-4",
+        &[("BRIDGE_HTTP_HEADER_TIMEOUT", "1s")],
+    ))
+    .await?;
     let base = format!("http://{}", bridge.addr);
     // The port is bounded like the gateway's: a connection that never sends a request head is
     // closed by the header timeout, and it is counted.
@@ -250,7 +258,7 @@ async fn http_endpoints_and_graceful_stop() -> Result<()> {
         assert!(body.contains(series), "{series} missing in\n{body}");
     }
     // The streams exist with the configured layout.
-    let js = jetstream(&nats.url()).await?;
+    let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
     let mut events = js.get_stream("EVENTS").await?;
     let info = events.info().await?;
     assert_eq!(info.config.subjects, vec!["events.>"]);
@@ -270,7 +278,12 @@ async fn http_endpoints_and_graceful_stop() -> Result<()> {
 async fn redis_down_at_start_fails_fast() -> Result<()> {
     let nats = NatsServer::start().await;
     let port = wire::testkit::free_port();
-    let env = env(&format!("redis://127.0.0.1:{port}"), &nats.url(), "flow-5", &[("BRIDGE_STARTUP_TIMEOUT", "2s")]);
+    let env = env(
+        &format!("redis://127.0.0.1:{port}"),
+        &nats.env(NatsUser::Bridge),
+        "flow-5",
+        &[("BRIDGE_STARTUP_TIMEOUT", "2s")],
+    );
     let config =
         publisher_bridge::Config::from_lookup(move |k| env.get(k).cloned()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

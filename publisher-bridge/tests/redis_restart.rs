@@ -8,7 +8,7 @@ mod support;
 use anyhow::Result;
 use redis::AsyncCommands;
 use support::*;
-use wire::testkit::{NatsServer, Redis};
+use wire::testkit::{NatsServer, NatsUser, Redis};
 
 async fn publish_range(conn: &mut redis::aio::MultiplexedConnection, range: std::ops::Range<u64>) -> Result<()> {
     for n in range {
@@ -27,8 +27,8 @@ fn stream_range(range: std::ops::Range<u64>) -> Vec<String> {
 async fn pubsub_resubscribes_and_stream_resumes_after_a_redis_restart() -> Result<()> {
     let mut redis_server = Redis::start().await;
     let nats = NatsServer::start().await;
-    let bridge = InProcess::start(env(&redis_server.url(), &nats.url(), "restart-1", &[])).await?;
-    let js = jetstream(&nats.url()).await?;
+    let bridge = InProcess::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "restart-1", &[])).await?;
+    let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
     let mut conn = support::redis(&redis_server.url()).await?;
     publish_range(&mut conn, 0..10).await?;
     xadd_all(&mut conn, "events:critical", "data", &stream_range(10..20)).await?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use support::*;
-use wire::testkit::{NatsServer, Redis};
+use wire::testkit::{NatsServer, NatsUser, Redis};
 
 const STREAM_ENTRIES: u64 = 5_000;
 const PUBSUB_EVENTS: u64 = 500;
@@ -21,9 +21,12 @@ async fn one_of_two_replicas_killed_mid_burst() -> Result<()> {
     let nats = NatsServer::start().await;
     let fast = [("BRIDGE_CLAIM_IDLE", "3s"), ("BRIDGE_CLAIM_INTERVAL", "1s"), ("BRIDGE_PUBLISH_TIMEOUT", "1s")];
     let mut b1 =
-        Binary::start(env(&redis_server.url(), &nats.url(), "replica-1", &fast), log_path("replica-1")).await?;
-    let b2 = Binary::start(env(&redis_server.url(), &nats.url(), "replica-2", &fast), log_path("replica-2")).await?;
-    let js = jetstream(&nats.url()).await?;
+        Binary::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "replica-1", &fast), log_path("replica-1"))
+            .await?;
+    let b2 =
+        Binary::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "replica-2", &fast), log_path("replica-2"))
+            .await?;
+    let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
     let conn = support::redis(&redis_server.url()).await?;
 
     let writer = {

@@ -11,7 +11,7 @@ mod support;
 use anyhow::{anyhow, Result};
 use redis::AsyncCommands;
 use support::*;
-use wire::testkit::{http_get, NatsServer, Redis};
+use wire::testkit::{http_get, NatsServer, NatsUser, Redis};
 
 /// Header names a stored message must never carry (they could only come from an injection).
 const INJECTED: [&str; 2] = ["X-Injected", "Nats-Expected-Last-Sequence"];
@@ -31,9 +31,14 @@ async fn hostile_channel_names_are_dead_lettered_and_valid_events_still_flow() -
     let redis_server = Redis::start().await;
     let nats = NatsServer::start().await;
     // Few slots: a publish retried forever would stop everything after 16 bad names.
-    let bridge =
-        InProcess::start(env(&redis_server.url(), &nats.url(), "wedge-1", &[("BRIDGE_MAX_IN_FLIGHT", "16")])).await?;
-    let js = jetstream(&nats.url()).await?;
+    let bridge = InProcess::start(env(
+        &redis_server.url(),
+        &nats.env(NatsUser::Bridge),
+        "wedge-1",
+        &[("BRIDGE_MAX_IN_FLIGHT", "16")],
+    ))
+    .await?;
+    let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
     let mut conn = support::redis(&redis_server.url()).await?;
 
     // Every name matches one of the bridge's patterns (else Redis would not deliver it).
@@ -123,11 +128,11 @@ async fn oversized_entries_and_payloads_cost_the_bridge_their_head_only() -> Res
     let redis_server = Redis::start().await;
     let nats = NatsServer::start().await;
     let bridge = Binary::start(
-        env(&redis_server.url(), &nats.url(), "wedge-2", &[("BRIDGE_READ_MAX_BYTES", "1048576")]),
+        env(&redis_server.url(), &nats.env(NatsUser::Bridge), "wedge-2", &[("BRIDGE_READ_MAX_BYTES", "1048576")]),
         log_path("wedge-2"),
     )
     .await?;
-    let js = jetstream(&nats.url()).await?;
+    let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
     let mut conn = support::redis(&redis_server.url()).await?;
     let baseline = peak_rss(bridge.child.id())?;
 
@@ -175,9 +180,14 @@ async fn set_max_msg_size(js: &async_nats::jetstream::Context, stream: &str, siz
 async fn publishes_refused_for_good_are_dead_lettered_then_dropped_and_free_their_slot() -> Result<()> {
     let redis_server = Redis::start().await;
     let nats = NatsServer::start().await;
-    let bridge =
-        InProcess::start(env(&redis_server.url(), &nats.url(), "wedge-3", &[("BRIDGE_MAX_IN_FLIGHT", "4")])).await?;
-    let js = jetstream(&nats.url()).await?;
+    let bridge = InProcess::start(env(
+        &redis_server.url(),
+        &nats.env(NatsUser::Bridge),
+        "wedge-3",
+        &[("BRIDGE_MAX_IN_FLIGHT", "4")],
+    ))
+    .await?;
+    let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
     let mut conn = support::redis(&redis_server.url()).await?;
     let padded = |n: u64| {
         let mut e = event(n, "ROUND_READY", 1, Some(1));
@@ -236,9 +246,14 @@ async fn readyz(bridge: &InProcess) -> (u16, String) {
 async fn readyz_turns_503_while_stalled_and_200_once_progress_resumes() -> Result<()> {
     let redis_server = Redis::start().await;
     let nats = NatsServer::start().await;
-    let bridge =
-        InProcess::start(env(&redis_server.url(), &nats.url(), "wedge-4", &[("BRIDGE_STALL_TIMEOUT", "2s")])).await?;
-    let js = jetstream(&nats.url()).await?;
+    let bridge = InProcess::start(env(
+        &redis_server.url(),
+        &nats.env(NatsUser::Bridge),
+        "wedge-4",
+        &[("BRIDGE_STALL_TIMEOUT", "2s")],
+    ))
+    .await?;
+    let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
     let mut conn = support::redis(&redis_server.url()).await?;
 
     // The stream disappears: every publish meets no responders and is retried.

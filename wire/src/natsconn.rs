@@ -1,6 +1,8 @@
 //! NATS connection settings shared by the gateway and the bridge: the `NATS_*` variables, their
-//! validation, and building a client that reconnects forever with capped, jittered backoff.
-//! What a service does with the connection is its own business.
+//! validation (credentials are required in production unless explicitly waived), and building a
+//! client that reconnects forever with capped, jittered backoff and replies on the component's
+//! own inbox prefix. What a service does with the connection is its own business; which
+//! subjects its NATS user may use is `deploy/nats/auth.conf`'s.
 
 use crate::settings::{Parser, Secret};
 use std::time::Duration;
@@ -13,6 +15,16 @@ pub const NATS_TOKEN: &str = "NATS_TOKEN";
 pub const NATS_TLS_CA_FILE: &str = "NATS_TLS_CA_FILE";
 pub const NATS_TLS_REQUIRED: &str = "NATS_TLS_REQUIRED";
 pub const NATS_SUBSCRIPTION_CAPACITY: &str = "NATS_SUBSCRIPTION_CAPACITY";
+pub const NATS_INBOX_PREFIX: &str = "NATS_INBOX_PREFIX";
+pub const NATS_ALLOW_ANONYMOUS: &str = "NATS_ALLOW_ANONYMOUS";
+/// `production` (the default) refuses to connect to NATS without credentials.
+pub const ENVIRONMENT: &str = "ENVIRONMENT";
+
+/// Reply subjects of each component start with its own prefix, so that NATS permissions can
+/// let each user read only its own replies (`deploy/nats/auth.conf`: `_INBOX.gateway.>`, ...).
+pub const GATEWAY_INBOX_PREFIX: &str = "_INBOX.gateway";
+pub const BRIDGE_INBOX_PREFIX: &str = "_INBOX.bridge";
+pub const LOADTEST_INBOX_PREFIX: &str = "_INBOX.loadtest";
 
 /// Every variable this module reads, for README and startup logs.
 pub const VARS: &[&str] = &[
@@ -24,6 +36,9 @@ pub const VARS: &[&str] = &[
     NATS_TLS_CA_FILE,
     NATS_TLS_REQUIRED,
     NATS_SUBSCRIPTION_CAPACITY,
+    NATS_INBOX_PREFIX,
+    NATS_ALLOW_ANONYMOUS,
+    ENVIRONMENT,
 ];
 
 #[derive(Debug, Clone)]
@@ -38,10 +53,16 @@ pub struct NatsSettings {
     pub tls_required: bool,
     /// Messages buffered per subscription before the client reports a slow consumer and drops.
     pub subscription_capacity: usize,
+    /// Prefix of this client's reply subjects (`NATS_INBOX_PREFIX`, else the component's).
+    pub inbox_prefix: String,
+    /// `NATS_ALLOW_ANONYMOUS`: connect without credentials even in production.
+    pub allow_anonymous: bool,
 }
 
 impl NatsSettings {
-    pub fn read<F: Fn(&str) -> Option<String>>(p: &mut Parser<F>) -> NatsSettings {
+    /// Reads the `NATS_*` variables; `default_inbox_prefix` is the component's
+    /// ([`GATEWAY_INBOX_PREFIX`], [`BRIDGE_INBOX_PREFIX`]).
+    pub fn read<F: Fn(&str) -> Option<String>>(p: &mut Parser<F>, default_inbox_prefix: &str) -> NatsSettings {
         let urls = p.list(NATS_URL).unwrap_or_else(|| vec!["nats://127.0.0.1:4222".into()]);
         for url in &urls {
             if url.parse::<async_nats::ServerAddr>().is_err() {
@@ -57,7 +78,21 @@ impl NatsSettings {
             tls_ca_file: p.string(NATS_TLS_CA_FILE),
             tls_required: p.bool(NATS_TLS_REQUIRED, false),
             subscription_capacity: p.number(NATS_SUBSCRIPTION_CAPACITY, 65_536, 64..=16 << 20),
+            inbox_prefix: p.string_or(NATS_INBOX_PREFIX, default_inbox_prefix),
+            allow_anonymous: p.bool(NATS_ALLOW_ANONYMOUS, false),
         };
+        if let Err(why) = check_inbox_prefix(&settings.inbox_prefix) {
+            p.problem(NATS_INBOX_PREFIX, why);
+        }
+        let production = !p.string_or(ENVIRONMENT, "production").eq_ignore_ascii_case("development");
+        if production && !settings.has_credentials() && !settings.allow_anonymous {
+            p.problem(
+                NATS_USER,
+                "no NATS credentials: set NATS_USER/NATS_PASSWORD, NATS_CREDS_FILE or NATS_TOKEN (ENVIRONMENT=production \
+                 refuses an anonymous NATS connection, since a NATS that admits one lets anyone read and forge every \
+                 tenant's events; NATS_ALLOW_ANONYMOUS=true waives this)",
+            );
+        }
         if settings.user.is_some() != settings.password.is_some() {
             p.problem(NATS_PASSWORD, "NATS_USER and NATS_PASSWORD go together");
         }
@@ -73,6 +108,12 @@ impl NatsSettings {
             }
         }
         settings
+    }
+
+    /// Whether any credentials are configured (a half user/password pair counts; it is refused
+    /// on its own).
+    pub fn has_credentials(&self) -> bool {
+        self.creds_file.is_some() || self.user.is_some() || self.password.is_some() || self.token.is_some()
     }
 
     /// Connects with `name` (shown in the server's `/connz`). Fails if the first connection
@@ -101,6 +142,7 @@ impl NatsSettings {
         let on_event = std::sync::Arc::new(on_event);
         options = options
             .name(name)
+            .custom_inbox_prefix(&self.inbox_prefix)
             .require_tls(self.tls_required)
             .subscription_capacity(self.subscription_capacity)
             .client_capacity(4096)
@@ -116,6 +158,15 @@ impl NatsSettings {
             .map_err(|_| NatsConnectError::Timeout(self.urls.join(","), first_connect_timeout))?
             .map_err(|e| NatsConnectError::Connect(self.urls.join(","), e))
     }
+}
+
+/// An inbox prefix is one or more dot-separated tokens of printable ASCII without wildcards.
+fn check_inbox_prefix(prefix: &str) -> Result<(), String> {
+    let bad_token = |t: &str| t.is_empty() || t == "*" || t == ">" || !t.bytes().all(|b| b.is_ascii_graphic());
+    if prefix.len() > 128 || prefix.split('.').any(bad_token) {
+        return Err(format!("'{prefix}' is not a subject prefix like _INBOX.gateway (tokens, no wildcards)"));
+    }
+    Ok(())
 }
 
 /// Capped exponential backoff with jitter: 100 ms, 200 ms, ... up to 5 s, each ±25 %.
@@ -150,21 +201,69 @@ mod tests {
         let map: std::collections::HashMap<String, String> =
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut p = Parser::new(|k: &str| map.get(k).cloned());
-        let s = NatsSettings::read(&mut p);
+        let s = NatsSettings::read(&mut p, GATEWAY_INBOX_PREFIX);
         p.finish(s)
     }
 
+    const USER: [(&str, &str); 2] = [(NATS_USER, "gateway"), (NATS_PASSWORD, "pw")];
+
     #[test]
     fn defaults_and_lists() {
-        assert_eq!(read(&[]).unwrap().urls, vec!["nats://127.0.0.1:4222"]);
-        assert_eq!(read(&[(NATS_URL, "nats://a:4222, nats://b:4222")]).unwrap().urls.len(), 2);
+        let s = read(&USER).unwrap();
+        assert_eq!(s.urls, vec!["nats://127.0.0.1:4222"]);
+        assert_eq!(s.inbox_prefix, GATEWAY_INBOX_PREFIX);
+        assert!(!s.allow_anonymous);
+        let two = read(&[USER[0], USER[1], (NATS_URL, "nats://a:4222, nats://b:4222")]).unwrap();
+        assert_eq!(two.urls.len(), 2);
     }
 
     #[test]
     fn refuses_half_credentials_and_missing_files() {
         let err = read(&[(NATS_USER, "u"), (NATS_TLS_CA_FILE, "/nonexistent/ca.pem")]).unwrap_err();
         assert!(err.names(NATS_PASSWORD) && err.names(NATS_TLS_CA_FILE), "{err}");
-        assert!(read(&[(NATS_URL, "not a url at all")]).unwrap_err().names(NATS_URL));
+        assert!(read(&[USER[0], USER[1], (NATS_URL, "not a url at all")]).unwrap_err().names(NATS_URL));
+    }
+
+    #[test]
+    fn production_refuses_to_run_without_credentials_in_one_line() {
+        for env in [&[][..], &[(ENVIRONMENT, "production")], &[(ENVIRONMENT, "staging")]] {
+            let err = read(env).unwrap_err();
+            assert_eq!(err.0.len(), 1, "{err}");
+            assert!(err.names(NATS_USER), "{err}");
+            let message = &err.0[0].message;
+            assert!(!message.contains('\n'), "one line: {message}");
+            for named in ["NATS_USER", "NATS_CREDS_FILE", "NATS_TOKEN", NATS_ALLOW_ANONYMOUS, "production"] {
+                assert!(message.contains(named), "{message} should name {named}");
+            }
+        }
+    }
+
+    #[test]
+    fn any_credential_kind_satisfies_production() {
+        assert!(read(&USER).is_ok());
+        assert!(read(&[(NATS_TOKEN, "t0ken")]).is_ok());
+        // Only its existence is checked here; the client reads it when connecting.
+        assert!(read(&[(NATS_CREDS_FILE, concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))]).is_ok());
+    }
+
+    #[test]
+    fn anonymous_only_when_waived_or_in_development() {
+        let waived = read(&[(NATS_ALLOW_ANONYMOUS, "true")]).unwrap();
+        assert!(waived.allow_anonymous && !waived.has_credentials());
+        assert!(read(&[(ENVIRONMENT, "development")]).is_ok());
+        assert!(read(&[(ENVIRONMENT, "Development")]).is_ok());
+        assert!(read(&[(NATS_ALLOW_ANONYMOUS, "false")]).unwrap_err().names(NATS_USER));
+        assert!(read(&[(NATS_ALLOW_ANONYMOUS, "maybe")]).unwrap_err().names(NATS_ALLOW_ANONYMOUS));
+    }
+
+    #[test]
+    fn inbox_prefix_is_validated() {
+        let custom = read(&[USER[0], USER[1], (NATS_INBOX_PREFIX, "_INBOX.gw-eu")]).unwrap();
+        assert_eq!(custom.inbox_prefix, "_INBOX.gw-eu");
+        for bad in ["_INBOX.>", "_INBOX.*.x", "a..b", ".a", "a b", "x.", "\u{e9}"] {
+            let err = read(&[USER[0], USER[1], (NATS_INBOX_PREFIX, bad)]).unwrap_err();
+            assert!(err.names(NATS_INBOX_PREFIX), "{bad:?} accepted");
+        }
     }
 
     #[test]

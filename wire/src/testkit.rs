@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 pub use cluster::{ClusterOptions, ClusterStack, Service, EVENTS_STREAM};
 pub use http::{http_exchange, http_get, http_request, HttpResponse};
-pub use nats::{NatsCluster, NatsServer};
+pub use nats::{auth_conf, NatsAuth, NatsCluster, NatsServer, NatsUser};
 pub use postgres::Postgres;
 pub use proxy::{Haproxy, Nginx};
 pub use redis::Redis;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use wire::testkit::{free_port, http_get, repo_root, NatsCluster, NatsServer, Postgres, Redis};
+use wire::testkit::{free_port, http_get, repo_root, NatsCluster, NatsServer, NatsUser, Postgres, Redis};
 
 /// Every await in these tests goes through here.
 async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
@@ -49,7 +49,10 @@ async fn nats_answers_and_survives_kill_and_restart() {
 
     let (status, body) = within(5, "varz", http_get(&format!("{}/varz", nats.monitor_url()))).await.unwrap();
     assert_eq!(status, 200, "{body}");
-    let client = within(10, "connect", async_nats::connect(nats.url())).await.unwrap();
+    // Its users are deploy/nats/auth.conf's: an anonymous client is refused.
+    let refused = within(10, "anonymous connect", async_nats::connect(nats.url())).await;
+    assert!(refused.is_err(), "an anonymous client must be refused");
+    let client = nats.connect(NatsUser::Operator).await;
     let _sub = within(5, "subscribe", client.subscribe("testkit.sub")).await.unwrap();
     within(5, "flush", client.flush()).await.unwrap();
     // The monitoring view lags the protocol a little: poll until the subscription shows.
@@ -76,7 +79,7 @@ async fn nats_answers_and_survives_kill_and_restart() {
     assert!(info.starts_with("INFO {"), "{info}");
 
     // Same store dir: the stream is still there.
-    let client = within(10, "reconnect", async_nats::connect(nats.url())).await.unwrap();
+    let client = nats.connect(NatsUser::Operator).await;
     within(10, "get stream", jetstream::new(client).get_stream("KEEP")).await.unwrap();
 }
 
@@ -87,8 +90,7 @@ async fn cluster_elects_a_meta_leader_and_reports_stream_leaders() {
     for (i, node) in cluster.nodes.iter().enumerate() {
         assert_eq!(node.server_name(), Some(format!("n{i}").as_str()));
     }
-    let urls: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
-    let client = within(10, "connect", async_nats::connect(urls)).await.unwrap();
+    let client = cluster.connect(NatsUser::Operator).await;
     let js = jetstream::new(client);
     let config =
         stream::Config { name: "R3".into(), subjects: vec!["r3.>".into()], num_replicas: 3, ..Default::default() };

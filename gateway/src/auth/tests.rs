@@ -11,6 +11,7 @@ fn config(legacy: bool) -> AuthConfig {
         (JWT_SECRET.to_string(), "jwt-secret".to_string()),
         (TABLE_TOKEN_SECRET.to_string(), "table-secret".to_string()),
         ("ALLOW_LEGACY_TABLE_TOKENS".to_string(), legacy.to_string()),
+        ("NATS_ALLOW_ANONYMOUS".to_string(), "true".to_string()),
     ]
     .into_iter()
     .collect();

@@ -1,10 +1,13 @@
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    let mut map: HashMap<String, String> = [(JWT_SECRET, "jwt-secret"), (TABLE_TOKEN_SECRET, "table-secret")]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let base = [
+        (JWT_SECRET, "jwt-secret"),
+        (TABLE_TOKEN_SECRET, "table-secret"),
+        ("NATS_USER", "gateway"),
+        ("NATS_PASSWORD", "pw"),
+    ];
+    let mut map: HashMap<String, String> = base.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     for (k, v) in pairs {
         map.insert(k.to_string(), v.to_string());
     }
@@ -29,6 +32,19 @@ fn defaults_match_the_contract() {
     assert_eq!(c.auth.staff_recheck_interval, Duration::from_secs(300));
     assert!(!c.revocation_fail_open);
     assert!(c.database_url.is_none());
+}
+
+#[test]
+fn production_refuses_anonymous_nats_unless_waived() {
+    let mut anonymous = env(&[]);
+    anonymous.remove("NATS_USER");
+    anonymous.remove("NATS_PASSWORD");
+    let err = Config::from_map(&anonymous).unwrap_err();
+    assert!(err.names("NATS_USER") && err.0.len() == 1, "{err}");
+    anonymous.insert("NATS_ALLOW_ANONYMOUS".into(), "true".into());
+    assert!(Config::from_map(&anonymous).unwrap().nats.allow_anonymous);
+    let c = Config::from_map(&env(&[])).unwrap();
+    assert_eq!(c.nats.inbox_prefix, "_INBOX.gateway");
 }
 
 #[test]

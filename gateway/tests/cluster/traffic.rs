@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use wire::testkit::{ClusterStack, NatsUser};
 
 /// One published event and the fields routing depends on.
 #[derive(Debug, Clone)]
@@ -208,14 +209,10 @@ async fn publish(conn: &mut redis::aio::MultiplexedConnection, mut event: Publis
     event
 }
 
-/// Connects a JetStream context to every node of the cluster.
-pub async fn jetstream(urls: &str) -> jetstream::Context {
-    let addrs: Vec<async_nats::ServerAddr> = urls.split(',').map(|u| u.parse().unwrap()).collect();
-    let client = tokio::time::timeout(Duration::from_secs(10), async_nats::connect(addrs))
-        .await
-        .expect("NATS connect in time")
-        .expect("NATS connect");
-    jetstream::new(client)
+/// A JetStream context on every node of the cluster, as the operator user (the tests read the
+/// stream directly).
+pub async fn jetstream(stack: &ClusterStack) -> jetstream::Context {
+    jetstream::new(stack.nats_client(NatsUser::Operator).await)
 }
 
 /// Messages in `EVENTS`, 0 while it cannot be asked.

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use wire::testkit::{NatsServer, Postgres, Redis};
+use wire::testkit::{NatsServer, NatsUser, Postgres, Redis};
 
 pub const JWT_SECRET: &str = "test-jwt-secret";
 pub const TABLE_SECRET: &str = "test-table-secret";
@@ -41,7 +41,7 @@ impl Stack {
         Stack { nats, redis, pg: Some(pg) }
     }
 
-    /// The environment a gateway of this stack starts with.
+    /// The environment a gateway of this stack starts with: logged in to NATS as user `gateway`.
     pub fn env(&self) -> HashMap<String, String> {
         let mut env: HashMap<String, String> = [
             ("JWT_SECRET", JWT_SECRET),
@@ -55,7 +55,7 @@ impl Stack {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        env.insert("NATS_URL".into(), self.nats.url());
+        env.extend(self.nats.env(NatsUser::Gateway));
         env.insert("REDIS_URL".into(), self.redis.url());
         if let Some(pg) = &self.pg {
             env.insert("DATABASE_URL".into(), pg.url());
@@ -80,11 +80,15 @@ impl Stack {
         Gateway::start(env).await
     }
 
+    /// A NATS client logged in as the operator user: tests that play the backend or the bridge
+    /// (publishing on `live.*` or `events.*`) or read the stream directly.
     pub async fn nats_client(&self) -> async_nats::Client {
-        tokio::time::timeout(SOON, async_nats::connect(self.nats.url()))
-            .await
-            .expect("NATS connect in time")
-            .expect("NATS connect")
+        self.nats.connect(NatsUser::Operator).await
+    }
+
+    /// `NATS_URL` and the bridge user's credentials, for an in-process bridge of this stack.
+    pub fn bridge_nats_env(&self) -> Vec<(String, String)> {
+        self.nats.env(NatsUser::Bridge)
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {

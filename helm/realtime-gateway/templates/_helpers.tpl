@@ -98,8 +98,11 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ $value | toString | quote }}
 {{- end }}
 
-{{/* Variables both binaries read: LOG_FORMAT, REDIS_URL, NATS_* and OTEL_*. */}}
+{{/* Variables both binaries read: LOG_FORMAT, REDIS_URL, NATS_* and OTEL_*; call with
+(dict "ctx" $ "component" "gateway"|"bridge"): each logs in to NATS as its own user. */}}
 {{- define "rg.sharedEnv" -}}
+{{- $component := .component }}
+{{- with .ctx }}
 {{- $v := .Values }}
 {{ include "rg.env" (list "LOG_FORMAT" $v.logFormat) }}
 {{- if $v.redis.url }}
@@ -110,12 +113,14 @@ app.kubernetes.io/component: {{ .component }}
 {{ include "rg.env" (list "NATS_URL" $v.nats.url) }}
 {{- $auth := $v.nats.auth }}
 {{- if eq $auth.method "userPassword" }}
-{{ include "rg.env" (list "NATS_USER" $auth.user) }}
-{{ include "rg.secretEnv" (dict "ctx" . "name" "NATS_PASSWORD" "key" "natsPassword") }}
+{{ include "rg.env" (list "NATS_USER" (index $auth $component).user) }}
+{{ include "rg.secretEnv" (dict "ctx" . "name" "NATS_PASSWORD" "key" (printf "nats%sPassword" (title $component))) }}
 {{- else if eq $auth.method "token" }}
 {{ include "rg.secretEnv" (dict "ctx" . "name" "NATS_TOKEN" "key" "natsToken") }}
 {{- else if eq $auth.method "credentials" }}
-{{ include "rg.env" (list "NATS_CREDS_FILE" (printf "/etc/realtime-gateway/nats-creds/%s" $auth.credentials.key)) }}
+{{ include "rg.env" (list "NATS_CREDS_FILE" (printf "/etc/realtime-gateway/nats-creds/%s" $auth.credentialsKey)) }}
+{{- else if eq $auth.method "none" }}
+{{ include "rg.env" (list "NATS_ALLOW_ANONYMOUS" "true") }}
 {{- end }}
 {{- if or $v.nats.tls.ca.secretName $v.nats.tls.ca.configMapName }}
 {{ include "rg.env" (list "NATS_TLS_CA_FILE" (printf "/etc/realtime-gateway/nats-ca/%s" $v.nats.tls.ca.key)) }}
@@ -124,6 +129,7 @@ app.kubernetes.io/component: {{ .component }}
 {{ include "rg.env" (list "NATS_TLS_REQUIRED" "true") }}
 {{- end }}
 {{- include "rg.otelEnv" . }}
+{{- end }}
 {{- end }}
 
 {{/* OTEL_* when otel.endpoint is set; nothing otherwise (export off). */}}
@@ -157,8 +163,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Volumes for NATS files and a writable /tmp (the root filesystem is read-only). */}}
+{{/* Volumes for NATS files and a writable /tmp (the root filesystem is read-only); call with
+(dict "ctx" $ "component" "gateway"|"bridge"). */}}
 {{- define "rg.volumes" -}}
+{{- $component := .component }}
+{{- with .ctx }}
 - name: tmp
   emptyDir:
     sizeLimit: 64Mi
@@ -166,11 +175,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- if eq $nats.auth.method "credentials" }}
 - name: nats-creds
   secret:
-    secretName: {{ $nats.auth.credentials.secretName }}
+    secretName: {{ (index $nats.auth $component).credentialsSecret }}
     defaultMode: 0440
     items:
-      - key: {{ $nats.auth.credentials.key | quote }}
-        path: {{ $nats.auth.credentials.key | quote }}
+      - key: {{ $nats.auth.credentialsKey | quote }}
+        path: {{ $nats.auth.credentialsKey | quote }}
 {{- end }}
 {{- if $nats.tls.ca.secretName }}
 - name: nats-ca
@@ -190,8 +199,11 @@ app.kubernetes.io/component: {{ .component }}
         path: {{ $nats.tls.ca.key | quote }}
 {{- end }}
 {{- end }}
+{{- end }}
 
+{{/* Mounts of rg.volumes; call with (dict "ctx" $ "component" "gateway"|"bridge"). */}}
 {{- define "rg.volumeMounts" -}}
+{{- with .ctx }}
 - name: tmp
   mountPath: /tmp
 {{- $nats := .Values.nats }}
@@ -204,6 +216,7 @@ app.kubernetes.io/component: {{ .component }}
 - name: nats-ca
   mountPath: /etc/realtime-gateway/nats-ca
   readOnly: true
+{{- end }}
 {{- end }}
 {{- end }}
 

@@ -7,7 +7,6 @@
 //! the bridge's throughput is compared to.
 
 use crate::events::EventSpec;
-use anyhow::Context as _;
 use async_nats::jetstream::context::{Context, PublishError};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::HeaderMap;
@@ -63,10 +62,7 @@ impl JetStreamSink {
     /// A JetStream publisher on its own connection (the bridge has its own too, apart from the
     /// `live.>` subscriber's).
     pub async fn connect(url: &str, stream_key: &str) -> anyhow::Result<JetStreamSink> {
-        let client = tokio::time::timeout(Duration::from_secs(5), async_nats::connect(url))
-            .await
-            .map_err(|_| anyhow::anyhow!("connect to NATS at {url}: timed out"))?
-            .with_context(|| format!("connect to NATS at {url}"))?;
+        let client = crate::nats::connect(url, async_nats::ConnectOptions::new()).await?;
         // The window is kept here; the context's own limit only must not be the tighter one.
         let js = async_nats::jetstream::context::ContextBuilder::new()
             .timeout(ACK_TIMEOUT)

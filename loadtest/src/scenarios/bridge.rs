@@ -204,11 +204,8 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<Report> {
     let run = run_id();
     let direct = args.path == BridgePath::Direct;
 
-    let nats = async_nats::ConnectOptions::new()
-        .subscription_capacity(1 << 20)
-        .connect(&args.nats_url)
-        .await
-        .with_context(|| format!("connect to NATS at {}", args.nats_url))?;
+    let nats =
+        crate::nats::connect(&args.nats_url, async_nats::ConnectOptions::new().subscription_capacity(1 << 20)).await?;
     let mut stream = events_stream::open(&nats, &args.stream).await?;
     let seq_before = events_stream::last_sequence(&mut stream).await?;
     let seen = Arc::new(Seen {

@@ -20,7 +20,7 @@ use crate::report::{percentiles, Connections, Deliveries, Events, Replay, Report
 use crate::resume;
 use crate::stats::Stats;
 use crate::tokens::Secrets;
-use anyhow::{bail, ensure, Context};
+use anyhow::{bail, ensure};
 use futures_util::future::join_all;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -219,10 +219,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<Report> {
     let round = generator.probe_len();
     let run = run_id();
 
-    let nats = tokio::time::timeout(Duration::from_secs(5), async_nats::connect(&args.nats_url))
-        .await
-        .map_err(|_| anyhow::anyhow!("connect to NATS at {}: timed out", args.nats_url))?
-        .with_context(|| format!("connect to NATS at {}", args.nats_url))?;
+    let nats = crate::nats::connect(&args.nats_url, async_nats::ConnectOptions::new()).await?;
     let mut stream = events_stream::open(&nats, &args.stream).await?;
     let mut target = Target::redis(&args.redis_url, STREAM_KEY).await?;
     let mut gateways = Vec::new();

@@ -40,11 +40,17 @@ where
     }
 }
 
-/// The environment of a bridge talking to `redis_url` and `nats_url`, with fast test timings.
-pub fn env(redis_url: &str, nats_url: &str, instance: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
+/// The environment of a bridge talking to `redis_url` and to NATS as `nats` says (`NATS_URL`
+/// and the bridge user's credentials: `NatsServer::env(NatsUser::Bridge)`), with fast test
+/// timings.
+pub fn env(
+    redis_url: &str,
+    nats: &[(String, String)],
+    instance: &str,
+    extra: &[(&str, &str)],
+) -> HashMap<String, String> {
     let mut map: HashMap<String, String> = [
         ("REDIS_URL", redis_url),
-        ("NATS_URL", nats_url),
         ("BRIDGE_INSTANCE_ID", instance),
         ("BRIDGE_LISTEN_ADDR", "127.0.0.1:0"),
         ("BRIDGE_SHUTDOWN_TIMEOUT", "5s"),
@@ -52,6 +58,7 @@ pub fn env(redis_url: &str, nats_url: &str, instance: &str, extra: &[(&str, &str
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
+    .chain(nats.iter().cloned())
     .collect();
     for (k, v) in extra {
         map.insert(k.to_string(), v.to_string());
@@ -193,10 +200,9 @@ pub async fn redis(url: &str) -> Result<redis::aio::MultiplexedConnection> {
     Ok(within(10, "redis connect", client.get_multiplexed_async_connection()).await??)
 }
 
-pub async fn jetstream(url: &str) -> Result<jetstream::Context> {
-    let addrs: Vec<async_nats::ServerAddr> =
-        url.split(',').map(|u| u.trim().parse()).collect::<std::result::Result<_, _>>()?;
-    let client = within(10, "nats connect", async_nats::connect(addrs)).await??;
+/// JetStream through `client` (tests read what was stored as the operator user:
+/// `nats.connect(NatsUser::Operator)`).
+pub async fn jetstream(client: async_nats::Client) -> Result<jetstream::Context> {
     Ok(jetstream::new(client))
 }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::Flock;
 use tempfile::TempDir;
 
-use super::{fixture_dir, free_port, http_get, Haproxy, NatsCluster, Redis};
+use super::{fixture_dir, free_port, http_get, Haproxy, NatsCluster, NatsUser, Redis};
 use host::{bridge_binary, exclusive_lock};
 pub use service::Service;
 
@@ -113,7 +113,8 @@ impl ClusterStack {
     /// `GATEWAY_SHUTDOWN_TIMEOUT=8s`, `GATEWAY_INSTANCE_ID=gw-<n>`; bridges
     /// `BRIDGE_EVENTS_REPLICAS=3` (capped at the node count), `BRIDGE_CLAIM_IDLE=3s`,
     /// `BRIDGE_PUBLISH_TIMEOUT=1s` (so a killed bridge's entries are taken over within about
-    /// 4 s), `BRIDGE_INSTANCE_ID=bridge-<n>`; all with every NATS node in `NATS_URL`.
+    /// 4 s), `BRIDGE_INSTANCE_ID=bridge-<n>`; all with every NATS node in `NATS_URL`, the
+    /// gateways logged in as NATS user `gateway`, the bridges as `bridge`.
     pub async fn start(options: ClusterOptions) -> ClusterStack {
         assert!(options.gateways > 0 && options.bridges > 0 && options.nats_nodes > 0, "testkit: empty cluster");
         let lock = exclusive_lock().await;
@@ -132,7 +133,7 @@ impl ClusterStack {
             .map(|(i, port)| {
                 let name = format!("bridge-{}", i + 1);
                 let addr = loopback(*port);
-                let env = bridge_env(&options, &name, addr, &nats.urls(), &redis.url());
+                let env = bridge_env(&options, &name, addr, &nats.env(NatsUser::Bridge), &redis.url());
                 Service::new(&name, &bridge_bin, addr, &env, dir.path())
             })
             .collect();
@@ -147,7 +148,7 @@ impl ClusterStack {
             .map(|(i, port)| {
                 let name = format!("gw-{}", i + 1);
                 let addr = loopback(*port);
-                let env = gateway_env(&options, &name, addr, &nats.urls(), &redis.url());
+                let env = gateway_env(&options, &name, addr, &nats.env(NatsUser::Gateway), &redis.url());
                 Service::new(&name, &options.gateway_bin, addr, &env, dir.path())
             })
             .collect();
@@ -175,6 +176,12 @@ impl ClusterStack {
     /// Comma-separated client URLs of every NATS node.
     pub fn nats_urls(&self) -> String {
         self.nats.urls()
+    }
+
+    /// A client of the NATS cluster logged in as `user` (tests acting as the backend or an
+    /// administrator use [`NatsUser::Operator`]).
+    pub async fn nats_client(&self, user: NatsUser) -> async_nats::Client {
+        self.nats.connect(user).await
     }
 
     pub fn redis_url(&self) -> String {
@@ -287,7 +294,7 @@ impl ClusterStack {
     }
 
     fn gateway_duration(&self, name: &str) -> Duration {
-        let env = gateway_env(&self.options, "x", loopback(1), "", "");
+        let env = gateway_env(&self.options, "x", loopback(1), &[], "");
         let value = env
             .iter()
             .find(|(k, _)| k == name)
@@ -331,12 +338,18 @@ fn merged(defaults: Vec<(&str, String)>, overrides: &[(String, String)]) -> Vec<
     env
 }
 
-fn gateway_env(o: &ClusterOptions, name: &str, addr: SocketAddr, nats: &str, redis: &str) -> Vec<(String, String)> {
-    let defaults = vec![
+/// `nats`: `NATS_URL` and the credentials of the process's NATS user.
+fn gateway_env(
+    o: &ClusterOptions,
+    name: &str,
+    addr: SocketAddr,
+    nats: &[(String, String)],
+    redis: &str,
+) -> Vec<(String, String)> {
+    let mut defaults = vec![
         ("JWT_SECRET", o.jwt_secret.clone()),
         ("TABLE_TOKEN_SECRET", o.table_token_secret.clone()),
         ("ENVIRONMENT", "development".into()),
-        ("NATS_URL", nats.into()),
         ("REDIS_URL", redis.into()),
         ("GATEWAY_LISTEN_ADDR", addr.to_string()),
         ("GATEWAY_INSTANCE_ID", name.into()),
@@ -344,12 +357,18 @@ fn gateway_env(o: &ClusterOptions, name: &str, addr: SocketAddr, nats: &str, red
         ("GATEWAY_SHUTDOWN_TIMEOUT", "8s".into()),
         ("RUST_LOG", "info".into()),
     ];
+    defaults.extend(nats.iter().map(|(k, v)| (k.as_str(), v.clone())));
     merged(defaults, &o.gateway_env)
 }
 
-fn bridge_env(o: &ClusterOptions, name: &str, addr: SocketAddr, nats: &str, redis: &str) -> Vec<(String, String)> {
-    let defaults = vec![
-        ("NATS_URL", nats.into()),
+fn bridge_env(
+    o: &ClusterOptions,
+    name: &str,
+    addr: SocketAddr,
+    nats: &[(String, String)],
+    redis: &str,
+) -> Vec<(String, String)> {
+    let mut defaults = vec![
         ("REDIS_URL", redis.into()),
         ("BRIDGE_LISTEN_ADDR", addr.to_string()),
         ("BRIDGE_INSTANCE_ID", name.into()),
@@ -360,6 +379,7 @@ fn bridge_env(o: &ClusterOptions, name: &str, addr: SocketAddr, nats: &str, redi
         ("BRIDGE_STARTUP_TIMEOUT", "20s".into()),
         ("RUST_LOG", "info".into()),
     ];
+    defaults.extend(nats.iter().map(|(k, v)| (k.as_str(), v.clone())));
     merged(defaults, &o.bridge_env)
 }
 

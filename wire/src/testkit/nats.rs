@@ -1,5 +1,11 @@
 //! `nats-server` fixtures: one JetStream node ([`NatsServer`]) or a routed JetStream cluster
-//! ([`NatsCluster`]), with monitoring-endpoint helpers. It owns no NATS client.
+//! ([`NatsCluster`]), with monitoring-endpoint helpers. Every server runs with the users of
+//! `deploy/nats/auth.conf` and passwords of its own ([`NatsAuth`]): anonymous clients are
+//! refused, as in the local stack. It owns no NATS client; [`NatsAuth`] says how to log in.
+
+mod users;
+
+pub use users::{auth_conf, NatsAuth, NatsUser};
 
 use std::collections::HashSet;
 use std::process::Child;
@@ -22,6 +28,7 @@ pub struct NatsServer {
     port: u16,
     monitor_port: u16,
     server_name: Option<String>,
+    auth: NatsAuth,
     // Last: removed after `Drop::drop` has killed the process.
     _dir: TempDir,
 }
@@ -50,7 +57,7 @@ impl NatsServer {
     /// A single node; waits until `/healthz?js-enabled-only=true` answers 200.
     pub async fn start() -> NatsServer {
         for attempt in 1..=START_ATTEMPTS {
-            let mut server = NatsServer::spawn(fresh_ports(1)[0], None, &[]);
+            let mut server = NatsServer::spawn(fresh_ports(1)[0], None, &[], NatsAuth::generate());
             match server.wait_healthy(Instant::now() + START_TIMEOUT).await {
                 Wait::Ready => return server,
                 Wait::Exited(_) if attempt < START_ATTEMPTS => continue,
@@ -61,9 +68,12 @@ impl NatsServer {
     }
 
     /// Spawns without waiting; `routes` are the cluster ports of the other nodes.
-    fn spawn(ports: Ports, name: Option<String>, routes: &[u16]) -> NatsServer {
+    fn spawn(ports: Ports, name: Option<String>, routes: &[u16], auth: NatsAuth) -> NatsServer {
         let dir = fixture_dir("nats");
         let mut spec = Spec::new(nats_server_bin(), dir.path().join("nats-server.log"))
+            .env(auth.server_env())
+            .arg("-c")
+            .arg(auth_conf().display())
             .arg("-a")
             .arg("127.0.0.1")
             .arg("-p")
@@ -86,7 +96,7 @@ impl NatsServer {
                 .arg(routes.join(","));
         }
         let child = Some(spec.spawn());
-        NatsServer { child, spec, port: ports.client, monitor_port: ports.monitor, server_name: name, _dir: dir }
+        NatsServer { child, spec, port: ports.client, monitor_port: ports.monitor, server_name: name, auth, _dir: dir }
     }
 
     async fn wait_healthy(&mut self, deadline: Instant) -> Wait {
@@ -95,8 +105,26 @@ impl NatsServer {
         wait_ready(child, deadline, || async { matches!(http_get(&url).await, Ok((200, _))) }).await
     }
 
+    /// The client URL (no credentials in it: see [`NatsServer::auth`]).
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The users' passwords of this server.
+    pub fn auth(&self) -> &NatsAuth {
+        &self.auth
+    }
+
+    /// A client logged in as `user`; panics after 10 s.
+    pub async fn connect(&self, user: NatsUser) -> async_nats::Client {
+        self.auth.connect(&self.url(), user).await
+    }
+
+    /// `NATS_URL`, `NATS_USER` and `NATS_PASSWORD` of a gateway or bridge logged in as `user`.
+    pub fn env(&self, user: NatsUser) -> Vec<(String, String)> {
+        let mut env = vec![("NATS_URL".to_string(), self.url())];
+        env.extend(self.auth.env(user));
+        env
     }
 
     pub fn port(&self) -> u16 {
@@ -161,11 +189,12 @@ impl NatsCluster {
         let deadline = Instant::now() + CLUSTER_TIMEOUT;
         'attempt: for attempt in 1..=START_ATTEMPTS {
             let ports = fresh_ports(n);
+            let auth = NatsAuth::generate();
             let mut nodes: Vec<NatsServer> = (0..n)
                 .map(|i| {
                     let routes: Vec<u16> =
                         ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| p.cluster).collect();
-                    NatsServer::spawn(ports[i], Some(format!("n{i}")), &routes)
+                    NatsServer::spawn(ports[i], Some(format!("n{i}")), &routes, auth.clone())
                 })
                 .collect();
             for (i, node) in nodes.iter_mut().enumerate() {
@@ -205,6 +234,23 @@ impl NatsCluster {
     /// Comma-separated client URLs of all nodes.
     pub fn urls(&self) -> String {
         self.nodes.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// The users' passwords, the same on every node.
+    pub fn auth(&self) -> &NatsAuth {
+        self.nodes[0].auth()
+    }
+
+    /// A client logged in as `user` with every node's URL; panics after 10 s.
+    pub async fn connect(&self, user: NatsUser) -> async_nats::Client {
+        self.auth().connect(&self.urls(), user).await
+    }
+
+    /// `NATS_URL` (every node), `NATS_USER` and `NATS_PASSWORD` of a service logged in as `user`.
+    pub fn env(&self, user: NatsUser) -> Vec<(String, String)> {
+        let mut env = vec![("NATS_URL".to_string(), self.urls())];
+        env.extend(self.auth().env(user));
+        env
     }
 
     /// Index of the node that currently leads `stream` (in any account): the node whose own

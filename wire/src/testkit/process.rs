@@ -22,15 +22,22 @@ pub(crate) struct Spec {
     /// uid and gid to switch to before exec (PostgreSQL refuses to run as root).
     pub run_as: Option<(Uid, Gid)>,
     pub cwd: Option<PathBuf>,
+    /// Variables added to the inherited environment.
+    pub env: Vec<(String, String)>,
 }
 
 impl Spec {
     pub fn new(program: impl Into<PathBuf>, log: impl Into<PathBuf>) -> Spec {
-        Spec { program: program.into(), args: Vec::new(), log: log.into(), run_as: None, cwd: None }
+        Spec { program: program.into(), args: Vec::new(), log: log.into(), run_as: None, cwd: None, env: Vec::new() }
     }
 
     pub fn arg(mut self, arg: impl ToString) -> Spec {
         self.args.push(arg.to_string());
+        self
+    }
+
+    pub fn env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Spec {
+        self.env.extend(vars);
         self
     }
 
@@ -42,7 +49,11 @@ impl Spec {
             .unwrap_or_else(|e| panic!("testkit: open {}: {e}", self.log.display()));
         let log_err = log.try_clone().expect("testkit: clone log fd");
         let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args).stdin(Stdio::null()).stdout(log).stderr(log_err);
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
         if let Some(cwd) = &self.cwd {
             cmd.current_dir(cwd);
         }
