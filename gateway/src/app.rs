@@ -71,7 +71,7 @@ impl App {
             })
             .await?;
         metrics.nats_connected.set(1);
-        let revocation = Revocation::connect(&config.redis_url).await.map_err(StartError::Redis)?;
+        let revocation = Revocation::connect(config.redis_url.expose()).await.map_err(StartError::Redis)?;
         let limits = &config.limits;
         let capacity = Capacity {
             total: limits.max_total_connections,
@@ -82,7 +82,8 @@ impl App {
         let dispatcher = Arc::new(Dispatcher::new(registry.clone(), config.dedup_window, metrics.clone()));
         let subscriptions =
             Arc::new(Subscriptions::new(nats.clone(), link, dispatcher, config.unsubscribe_delay, metrics.clone()));
-        let sectors = Sectors::new(config.database_url.as_deref(), config.sector_cache_ttl, metrics.clone());
+        let sectors =
+            Sectors::new(config.database_url.as_ref().map(|u| u.expose()), config.sector_cache_ttl, metrics.clone());
         Ok(Arc::new(App {
             auth: Authenticator::new(&config.auth),
             config,

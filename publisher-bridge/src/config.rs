@@ -262,12 +262,12 @@ impl Config {
     pub fn summary(&self) -> String {
         let s = &self.streams;
         format!(
-            "redis={} nats={:?} listen={} instance={} stream_key={} group={} group_start={} read_count={} claim_idle={:?} \
+            "redis={} nats={} listen={} instance={} stream_key={} group={} group_start={} read_count={} claim_idle={:?} \
              claim_interval={:?} max_in_flight={} publish_timeout={:?} replicas={} storage={:?} events_max_age={:?} \
              events_max_bytes={} events_max_msg_size={} duplicate_window={:?} dlq_max_age={:?} dlq_max_bytes={} \
              dlq_max_msg_size={} advisory_dlq={} shutdown_timeout={:?} traces={}",
             mask_url(self.redis_url.expose_str()),
-            self.nats.urls,
+            mask_url(&self.nats.urls.join(",")),
             self.listen_addr,
             self.instance_id,
             self.stream_key,
@@ -289,7 +289,7 @@ impl Config {
             s.dlq_max_msg_size,
             self.advisory_dlq,
             self.shutdown_timeout,
-            self.otel.summary(),
+            wire::settings::redact(&self.otel.summary()),
         )
     }
 }
@@ -299,17 +299,8 @@ fn is_entry_id(id: &str) -> bool {
     [ms, seq].iter().all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// `redis://user:secret@host` → `redis://user:***@host`.
-pub fn mask_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
+/// `redis://user:secret@host` → `redis://user:***@host` (shared with the gateway).
+pub use wire::settings::mask_url;
 
 #[cfg(test)]
 mod tests {
