@@ -1,7 +1,9 @@
 //! The state every request and connection shares, and how it is put together at start:
-//! configuration, verifiers, the Redis and NATS connections, the sector source, the registry
-//! and the tenant subscriptions. Startup fails fast when NATS or Redis cannot be reached.
+//! configuration, verifiers, the Redis and NATS connections, push revocation, the sector source,
+//! the registry and the tenant subscriptions. Startup fails fast when NATS or Redis cannot be
+//! reached.
 
+use crate::auth::push::Push;
 use crate::auth::revocation::{Revocation, RevocationError};
 use crate::auth::{Authenticator, Staff};
 use crate::config::Config;
@@ -34,6 +36,8 @@ pub struct App {
     pub config: Config,
     pub auth: Authenticator,
     pub revocation: Revocation,
+    /// Revocations pushed by Redis keyspace notifications; stops when the app is dropped.
+    pub push: Push,
     pub sectors: Sectors,
     pub registry: Arc<Registry>,
     pub subscriptions: Arc<Subscriptions>,
@@ -72,6 +76,7 @@ impl App {
             .await?;
         metrics.nats_connected.set(1);
         let revocation = Revocation::connect(config.redis_url.expose()).await.map_err(StartError::Redis)?;
+        let push = Push::start(revocation.clone(), metrics.clone());
         let limits = &config.limits;
         let capacity = Capacity {
             total: limits.max_total_connections,
@@ -88,6 +93,7 @@ impl App {
             auth: Authenticator::new(&config.auth),
             config,
             revocation,
+            push,
             sectors,
             registry,
             subscriptions,

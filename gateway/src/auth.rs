@@ -1,8 +1,9 @@
 //! Who is connecting: the endpoint's accepted roles, the origin rule, and verification of staff
 //! JWTs and diner table tokens (protocol sections 2 and 3), with the claim rules both share
 //! (ids within the backend's range, `nbf` and a future `iat` within [`CLOCK_SKEW_LEEWAY_SECS`]).
-//! Revocation lives in [`revocation`].
+//! Revocation lives in [`revocation`], its push from Redis in [`push`].
 
+pub mod push;
 pub mod revocation;
 mod staff;
 mod table;
