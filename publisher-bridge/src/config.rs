@@ -387,4 +387,24 @@ mod tests {
         assert_eq!(mask_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(mask_url("redis://h:1"), "redis://h:1");
     }
+
+    #[test]
+    fn the_start_line_and_the_debug_form_show_no_password() {
+        let c = read(&[
+            (REDIS_URL, "redis://:redis-pw@r:6379/0"),
+            ("NATS_URL", "nats://bridge:nats-pw@n1:4222,nats://n2:4222"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:otel-pw@collector:4318"),
+        ])
+        .unwrap();
+        let summary = c.summary();
+        for pw in ["redis-pw", "nats-pw", "otel-pw"] {
+            assert!(!summary.contains(pw), "{summary}");
+        }
+        assert!(
+            summary.contains("redis=redis://:***@r:6379/0 nats=nats://bridge:***@n1:4222,nats://n2:4222"),
+            "{summary}"
+        );
+        let debug = wire::settings::redact(&format!("{c:?}"));
+        assert!(!debug.contains("redis-pw") && !debug.contains("nats-pw") && !debug.contains("otel-pw"), "{debug}");
+    }
 }

@@ -124,10 +124,51 @@ fn mask_one(url: &str) -> String {
     out
 }
 
-/// `text` (a log line, an error message) with every URL in it masked as [`mask_url`] does: the
-/// last line of defence for messages that carry a URL from somewhere else (a NATS connect error
-/// naming the servers, a configuration dump). A URL ends at white space, a quote or a bracket.
+/// `text` (a log line, an error message) with every URL in it masked as [`mask_url`] does, and
+/// the `password: Some("...")` of a parsed URL's `Debug` form (async-nats logs its server
+/// addresses so at debug level): the last line of defence for messages that carry a URL from
+/// somewhere else (a NATS connect error naming the servers, a configuration dump). A URL ends at
+/// white space, a quote or a bracket.
 pub fn redact(text: &str) -> String {
+    mask_debug_passwords(&redact_urls(text))
+}
+
+/// Whether [`redact`] may change `text` (cheap test before the work).
+pub fn may_hold_secret(text: &str) -> bool {
+    text.contains("://") || text.contains(DEBUG_PASSWORD) || text.contains(DEBUG_USERNAME)
+}
+
+const DEBUG_PASSWORD: &str = "password: Some(";
+const DEBUG_USERNAME: &str = "username: ";
+
+/// In the `Debug` form of a parsed URL: `password: Some("secret")` → `password: Some("***")`,
+/// and a `username` followed by `password: None` (a token, for NATS) → `username: "***"`; also
+/// JSON-escaped (`\"secret\"`).
+fn mask_debug_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let next = [DEBUG_PASSWORD, DEBUG_USERNAME]
+            .into_iter()
+            .filter_map(|field| rest.find(field).map(|at| (at, field)))
+            .min_by_key(|(at, _)| *at);
+        let Some((at, field)) = next else { break };
+        let after = at + field.len();
+        out.push_str(&rest[..after]);
+        rest = &rest[after..];
+        let quote = if rest.starts_with("\\\"") { "\\\"" } else { "\"" };
+        let Some(value) = rest.strip_prefix(quote) else { continue };
+        let end = value.find(quote).unwrap_or(value.len());
+        let secret = field == DEBUG_PASSWORD || value[end..].trim_start_matches(quote).starts_with(", password: None");
+        out.push_str(quote);
+        out.push_str(if secret { "***" } else { &value[..end] });
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn redact_urls(text: &str) -> String {
     let is_scheme = |c: char| c.is_ascii_alphanumeric() || "+.-".contains(c);
     let ends_url = |c: char| c.is_whitespace() || "\"'`<>()[]{},;|\\".contains(c);
     let mut out = String::with_capacity(text.len());
@@ -394,6 +435,20 @@ mod tests {
         assert!(redacted.ends_with(r#"plain: "x://y" }"#), "{redacted}");
         assert_eq!(redact("no url here, ://"), "no url here, ://");
         assert_eq!(redact("é→redis://:pw@h"), "é→redis://:***@h");
+        let debug = r#"server=ServerAddr(Url { scheme: "nats", username: "gw", password: Some("pw4"), host: Some(Domain("h")) })"#;
+        assert_eq!(
+            redact(debug),
+            r#"server=ServerAddr(Url { scheme: "nats", username: "gw", password: Some("***"), host: Some(Domain("h")) })"#
+        );
+        let json = r#"{"server":"Url { password: Some(\"pw5\"), port: Some(4222) }"}"#;
+        assert_eq!(redact(json), r#"{"server":"Url { password: Some(\"***\"), port: Some(4222) }"}"#);
+        assert_eq!(redact("password: None, password: Some(x"), "password: None, password: Some(x");
+        let token = r#"Url { username: "t0ken", password: None, host: Some(Domain("h")) }"#;
+        assert_eq!(redact(token), r#"Url { username: "***", password: None, host: Some(Domain("h")) }"#);
+        let user = r#"Url { username: "gw", password: Some("pw6") }"#;
+        assert_eq!(redact(user), r#"Url { username: "gw", password: Some("***") }"#);
+        assert_eq!(redact(r#"{"username": "x"}"#), r#"{"username": "x"}"#);
+        assert!(may_hold_secret(debug) && may_hold_secret("a://b") && !may_hold_secret("plain line"));
     }
 
     #[test]
