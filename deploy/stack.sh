@@ -158,8 +158,9 @@ if ((!with_cluster)); then
 fi
 
 say "starting redis-server on 127.0.0.1:$redis_port (no persistence)"
+# notify-keyspace-events K$: the gateways' push revocation (README, "Revocation and sectors").
 start_bg redis setsid redis-server --bind 127.0.0.1 --port "$redis_port" --save "" \
-  --appendonly no --dir "$state/redis" --daemonize no
+  --appendonly no --dir "$state/redis" --daemonize no --notify-keyspace-events 'K$'
 redis_ping() { [ "$(redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null)" = PONG ]; }
 wait_until redis 20 redis_ping
 

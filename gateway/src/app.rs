@@ -1,7 +1,9 @@
 //! The state every request and connection shares, and how it is put together at start:
-//! configuration, verifiers, the Redis and NATS connections, the sector source, the registry
-//! and the tenant subscriptions. Startup fails fast when NATS or Redis cannot be reached.
+//! configuration, verifiers, the Redis and NATS connections, push revocation, the sector source,
+//! the registry and the tenant subscriptions. Startup fails fast when NATS or Redis cannot be
+//! reached.
 
+use crate::auth::push::Push;
 use crate::auth::revocation::{Revocation, RevocationError};
 use crate::auth::{Authenticator, Staff};
 use crate::config::Config;
@@ -34,6 +36,8 @@ pub struct App {
     pub config: Config,
     pub auth: Authenticator,
     pub revocation: Revocation,
+    /// Revocations pushed by Redis keyspace notifications; stops when the app is dropped.
+    pub push: Push,
     pub sectors: Sectors,
     pub registry: Arc<Registry>,
     pub subscriptions: Arc<Subscriptions>,
@@ -71,7 +75,8 @@ impl App {
             })
             .await?;
         metrics.nats_connected.set(1);
-        let revocation = Revocation::connect(&config.redis_url).await.map_err(StartError::Redis)?;
+        let revocation = Revocation::connect(config.redis_url.expose()).await.map_err(StartError::Redis)?;
+        let push = Push::start(revocation.clone(), metrics.clone());
         let limits = &config.limits;
         let capacity = Capacity {
             total: limits.max_total_connections,
@@ -82,11 +87,13 @@ impl App {
         let dispatcher = Arc::new(Dispatcher::new(registry.clone(), config.dedup_window, metrics.clone()));
         let subscriptions =
             Arc::new(Subscriptions::new(nats.clone(), link, dispatcher, config.unsubscribe_delay, metrics.clone()));
-        let sectors = Sectors::new(config.database_url.as_deref(), config.sector_cache_ttl, metrics.clone());
+        let sectors =
+            Sectors::new(config.database_url.as_ref().map(|u| u.expose()), config.sector_cache_ttl, metrics.clone());
         Ok(Arc::new(App {
             auth: Authenticator::new(&config.auth),
             config,
             revocation,
+            push,
             sectors,
             registry,
             subscriptions,

@@ -1,6 +1,9 @@
 //! Who is connecting: the endpoint's accepted roles, the origin rule, and verification of staff
-//! JWTs and diner table tokens (protocol sections 2 and 3). Revocation lives in [`revocation`].
+//! JWTs and diner table tokens (protocol sections 2 and 3), with the claim rules both share
+//! (ids within the backend's range, `nbf` and a future `iat` within [`CLOCK_SKEW_LEEWAY_SECS`]).
+//! Revocation lives in [`revocation`], its push from Redis in [`push`].
 
+pub mod push;
 pub mod revocation;
 mod staff;
 mod table;
@@ -8,6 +11,32 @@ mod table;
 use crate::config::AuthConfig;
 pub use staff::Staff;
 pub use table::Diner;
+
+/// The largest id the backend can hold: its ids are signed 64-bit integers (PostgreSQL
+/// `bigint`). A token naming a larger id is malformed: no event could ever match it.
+pub const MAX_ID: u64 = i64::MAX as u64;
+
+/// How far in the future a token's `iat` and `nbf` may lie, for clock skew between the
+/// backend and the gateway. Beyond it the token is refused (4001): a future `iat` would escape
+/// "revoked since T", and `nbf` says the token is not valid yet.
+pub const CLOCK_SKEW_LEEWAY_SECS: i64 = 60;
+
+/// Whether `id` is an id the backend can have issued: 1 to [`MAX_ID`].
+pub fn backend_id(id: u64) -> bool {
+    (1..=MAX_ID).contains(&id)
+}
+
+/// `nbf` and `iat` (unix seconds, when present) against `now`, with [`CLOCK_SKEW_LEEWAY_SECS`].
+fn check_not_before(iat: Option<i64>, nbf: Option<i64>, now: i64) -> Result<(), AuthError> {
+    let latest = now.saturating_add(CLOCK_SKEW_LEEWAY_SECS);
+    if nbf.is_some_and(|nbf| nbf > latest) {
+        return Err(AuthError::NotYetValid);
+    }
+    if iat.is_some_and(|iat| iat > latest) {
+        return Err(AuthError::IssuedInFuture);
+    }
+    Ok(())
+}
 
 /// The four WebSocket endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,6 +118,10 @@ pub enum AuthError {
     Signature,
     #[error("token expired")]
     Expired,
+    #[error("token not valid yet (nbf in the future)")]
+    NotYetValid,
+    #[error("token issued in the future (iat beyond the clock skew leeway)")]
+    IssuedInFuture,
     #[error("wrong token type: {0}")]
     WrongType(String),
     #[error("token revoked")]
@@ -102,6 +135,8 @@ impl AuthError {
             AuthError::Malformed(_) => "malformed",
             AuthError::Signature => "signature",
             AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::IssuedInFuture => "future_iat",
             AuthError::WrongType(_) => "wrong_type",
             AuthError::Revoked => "revoked",
         }

@@ -10,7 +10,7 @@ use wire::http_server::HttpLimits;
 use wire::natsconn::NatsSettings;
 use wire::otel::OtelSettings;
 use wire::settings::Parser;
-pub use wire::settings::{ConfigError, LogFormat, Secret};
+pub use wire::settings::{ConfigError, LogFormat, Secret, SecretUrl};
 
 mod vars;
 
@@ -24,10 +24,11 @@ pub struct Config {
     pub worker_threads: usize,
     pub auth: AuthConfig,
     pub limits: Limits,
-    pub redis_url: String,
+    /// Printed masked (`redis://:***@host`), as every URL that may carry a password.
+    pub redis_url: SecretUrl,
     /// Admit staff when Redis cannot answer the revocation check (default: refuse).
     pub revocation_fail_open: bool,
-    pub database_url: Option<String>,
+    pub database_url: Option<SecretUrl>,
     pub sector_cache_ttl: Duration,
     pub nats: NatsSettings,
     /// How long a tenant's subscription outlives its last connection.
@@ -137,11 +138,11 @@ impl Config {
                 read_buffer_size: p.number(WS_READ_BUFFER_SIZE, 1024, 512..=1 << 20),
                 write_buffer_size: p.number(WS_WRITE_BUFFER_SIZE, 0, 0..=1 << 20),
             },
-            redis_url: p.string_or(REDIS_URL, "redis://localhost:6380"),
+            redis_url: redis_url(&mut p),
             revocation_fail_open: p.bool(REVOCATION_FAIL_OPEN, false),
             database_url: p.string(DATABASE_URL).and_then(|url| {
                 let checked = database_url(&url);
-                p.check(DATABASE_URL, checked)
+                p.check(DATABASE_URL, checked).map(SecretUrl::new)
             }),
             sector_cache_ttl: p.duration(WS_SECTOR_CACHE_TTL, Duration::from_secs(60)),
             nats: NatsSettings::read(&mut p, wire::natsconn::GATEWAY_INBOX_PREFIX),
@@ -197,6 +198,16 @@ fn cross_check<F: Fn(&str) -> Option<String>>(p: &mut Parser<F>, config: &Config
     }
 }
 
+/// `REDIS_URL`, checked by the client library (the message never repeats the URL: it may hold
+/// a password).
+fn redis_url<F: Fn(&str) -> Option<String>>(p: &mut Parser<F>) -> SecretUrl {
+    let url = p.string_or(REDIS_URL, "redis://localhost:6380");
+    if redis::Client::open(url.as_str()).is_err() {
+        p.problem(REDIS_URL, "is not a Redis URL like redis://:password@host:6379/0");
+    }
+    SecretUrl::new(url)
+}
+
 /// Accepts the backend's SQLAlchemy form (`postgresql+psycopg://...`) and plain `postgres://`.
 fn database_url(url: &str) -> Result<String, String> {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -207,7 +218,8 @@ fn database_url(url: &str) -> Result<String, String> {
         return Err(format!("scheme '{scheme}' is not PostgreSQL"));
     }
     let normalized = format!("postgres://{rest}");
-    tokio_postgres::Config::from_str(&normalized).map_err(|e| format!("cannot be parsed: {e}"))?;
+    // The parser's message may quote the offending part of the URL: it is not repeated.
+    tokio_postgres::Config::from_str(&normalized).map_err(|_| "cannot be parsed as a PostgreSQL URL".to_string())?;
     Ok(normalized)
 }
 

@@ -37,6 +37,8 @@ pub struct Session {
     pub lease: Lease,
     /// Set when the client opted into resume.
     pub resume: Option<resume::Resume>,
+    /// Staff: the token watched for revocations pushed by Redis (closes through the control).
+    pub watch: Option<crate::auth::push::Watch>,
 }
 
 /// How a session ended.

@@ -99,6 +99,8 @@ async fn health_detailed(State(app): State<Arc<App>>) -> Response {
         "status": if app.is_draining() { "draining" } else if healthy { "healthy" } else { "degraded" },
         "instance": app.config.instance_id,
         "dependencies": { "nats": nats.1, "jetstream": jetstream.1, "redis": redis.1, "database": database.1 },
+        // Informative: without push, the timer re-check still finds revocations.
+        "revocation_push": app.push.health(),
     });
     (status, Json(body)).into_response()
 }

@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     let config = match gateway::Config::from_env() {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("gateway: {error}");
+            eprintln!("gateway: {}", wire::settings::redact(&error.to_string()));
             return ExitCode::from(64);
         }
     };
@@ -34,7 +34,10 @@ async fn serve(config: gateway::Config) -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    tracing::info!(?config, traces = %config.otel.summary(), "starting");
+    // URLs in the configuration are masked (`redis://:***@host`); `redact` also masks the ones
+    // held as plain strings (NATS servers, the OTLP endpoint).
+    let shown = wire::settings::redact(&format!("{config:?}"));
+    tracing::info!(config = %shown, traces = %wire::settings::redact(&config.otel.summary()), "starting");
     let listener = match gateway::listener::bind(config.listen_addr) {
         Ok(listener) => listener,
         Err(error) => {
@@ -52,11 +55,11 @@ async fn serve(config: gateway::Config) -> ExitCode {
             | gateway::StartError::Redis(_)
             | gateway::StartError::AdminListen(..)),
         ) => {
-            tracing::error!(%error, "cannot start");
+            tracing::error!(error = %wire::settings::redact(&error.to_string()), "cannot start");
             ExitCode::from(69)
         }
         Err(error) => {
-            tracing::error!(%error, "stopped");
+            tracing::error!(error = %wire::settings::redact(&error.to_string()), "stopped");
             ExitCode::FAILURE
         }
     }

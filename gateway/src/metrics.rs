@@ -52,6 +52,8 @@ pub struct Metrics {
     pub delivery_latency_seconds: Histogram,
     pub client_messages: Family<KindLabel, Counter>,
     pub revocation_checks: Family<ResultLabel, Counter>,
+    pub revocation_push_active: Gauge,
+    pub revocation_push_closed: Counter,
     pub sector_lookups: Family<ResultLabel, Counter>,
     pub nats_subscriptions: Gauge,
     pub nats_connected: Gauge,
@@ -86,6 +88,8 @@ impl Metrics {
             delivery_latency_seconds: latency(),
             client_messages: Family::default(),
             revocation_checks: Family::default(),
+            revocation_push_active: Gauge::default(),
+            revocation_push_closed: Counter::default(),
             sector_lookups: Family::default(),
             nats_subscriptions: Gauge::default(),
             nats_connected: Gauge::default(),
@@ -141,6 +145,16 @@ impl Metrics {
             "gateway_revocation_checks",
             "Revocation look-ups in Redis, by result",
             self.revocation_checks.clone(),
+        );
+        r.register(
+            "gateway_revocation_push_active",
+            "1 while Redis keyspace notifications of revocations are subscribed and enabled",
+            self.revocation_push_active.clone(),
+        );
+        r.register(
+            "gateway_revocation_push_closed",
+            "Staff connections closed because a pushed revocation notification found their token revoked",
+            self.revocation_push_closed.clone(),
         );
         r.register("gateway_sector_lookups", "Waiter sector look-ups, by result", self.sector_lookups.clone());
         r.register("gateway_nats_subscriptions", "Tenant subscriptions held on NATS", self.nats_subscriptions.clone());

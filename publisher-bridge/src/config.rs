@@ -291,12 +291,12 @@ impl Config {
     pub fn summary(&self) -> String {
         let s = &self.streams;
         format!(
-            "redis={} nats={:?} listen={} instance={} stream_key={} group={} group_start={} read_count={} read_max_bytes={} stall_timeout={:?} claim_idle={:?} \
+            "redis={} nats={} listen={} instance={} stream_key={} group={} group_start={} read_count={} read_max_bytes={} stall_timeout={:?} claim_idle={:?} \
              claim_interval={:?} max_in_flight={} publish_timeout={:?} replicas={} storage={:?} events_max_age={:?} \
              events_max_bytes={} events_max_msg_size={} duplicate_window={:?} dlq_max_age={:?} dlq_max_bytes={} \
              dlq_max_msg_size={} advisory_dlq={} shutdown_timeout={:?} traces={}",
             mask_url(self.redis_url.expose_str()),
-            self.nats.urls,
+            mask_url(&self.nats.urls.join(",")),
             self.listen_addr,
             self.instance_id,
             self.stream_key,
@@ -320,7 +320,7 @@ impl Config {
             s.dlq_max_msg_size,
             self.advisory_dlq,
             self.shutdown_timeout,
-            self.otel.summary(),
+            wire::settings::redact(&self.otel.summary()),
         )
     }
 }
@@ -330,17 +330,8 @@ fn is_entry_id(id: &str) -> bool {
     [ms, seq].iter().all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// `redis://user:secret@host` → `redis://user:***@host`.
-pub fn mask_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
+/// `redis://user:secret@host` → `redis://user:***@host` (shared with the gateway).
+pub use wire::settings::mask_url;
 
 #[cfg(test)]
 mod tests {
@@ -448,5 +439,25 @@ mod tests {
     fn masks_passwords() {
         assert_eq!(mask_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(mask_url("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn the_start_line_and_the_debug_form_show_no_password() {
+        let c = read(&[
+            (REDIS_URL, "redis://:redis-pw@r:6379/0"),
+            ("NATS_URL", "nats://bridge:nats-pw@n1:4222,nats://n2:4222"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:otel-pw@collector:4318"),
+        ])
+        .unwrap();
+        let summary = c.summary();
+        for pw in ["redis-pw", "nats-pw", "otel-pw"] {
+            assert!(!summary.contains(pw), "{summary}");
+        }
+        assert!(
+            summary.contains("redis=redis://:***@r:6379/0 nats=nats://bridge:***@n1:4222,nats://n2:4222"),
+            "{summary}"
+        );
+        let debug = wire::settings::redact(&format!("{c:?}"));
+        assert!(!debug.contains("redis-pw") && !debug.contains("nats-pw") && !debug.contains("otel-pw"), "{debug}");
     }
 }

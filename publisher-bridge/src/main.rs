@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(problems) => {
-            eprintln!("publisher-bridge: {problems}");
+            eprintln!("publisher-bridge: {}", wire::settings::redact(&problems.to_string()));
             return ExitCode::from(64);
         }
     };
@@ -44,7 +44,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("publisher-bridge failed: {e:#}");
+            // A NATS connect error names the servers, with whatever credentials their URLs carry.
+            tracing::error!("publisher-bridge failed: {}", wire::settings::redact(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

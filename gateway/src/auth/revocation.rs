@@ -5,10 +5,15 @@
 
 use super::Staff;
 use chrono::{DateTime, NaiveDateTime};
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The Redis key the backend writes when it blacklists one token.
+pub const BLACKLIST_PREFIX: &str = "auth:token:blacklist:";
+/// The Redis key the backend writes when it revokes every token of a user issued before a time.
+pub const USER_REVOKED_PREFIX: &str = "auth:user:revoked:";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RevocationError {
@@ -18,8 +23,30 @@ pub enum RevocationError {
     Redis(#[from] redis::RedisError),
 }
 
+/// Whether `e` says the connection is broken, rather than that Redis answered with an error:
+/// only then can another connection do better.
+fn connection_broken(e: &redis::RedisError) -> bool {
+    !matches!(e.kind(), redis::ErrorKind::Server(_))
+}
+
+/// What a revocation look-up needs from a staff token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRef {
+    pub user_id: u64,
+    pub jti: Option<Box<str>>,
+    /// Unix seconds; 0 when the token had no `iat`.
+    pub iat: i64,
+}
+
+impl From<&Staff> for TokenRef {
+    fn from(staff: &Staff) -> TokenRef {
+        TokenRef { user_id: staff.user_id, jti: staff.jti.as_deref().map(Box::from), iat: staff.iat }
+    }
+}
+
 #[derive(Clone)]
 pub struct Revocation {
+    client: redis::Client,
     redis: ConnectionManager,
 }
 
@@ -31,38 +58,51 @@ impl Revocation {
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
             .set_max_delay(Duration::from_secs(5));
-        let redis = tokio::time::timeout(TIMEOUT * 3, ConnectionManager::new_with_config(client, config))
+        let redis = tokio::time::timeout(TIMEOUT * 3, ConnectionManager::new_with_config(client.clone(), config))
             .await
             .map_err(|_| RevocationError::Timeout)??;
-        Ok(Revocation { redis })
+        Ok(Revocation { client, redis })
+    }
+
+    /// The client the connections are made from (the push subscriber opens its own).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
     }
 
     /// Whether `staff`'s token has been revoked.
     pub async fn is_revoked(&self, staff: &Staff) -> Result<bool, RevocationError> {
+        self.check(&TokenRef::from(staff)).await
+    }
+
+    /// Whether the token has been revoked. A look-up that fails on a broken connection (Redis
+    /// restarted, a connection cut) is retried once on a fresh connection, so a Redis restart
+    /// does not turn into a refusal; only a second failure is returned.
+    pub async fn check(&self, token: &TokenRef) -> Result<bool, RevocationError> {
+        let pipe = pipeline(token);
         let mut redis = self.redis.clone();
-        let mut pipe = redis::pipe();
-        match &staff.jti {
-            Some(jti) => pipe.exists(format!("auth:token:blacklist:{jti}")),
-            None => pipe.cmd("ECHO").arg(0),
+        let first = tokio::time::timeout(TIMEOUT, pipe.query_async(&mut redis)).await;
+        let answer: (bool, Option<String>) = match first {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) if !connection_broken(&e) => return Err(e.into()),
+            _ => {
+                tracing::debug!(user_id = token.user_id, "revocation look-up failed: retrying on a fresh connection");
+                let mut fresh = self.fresh().await?;
+                tokio::time::timeout(TIMEOUT, pipe.query_async(&mut fresh))
+                    .await
+                    .map_err(|_| RevocationError::Timeout)??
+            }
         };
-        pipe.get(format!("auth:user:revoked:{}", staff.user_id));
-        let (blacklisted, revoked_at): (bool, Option<String>) =
-            tokio::time::timeout(TIMEOUT, pipe.query_async(&mut redis))
-                .await
-                .map_err(|_| RevocationError::Timeout)??;
-        if blacklisted {
-            return Ok(true);
-        }
-        Ok(match revoked_at {
-            None => false,
-            Some(text) => match parse_utc(&text) {
-                Some(revoked_at) => (staff.iat as f64) < revoked_at,
-                None => {
-                    tracing::warn!(user_id = staff.user_id, value = %text, "unreadable auth:user:revoked value: treating the token as revoked");
-                    true
-                }
-            },
-        })
+        Ok(verdict(token, answer))
+    }
+
+    /// A new connection of its own, outside the shared manager (which reconnects by itself).
+    async fn fresh(&self) -> Result<MultiplexedConnection, RevocationError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT));
+        Ok(tokio::time::timeout(TIMEOUT, self.client.get_multiplexed_async_connection_with_config(&config))
+            .await
+            .map_err(|_| RevocationError::Timeout)??)
     }
 
     pub async fn ping(&self) -> Result<(), RevocationError> {
@@ -71,6 +111,47 @@ impl Revocation {
             .await
             .map_err(|_| RevocationError::Timeout)??;
         Ok(())
+    }
+
+    /// `CONFIG GET notify-keyspace-events`: `Ok(None)` when Redis does not say (managed Redis
+    /// often refuses `CONFIG`).
+    pub async fn notify_keyspace_events(&self) -> Result<Option<String>, RevocationError> {
+        let mut redis = self.redis.clone();
+        let mut get = redis::cmd("CONFIG");
+        get.arg("GET").arg("notify-keyspace-events");
+        let answer =
+            tokio::time::timeout(TIMEOUT, get.query_async::<std::collections::HashMap<String, String>>(&mut redis))
+                .await
+                .map_err(|_| RevocationError::Timeout)??;
+        Ok(answer.get("notify-keyspace-events").cloned())
+    }
+}
+
+/// Both keys in one round trip: `EXISTS auth:token:blacklist:{jti}` (an `ECHO 0` without a jti)
+/// and `GET auth:user:revoked:{user_id}`.
+fn pipeline(token: &TokenRef) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    match &token.jti {
+        Some(jti) => pipe.exists(format!("{BLACKLIST_PREFIX}{jti}")),
+        None => pipe.cmd("ECHO").arg(0),
+    };
+    pipe.get(format!("{USER_REVOKED_PREFIX}{}", token.user_id));
+    pipe
+}
+
+fn verdict(token: &TokenRef, (blacklisted, revoked_at): (bool, Option<String>)) -> bool {
+    if blacklisted {
+        return true;
+    }
+    match revoked_at {
+        None => false,
+        Some(text) => match parse_utc(&text) {
+            Some(revoked_at) => (token.iat as f64) < revoked_at,
+            None => {
+                tracing::warn!(user_id = token.user_id, value = %text, "unreadable auth:user:revoked value: treating the token as revoked");
+                true
+            }
+        },
     }
 }
 

@@ -1,11 +1,14 @@
-//! Staff JWT verification: HS256 only, strict claim types, `type` access or absent.
+//! Staff JWT verification: HS256 only, strict claim types, `type` access or absent, ids within
+//! the backend's range, `branch_ids` de-duplicated, `nbf` and a future `iat` refused.
 
-use super::{AuthError, Roles};
+use super::{backend_id, check_not_before, AuthError, Roles};
 use crate::config::AuthConfig;
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-/// A verified staff access token.
+/// A verified staff access token. Every id is within 1..=[`super::MAX_ID`]; `branch_ids` is
+/// sorted and holds each branch once (a token listing a branch three times must not deliver
+/// each event three times).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Staff {
     pub user_id: u64,
@@ -27,6 +30,8 @@ struct Claims {
     jti: Option<String>,
     #[serde(default)]
     iat: Option<i64>,
+    #[serde(default)]
+    nbf: Option<i64>,
     exp: i64,
     #[serde(default, rename = "type")]
     token_type: Option<String>,
@@ -60,18 +65,23 @@ impl StaffVerifier {
         if claims.exp <= now {
             return Err(AuthError::Expired);
         }
+        check_not_before(claims.iat, claims.nbf, now)?;
+        // `positive_id` also refuses ids above the backend's range.
         let user_id = wire::envelope::positive_id(&claims.sub)
-            .ok_or_else(|| AuthError::Malformed("sub is not a positive integer".into()))?;
-        if claims.tenant_id == 0 {
-            return Err(AuthError::Malformed("tenant_id must be positive".into()));
+            .ok_or_else(|| AuthError::Malformed("sub is not an integer from 1 to 2^63-1".into()))?;
+        if !backend_id(claims.tenant_id) {
+            return Err(AuthError::Malformed("tenant_id is not an integer from 1 to 2^63-1".into()));
         }
-        if claims.branch_ids.contains(&0) {
-            return Err(AuthError::Malformed("branch_ids must be positive".into()));
+        if !claims.branch_ids.iter().all(|b| backend_id(*b)) {
+            return Err(AuthError::Malformed("branch_ids holds an id outside 1 to 2^63-1".into()));
         }
+        let mut branch_ids = claims.branch_ids;
+        branch_ids.sort_unstable();
+        branch_ids.dedup();
         Ok(Staff {
             user_id,
             tenant_id: claims.tenant_id,
-            branch_ids: claims.branch_ids,
+            branch_ids,
             roles: Roles::from_list(&claims.roles),
             jti: claims.jti,
             iat: claims.iat.unwrap_or(0),

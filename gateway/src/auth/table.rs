@@ -1,8 +1,9 @@
 //! Diner table tokens: the JWT form (exactly two dots) and the legacy
-//! `tenant:branch:table:session:expires_at:sig` form, compared in constant time.
+//! `tenant:branch:table:session:expires_at:sig` form, compared in constant time. Ids must be
+//! within the backend's range; the JWT form's `nbf` and a future `iat` are refused.
 
 use super::staff::jwt_error;
-use super::AuthError;
+use super::{backend_id, check_not_before, AuthError};
 use crate::config::AuthConfig;
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -27,6 +28,10 @@ struct Claims {
     branch_id: u64,
     table_id: u64,
     session_id: u64,
+    #[serde(default)]
+    iat: Option<i64>,
+    #[serde(default)]
+    nbf: Option<i64>,
     exp: i64,
 }
 
@@ -57,7 +62,7 @@ impl TableVerifier {
             return Err(AuthError::Missing);
         }
         let diner = if token.matches('.').count() == 2 {
-            self.verify_jwt(token)?
+            self.verify_jwt(token, now)?
         } else if self.allow_legacy {
             self.verify_legacy(token)?
         } else {
@@ -69,13 +74,17 @@ impl TableVerifier {
         Ok(diner)
     }
 
-    fn verify_jwt(&self, token: &str) -> Result<Diner, AuthError> {
+    fn verify_jwt(&self, token: &str, now: i64) -> Result<Diner, AuthError> {
         let c = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| jwt_error(&e))?.claims;
         if c.token_type != "table" {
             return Err(AuthError::WrongType(c.token_type));
         }
-        if [c.tenant_id, c.branch_id, c.table_id, c.session_id].contains(&0) {
-            return Err(AuthError::Malformed("table token ids must be positive".into()));
+        if c.exp <= now {
+            return Err(AuthError::Expired);
+        }
+        check_not_before(c.iat, c.nbf, now)?;
+        if ![c.tenant_id, c.branch_id, c.table_id, c.session_id].into_iter().all(backend_id) {
+            return Err(AuthError::Malformed("table token ids must be integers from 1 to 2^63-1".into()));
         }
         Ok(Diner {
             tenant_id: c.tenant_id,
@@ -101,6 +110,7 @@ impl TableVerifier {
         mac.update(signed.as_bytes());
         // Constant-time comparison of the first 16 bytes (32 hex characters) of the tag.
         mac.verify_truncated_left(&sig).map_err(|_| AuthError::Signature)?;
+        // `positive_id` refuses ids above the backend's range too.
         let id = |i: usize| wire::envelope::positive_id(fields[i]).ok_or_else(malformed);
         let exp: i64 = fields[4].parse().map_err(|_| malformed())?;
         Ok(Diner { tenant_id: id(0)?, branch_id: id(1)?, table_id: id(2)?, session_id: id(3)?, exp })

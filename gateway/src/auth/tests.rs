@@ -43,9 +43,11 @@ fn accepts_a_backend_access_token() {
     assert!(staff_with(|c| c["aud"] = json!(["other", "menu-ops-users"])).is_ok(), "aud may be a list");
 }
 
+type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+
 #[test]
 fn refuses_every_bad_staff_token() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
+    let cases: Vec<(&str, Edit)> = vec![
         ("refresh", Box::new(|c| c["type"] = json!("refresh"))),
         ("table type", Box::new(|c| c["type"] = json!("table"))),
         ("expired", Box::new(|c| c["exp"] = json!(unix_now() - 1))),
@@ -57,6 +59,14 @@ fn refuses_every_bad_staff_token() {
         ("tenant as string", Box::new(|c| c["tenant_id"] = json!("3"))),
         ("sub not numeric", Box::new(|c| c["sub"] = json!("alice"))),
         ("sub zero", Box::new(|c| c["sub"] = json!("0"))),
+        ("sub above i64", Box::new(|c| c["sub"] = json!("9223372036854775808"))),
+        ("tenant above i64", Box::new(|c| c["tenant_id"] = json!(9_223_372_036_854_775_808u64))),
+        ("tenant zero", Box::new(|c| c["tenant_id"] = json!(0))),
+        ("branch above i64", Box::new(|c| c["branch_ids"] = json!([10, u64::MAX]))),
+        ("branch negative", Box::new(|c| c["branch_ids"] = json!([-1]))),
+        ("nbf in the future", Box::new(|c| c["nbf"] = json!(unix_now() + CLOCK_SKEW_LEEWAY_SECS + 5))),
+        ("iat in the future", Box::new(|c| c["iat"] = json!(unix_now() + CLOCK_SKEW_LEEWAY_SECS + 5))),
+        ("nbf not a number", Box::new(|c| c["nbf"] = json!("soon"))),
         (
             "no exp",
             Box::new(|c| {
@@ -67,6 +77,69 @@ fn refuses_every_bad_staff_token() {
     for (name, mutate) in cases {
         assert!(staff_with(mutate).is_err(), "{name} was accepted");
     }
+}
+
+#[test]
+fn duplicate_branch_ids_count_once() {
+    let s = staff_with(|c| c["branch_ids"] = json!([11, 10, 11, 10, 10])).unwrap();
+    assert_eq!(s.branch_ids, vec![10, 11]);
+    let s = staff_with(|c| c["branch_ids"] = json!(vec![1; 300])).unwrap();
+    assert_eq!(s.branch_ids, vec![1]);
+}
+
+#[test]
+fn ids_up_to_the_signed_64_bit_maximum_are_ids() {
+    let max = MAX_ID;
+    let s = staff_with(|c| {
+        c["sub"] = json!(max.to_string());
+        c["tenant_id"] = json!(max);
+        c["branch_ids"] = json!([max]);
+    })
+    .unwrap();
+    assert_eq!((s.user_id, s.tenant_id, s.branch_ids), (max, max, vec![max]));
+}
+
+#[test]
+fn nbf_and_iat_within_the_clock_skew_leeway_are_accepted() {
+    let now = unix_now();
+    let edge = now + CLOCK_SKEW_LEEWAY_SECS;
+    let a = auth();
+    let token = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut claims = staff_claims(7, 3, &[10], &["WAITER"], 600);
+        edit(&mut claims);
+        sign_jwt(JWT, &claims)
+    };
+    assert!(a.verify_staff(&token(&|c| c["nbf"] = json!(now - 10)), now).is_ok());
+    assert!(a.verify_staff(&token(&|c| c["nbf"] = json!(edge)), now).is_ok());
+    assert!(a.verify_staff(&token(&|c| c["iat"] = json!(edge)), now).is_ok());
+    assert_eq!(a.verify_staff(&token(&|c| c["nbf"] = json!(edge + 1)), now), Err(AuthError::NotYetValid));
+    assert_eq!(a.verify_staff(&token(&|c| c["iat"] = json!(edge + 1)), now), Err(AuthError::IssuedInFuture));
+    // The same token becomes valid once its time has come.
+    let later = token(&|c| c["nbf"] = json!(now + 120));
+    assert_eq!(a.verify_staff(&later, now), Err(AuthError::NotYetValid));
+    assert!(a.verify_staff(&later, now + 120).is_ok());
+}
+
+#[test]
+fn table_jwt_ids_nbf_and_iat() {
+    let a = auth();
+    let now = unix_now();
+    let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut claims = table_claims(3, 10, 5, 99, 600);
+        edit(&mut claims);
+        a.verify_table(&sign_jwt(TABLE, &claims), now)
+    };
+    assert!(with(&|_| {}).is_ok());
+    for field in ["tenant_id", "branch_id", "table_id", "session_id"] {
+        assert!(with(&|c| c[field] = json!(MAX_ID)).is_ok(), "{field} at the maximum");
+        assert!(matches!(with(&|c| c[field] = json!(MAX_ID + 1)), Err(AuthError::Malformed(_))), "{field} above i64");
+    }
+    assert_eq!(with(&|c| c["nbf"] = json!(now + CLOCK_SKEW_LEEWAY_SECS + 1)), Err(AuthError::NotYetValid));
+    assert_eq!(with(&|c| c["iat"] = json!(now + CLOCK_SKEW_LEEWAY_SECS + 1)), Err(AuthError::IssuedInFuture));
+    assert!(with(&|c| c["nbf"] = json!(now)).is_ok());
+    let legacy = |t: u64| legacy_table_token(TABLE, t, 10, 5, 99, now + 600);
+    assert!(a.verify_table(&legacy(MAX_ID), now).is_ok());
+    assert!(a.verify_table(&legacy(MAX_ID + 1), now).is_err(), "legacy id above i64");
 }
 
 #[test]
@@ -131,4 +204,174 @@ fn origin_rules() {
     assert!(!origin_allowed(Some("http://localhost:5174"), &c));
     assert!(!origin_allowed(Some("http://evil.localhost:5173"), &c));
     assert!(!origin_allowed(None, &c));
+}
+
+/// The claims parser against arbitrary claim values: it never panics, and whatever it accepts
+/// holds the invariants the rest of the gateway relies on.
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// Any JSON value, nested a little.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f).map(Value::Number)),
+            ".{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(2, 12, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z_]{1,6}", inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Ids at and around every edge: 0, small ones that repeat, the signed and unsigned maxima.
+    fn edge_id() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            6 => (1u64..4).prop_map(Value::from),
+            1 => Just(Value::from(0)),
+            1 => Just(Value::from(MAX_ID)),
+            1 => Just(Value::from(MAX_ID + 1)),
+            1 => Just(Value::from(u64::MAX)),
+            1 => Just(Value::from(-1)),
+            1 => any::<u64>().prop_map(Value::from),
+        ]
+    }
+
+    fn edge_time(now: i64) -> impl Strategy<Value = Value> {
+        let leeway = CLOCK_SKEW_LEEWAY_SECS;
+        prop_oneof![
+            (-1000i64..1000).prop_map(move |d| Value::from(now + d)),
+            Just(Value::from(now + leeway)),
+            Just(Value::from(now + leeway + 1)),
+            Just(Value::from(i64::MAX)),
+            Just(Value::from(i64::MIN)),
+        ]
+    }
+
+    /// A claim: left as minted, removed, an edge value for its kind, or any JSON at all.
+    fn claim(plausible: BoxedStrategy<Value>) -> impl Strategy<Value = Option<Option<Value>>> {
+        prop_oneof![
+            12 => Just(None),
+            1 => Just(Some(None)),
+            3 => plausible.prop_map(|v| Some(Some(v))),
+            1 => any_json().prop_map(|v| Some(Some(v))),
+        ]
+    }
+
+    fn plausible(name: &str, now: i64) -> BoxedStrategy<Value> {
+        match name {
+            "sub" => {
+                prop_oneof![edge_id().prop_map(|v| Value::from(v.to_string())), "[0-9]{1,21}".prop_map(Value::from)]
+                    .boxed()
+            }
+            "tenant_id" => edge_id().boxed(),
+            "branch_ids" => prop_oneof![
+                prop::collection::vec(edge_id(), 0..8).prop_map(Value::Array),
+                // Repeats, up to the 300 copies of one id that once overflowed a queue.
+                prop::collection::vec(1u64..4, 0..300).prop_map(|ids| json!(ids)),
+            ]
+            .boxed(),
+            "iat" | "nbf" | "exp" => edge_time(now).boxed(),
+            "roles" => prop::collection::vec(prop::sample::select(vec!["WAITER", "KITCHEN", "ADMIN", "x"]), 0..3)
+                .prop_map(|r| Value::from(r.into_iter().map(Value::from).collect::<Vec<_>>()))
+                .boxed(),
+            "type" => prop::sample::select(vec!["access", "refresh", "table", ""]).prop_map(Value::from).boxed(),
+            "jti" => ".{0,12}".prop_map(Value::from).boxed(),
+            "aud" => prop_oneof![
+                Just(json!("menu-ops-users")),
+                Just(json!(["other", "menu-ops-users"])),
+                Just(json!("other")),
+            ]
+            .boxed(),
+            _ => any_json().boxed(),
+        }
+    }
+
+    const CLAIMS: [&str; 10] = ["sub", "tenant_id", "branch_ids", "roles", "jti", "iat", "nbf", "exp", "type", "aud"];
+
+    fn edits(now: i64) -> impl Strategy<Value = Vec<Option<Option<Value>>>> {
+        CLAIMS.iter().map(|name| claim(plausible(name, now))).collect::<Vec<_>>()
+    }
+
+    /// Applies `edits` (one per name) to `claims`.
+    fn apply(claims: &mut Value, names: &[&str], edits: Vec<Option<Option<Value>>>) {
+        for (name, edit) in names.iter().zip(edits) {
+            match edit {
+                None => {}
+                Some(None) => {
+                    claims.as_object_mut().unwrap().remove(*name);
+                }
+                Some(Some(value)) => claims[*name] = value,
+            }
+        }
+    }
+
+    /// Run by hand rather than through `proptest!` to count what was accepted: a property whose
+    /// cases were all refused would prove nothing about accepted tokens.
+    #[test]
+    fn staff_claims_never_panic_and_accepted_tokens_hold_the_invariants() {
+        const CASES: u32 = 1024;
+        let config = ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(CASES) };
+        let mut runner = proptest::test_runner::TestRunner::new(config);
+        let accepted = std::cell::Cell::new(0u32);
+        let now = unix_now();
+        let result = runner.run(&edits(now), |edits| {
+            let mut claims = staff_claims(7, 3, &[10, 11], &["WAITER"], 600);
+            apply(&mut claims, &CLAIMS, edits);
+            let Ok(staff) = auth().verify_staff(&sign_jwt(JWT, &claims), now) else { return Ok(()) };
+            accepted.set(accepted.get() + 1);
+            prop_assert!(backend_id(staff.user_id) && backend_id(staff.tenant_id));
+            prop_assert!(staff.branch_ids.iter().all(|b| backend_id(*b)));
+            prop_assert!(staff.branch_ids.windows(2).all(|w| w[0] < w[1]), "unique: {:?}", staff.branch_ids);
+            prop_assert_eq!(Some(staff.tenant_id), claims["tenant_id"].as_u64());
+            let listed: std::collections::BTreeSet<u64> =
+                claims["branch_ids"].as_array().unwrap().iter().filter_map(Value::as_u64).collect();
+            prop_assert_eq!(staff.branch_ids.iter().copied().collect::<std::collections::BTreeSet<_>>(), listed);
+            prop_assert!(staff.exp > now);
+            prop_assert!(staff.iat <= now + CLOCK_SKEW_LEEWAY_SECS);
+            prop_assert!(claims["nbf"].as_i64().is_none_or(|nbf| nbf <= now + CLOCK_SKEW_LEEWAY_SECS));
+            prop_assert!(matches!(claims["type"].as_str(), None | Some("access")));
+            Ok(())
+        });
+        if let Err(error) = result {
+            panic!("{error}");
+        }
+        assert!(accepted.get() >= CASES / 20, "only {} of {CASES} cases accepted", accepted.get());
+        eprintln!("{} of {CASES} generated staff tokens accepted", accepted.get());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(512) })]
+
+        #[test]
+        fn table_claims_never_panic_and_accepted_ids_are_in_range(
+            ids in prop::collection::vec(claim(edge_id().boxed()), 4),
+            times in prop::collection::vec(claim(edge_time(unix_now()).boxed()), 3),
+            kind in claim(plausible("type", 0)),
+        ) {
+            let now = unix_now();
+            let mut claims = table_claims(3, 10, 5, 99, 600);
+            let names = ["tenant_id", "branch_id", "table_id", "session_id", "iat", "nbf", "exp", "type"];
+            apply(&mut claims, &names, ids.into_iter().chain(times).chain([kind]).collect());
+            let Ok(diner) = auth().verify_table(&sign_jwt(TABLE, &claims), now) else { return Ok(()) };
+            for id in [diner.tenant_id, diner.branch_id, diner.table_id, diner.session_id] {
+                prop_assert!(backend_id(id));
+            }
+            prop_assert!(diner.exp > now);
+            prop_assert!(claims["iat"].as_i64().is_none_or(|iat| iat <= now + CLOCK_SKEW_LEEWAY_SECS));
+        }
+
+        #[test]
+        fn legacy_table_tokens_never_panic(text in "[0-9a-f:x-]{0,80}") {
+            let _ = auth().verify_table(&text, unix_now());
+        }
+    }
 }

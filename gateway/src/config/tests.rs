@@ -23,7 +23,7 @@ fn defaults_match_the_contract() {
     assert!(!c.auth.allow_missing_origin, "ENVIRONMENT defaults to production");
     assert_eq!(c.auth.allowed_origins.len(), 12);
     assert!(c.auth.allowed_origins.contains(&"http://127.0.0.1:5178".to_string()));
-    assert_eq!(c.redis_url, "redis://localhost:6380");
+    assert_eq!(c.redis_url.expose(), "redis://localhost:6380");
     assert_eq!(c.limits.max_connections_per_user, 3);
     assert_eq!(c.limits.message_rate_limit, 30);
     assert_eq!(c.limits.message_rate_window, Duration::from_secs(1));
@@ -82,7 +82,7 @@ fn every_problem_is_reported_at_once() {
 #[test]
 fn sqlalchemy_database_urls_are_accepted() {
     let c = Config::from_map(&env(&[(DATABASE_URL, "postgresql+psycopg://app:pw@db:5432/menu")])).unwrap();
-    assert_eq!(c.database_url.as_deref(), Some("postgres://app:pw@db:5432/menu"));
+    assert_eq!(c.database_url.as_ref().map(|u| u.expose()), Some("postgres://app:pw@db:5432/menu"));
 }
 
 #[test]
@@ -90,6 +90,20 @@ fn secrets_do_not_print() {
     let c = Config::from_map(&env(&[])).unwrap();
     let shown = format!("{c:?}");
     assert!(!shown.contains("jwt-secret") && !shown.contains("table-secret"));
+    let c = Config::from_map(&env(&[
+        (REDIS_URL, "redis://:redis-pw@r:6379/0"),
+        (DATABASE_URL, "postgresql+psycopg://app:db-pw@db:5432/menu"),
+    ]))
+    .unwrap();
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("redis-pw") && !shown.contains("db-pw"), "{shown}");
+    assert!(shown.contains("redis://:***@r:6379/0") && shown.contains("postgres://app:***@db:5432/menu"), "{shown}");
+    let err =
+        Config::from_map(&env(&[(REDIS_URL, "redis://:redis-pw@r:port"), (DATABASE_URL, "postgres://a:db-pw@h:x")]))
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains(REDIS_URL) && err.contains(DATABASE_URL), "{err}");
+    assert!(!err.contains("redis-pw") && !err.contains("db-pw"), "{err}");
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Admission of a WebSocket (protocol section 2): drain state, origin, token, role,
-//! revocation, limits, sectors and the tenant subscription are all settled before the `101`
+//! revocation (and the token watched for pushed revocations), limits, sectors and the tenant subscription are all settled before the `101`
 //! is sent, so an accepted client is already receiving. A refused client still gets its upgrade
 //! and is closed at once with the documented code, so browsers see the reason instead of 1006.
 
@@ -75,6 +75,7 @@ async fn admit(
     let param = if endpoint == Endpoint::Diner { "table_token" } else { "token" };
     let token = query_param(query.unwrap_or_default(), param).unwrap_or_default();
     let now = crate::auth::unix_now();
+    let mut watch = None;
     let identity = if endpoint == Endpoint::Diner {
         Identity::Diner(app.auth.verify_table(&token, now).map_err(|e| refused(endpoint, &e))?)
     } else {
@@ -82,6 +83,8 @@ async fn admit(
         if !endpoint.admits(staff.roles) {
             return Err(CloseReason::ACCESS_DENIED);
         }
+        // Watched from before the look-up: a revocation pushed meanwhile is not missed.
+        watch = Some(app.push.watch(&staff));
         if app.is_revoked(&staff).await {
             return Err(CloseReason::AUTH_FAILED);
         }
@@ -108,11 +111,16 @@ async fn admit(
     };
     let tenant_id = identity.tenant_id();
     let (registration, queue) = app.registry.admit_with(endpoint, audience, key, sectors, info)?;
+    if let (Some(watch), Identity::Staff(staff)) = (&watch, &identity) {
+        if watch.bind(&registration.conn) && app.is_revoked(staff).await {
+            return Err(CloseReason::AUTH_FAILED);
+        }
+    }
     let lease = app.subscriptions.acquire(tenant_id).await;
     let table_token = (endpoint == Endpoint::Diner).then(|| token.into_boxed_str());
     let resume = query_param(query.unwrap_or_default(), super::resume::PARAM)
         .map(|value| super::resume::Resume { request: super::resume::parse(&value), floor: 0 });
-    Ok(Session { app: app.clone(), identity, table_token, registration, queue, lease, resume })
+    Ok(Session { app: app.clone(), identity, table_token, registration, queue, lease, resume, watch })
 }
 
 /// RFC 6455 section 4.2.1: exactly one `Sec-WebSocket-Key`, the base64 encoding of a 16-byte

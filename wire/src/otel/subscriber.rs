@@ -1,5 +1,5 @@
 //! The global `tracing` subscriber of a service: log lines (text or JSON, filtered by
-//! `RUST_LOG`, default `info`) and, when an OTLP endpoint is configured, an exporter layer that
+//! `RUST_LOG`, default `info`, URL passwords masked) and, when an OTLP endpoint is configured, an exporter layer that
 //! sees only spans of target [`super::TARGET`]. [`Telemetry::shutdown`] flushes what is queued.
 
 use super::export::{self, OtelError};
@@ -110,13 +110,37 @@ pub fn init_logging(format: LogFormat, output: Output) {
     let _ = tracing_subscriber::registry().with(logs(format, output)).try_init();
 }
 
-/// The log layer: `RUST_LOG` (default `info`), never the exported spans.
+/// Writes each log line (the formatter writes a line in one call) with the passwords of any URL
+/// in it masked ([`crate::settings::redact`]): libraries log their own connection URLs.
+struct Redacting<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Redacting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match std::str::from_utf8(buf) {
+            Ok(text) if crate::settings::may_hold_secret(text) => {
+                self.0.write_all(crate::settings::redact(text).as_bytes())?;
+                Ok(buf.len())
+            }
+            _ => self.0.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// The log layer: `RUST_LOG` (default `info`), never the exported spans; passwords masked.
 fn logs(format: LogFormat, output: Output) -> Box<dyn Layer<Registry> + Send + Sync> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let filter = filter.and(filter_fn(|meta| meta.target() != TARGET));
     let (writer, terminal) = match output {
-        Output::Stdout => (BoxMakeWriter::new(std::io::stdout), std::io::IsTerminal::is_terminal(&std::io::stdout())),
-        Output::Stderr => (BoxMakeWriter::new(std::io::stderr), std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        Output::Stdout => {
+            (BoxMakeWriter::new(|| Redacting(std::io::stdout())), std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        }
+        Output::Stderr => {
+            (BoxMakeWriter::new(|| Redacting(std::io::stderr())), std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        }
     };
     let layer = tracing_subscriber::fmt::layer().with_writer(writer);
     match format {

@@ -1,5 +1,5 @@
-//! `redis-server` fixture without persistence (unless asked), readiness by a raw `PING`. It owns
-//! no Redis client.
+//! `redis-server` fixture without persistence (unless asked), keyspace notifications of string
+//! commands on (`K$`, as the local stack), readiness by a raw `PING`. It owns no Redis client.
 
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -57,7 +57,11 @@ impl Redis {
             .arg("--appendonly")
             .arg("no")
             .arg("--daemonize")
-            .arg("no");
+            .arg("no")
+            // Keyspace notifications of string commands, as `deploy/stack.sh` runs Redis: the
+            // gateway's push revocation listens to them.
+            .arg("--notify-keyspace-events")
+            .arg("K$");
         spec.args.extend(extra.iter().map(|a| a.to_string()));
         let child = Some(spec.spawn());
         Redis { child, spec, port, _dir: dir }
