@@ -2,7 +2,9 @@
 //! and one event. The registry only narrows candidates; this function is the whole rule.
 
 use crate::auth::Endpoint;
+use wire::envelope::Envelope;
 use wire::event_types::TypeClass;
+use wire::subject::EventSubject;
 
 /// The routing fields of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +15,21 @@ pub struct EventScope {
     pub class: TypeClass,
     pub sector_id: Option<u64>,
     pub session_id: Option<u64>,
+}
+
+impl EventScope {
+    /// The scope of a validated event carried on `subject`: the body's fields, the branch from
+    /// the subject when the body has none. Live dispatch, resume replays and catch-up all route
+    /// through this one function.
+    pub fn of(subject: &EventSubject, envelope: &Envelope) -> EventScope {
+        EventScope {
+            tenant_id: envelope.tenant_id,
+            branch_id: envelope.branch_id.unwrap_or(subject.branch_id),
+            class: TypeClass::of(&envelope.event_type),
+            sector_id: envelope.sector_id,
+            session_id: envelope.session_id,
+        }
+    }
 }
 
 /// What a connection may receive, fixed at connect time (sectors change and are passed apart).
