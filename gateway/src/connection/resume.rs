@@ -43,7 +43,7 @@ pub fn parse(value: &str, epoch: Option<&str>) -> Request {
 
 /// How much later than the end of its replay the stream may have stored an event that is still
 /// a copy of a replayed one (clocks of the gateway and the NATS servers, and their skew).
-const SEAM_SLACK_NS: u64 = 5_000_000_000;
+const SEAM_SLACK_NS: u64 = 1_000_000_000;
 
 /// Per-connection resume state.
 #[derive(Debug, Clone, Copy)]
