@@ -28,35 +28,44 @@ fn params(query: Option<String>) -> HashMap<String, String> {
     form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
 }
 
-fn positive(params: &HashMap<String, String>, name: &str) -> Result<u64, Response> {
+/// A missing or malformed parameter: 422 with this detail.
+struct Unprocessable(String);
+
+impl IntoResponse for Unprocessable {
+    fn into_response(self) -> Response {
+        detail(StatusCode::UNPROCESSABLE_ENTITY, &self.0)
+    }
+}
+
+fn positive(params: &HashMap<String, String>, name: &str) -> Result<u64, Unprocessable> {
     params
         .get(name)
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|v| *v > 0)
-        .ok_or_else(|| detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("{name} must be a positive integer")))
+        .ok_or_else(|| Unprocessable(format!("{name} must be a positive integer")))
 }
 
-fn since(params: &HashMap<String, String>) -> Result<f64, Response> {
+fn since(params: &HashMap<String, String>) -> Result<f64, Unprocessable> {
     params
         .get("since")
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v >= 0.0)
-        .ok_or_else(|| detail(StatusCode::UNPROCESSABLE_ENTITY, "since must be unix seconds"))
+        .ok_or_else(|| Unprocessable("since must be unix seconds".into()))
 }
 
-fn token<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Response> {
+fn token<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Unprocessable> {
     params
         .get(name)
         .map(String::as_str)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("{name} is required")))
+        .ok_or_else(|| Unprocessable(format!("{name} is required")))
 }
 
 pub async fn staff(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Response {
     let params = params(query);
     let (branch_id, since, token) = match (positive(&params, "branch_id"), since(&params), token(&params, "token")) {
         (Ok(b), Ok(s), Ok(t)) => (b, s, t),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into_response(),
     };
     let Ok(staff) = app.auth.verify_staff(token, crate::auth::unix_now()) else {
         return detail(StatusCode::UNAUTHORIZED, "Invalid token");
@@ -91,7 +100,7 @@ pub async fn session(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> 
     let (session_id, since, token) =
         match (positive(&params, "session_id"), since(&params), token(&params, "table_token")) {
             (Ok(s), Ok(t), Ok(k)) => (s, t, k),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into_response(),
         };
     let Ok(diner) = app.auth.verify_table(token, crate::auth::unix_now()) else {
         return detail(StatusCode::UNAUTHORIZED, "Invalid token");

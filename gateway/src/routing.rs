@@ -121,7 +121,8 @@ mod tests {
         let manager_waiter = staff(Endpoint::Waiter, true);
         let waiter = staff(Endpoint::Waiter, false);
         let kitchen = staff(Endpoint::Kitchen, false);
-        let rows: &[(&str, Option<u64>, Option<u64>, [bool; 6])] = &[
+        type Row = (&'static str, Option<u64>, Option<u64>, [bool; 6]);
+        let rows: &[Row] = &[
             ("ROUND_SUBMITTED", None, None, [true, true, true, true, true, false]),
             ("ROUND_SUBMITTED", Some(5), None, [true, true, true, false, true, false]),
             ("ROUND_READY", Some(5), Some(77), [true, true, true, false, true, true]),
