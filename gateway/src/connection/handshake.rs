@@ -109,7 +109,7 @@ async fn admit(
     let query = query.unwrap_or_default();
     let resume = query_param(query, super::resume::PARAM).map(|value| super::resume::Resume {
         request: super::resume::parse(&value, query_param(query, super::resume::EPOCH_PARAM).as_deref()),
-        seam: None,
+        mark: None,
     });
     Ok(Session { app: app.clone(), identity, table_token, registration, queue, lease, resume })
 }

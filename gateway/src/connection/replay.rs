@@ -6,7 +6,7 @@
 //! others held (bounded) and written after. Whatever stops the replay from being complete is one
 //! `RESUME_GAP` frame, after which every live event is written: a gap never skips live events.
 
-use super::resume::{self, Request, Seam};
+use super::resume::{self, Mark, Request};
 use super::{send, End, Session};
 use crate::history::{self, Reader, Start};
 use crate::routing;
@@ -151,7 +151,7 @@ impl Session {
             replayed += 1;
         }
         tracing::debug!(tenant_id, cursor, replayed, floor, "resume: replay done");
-        state.seam = Some(Seam::at(floor));
+        state.mark = Some(Mark::after_replay(floor));
         self.resume = Some(state);
         while let Some(live) = held.pop_front() {
             self.write_events(socket, live, timeout).await?;
@@ -180,7 +180,7 @@ async fn check_cursor(reader: &mut Reader, cursor: u64, epoch: Option<u64>) -> R
     }
 }
 
-/// Writes a gap signal; the session goes on live with every event (no seam).
+/// Writes a gap signal; the session goes on live with every event (no mark yet).
 async fn gap_signal(
     socket: &mut WebSocket,
     after: Option<u64>,

@@ -6,7 +6,7 @@
 //! same sequence and the same epoch. Reconnecting with the last cursor and its epoch, to any
 //! replica, first checks the stream still holds that very event, then replays exactly the events
 //! this connection would have received since, in order, then continues live; live events the
-//! replay already covered are skipped at the seam. When the replay cannot be complete (cursor
+//! replay already covered are skipped at the seam (see [`Mark`]). When the replay cannot be complete (cursor
 //! older than the stream's history or beyond its end, another epoch, more than the replay limit,
 //! history unreadable, unreadable cursor) the client gets one `{"type":"RESUME_GAP",...}` frame
 //! instead of a silent partial replay, then every live event. A cursor without its epoch (the
@@ -49,42 +49,45 @@ const SEAM_SLACK_NS: u64 = 1_000_000_000;
 #[derive(Debug, Clone, Copy)]
 pub struct Resume {
     pub request: Request,
-    /// The seam after a replay: live events at or below `floor` (the highest sequence the replay
-    /// covered) that the stream stored before `until_ns` are copies of replayed ones and are
-    /// skipped. The seam closes at the first live event above the floor; from then on every
-    /// event is written, so a stream that starts again at sequence 1 is followed, never silenced.
-    pub seam: Option<Seam>,
+    /// The newest event this connection has, replayed or written; `None` before the first.
+    pub mark: Option<Mark>,
 }
 
+/// An event's place: its sequence, and (an upper bound of) when the stream stored it, unix ns.
+/// A live event at or below the sequence and stored no later is one the connection already has
+/// (a live copy of a replayed event at the seam, or a repeat) and is skipped. One stored later
+/// comes from a stream created again, which starts over at sequence 1: it is written, never
+/// silenced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seam {
-    pub floor: u64,
-    /// Unix nanoseconds: events stored later than this are not copies of replayed ones.
-    pub until_ns: u64,
+pub struct Mark {
+    pub sequence: u64,
+    pub stored_ns: u64,
 }
 
-impl Seam {
-    /// A seam at `floor` closing a replay that ended now.
-    pub fn at(floor: u64) -> Seam {
-        Seam { floor, until_ns: wire::tokens::now_micros().saturating_mul(1000).saturating_add(SEAM_SLACK_NS) }
+impl Mark {
+    /// The mark of a replay that ended now, having covered the stream up to `floor`.
+    pub fn after_replay(floor: u64) -> Mark {
+        Mark {
+            sequence: floor,
+            stored_ns: wire::tokens::now_micros().saturating_mul(1000).saturating_add(SEAM_SLACK_NS),
+        }
     }
 
-    /// Whether a live event is a copy of a replayed one.
-    pub fn covers(&self, sequence: u64, stored_ns: Option<u64>) -> bool {
-        sequence <= self.floor && stored_ns.is_none_or(|ns| ns <= self.until_ns)
+    /// Whether the event is one the connection already has.
+    fn covers(&self, sequence: u64, stored_ns: Option<u64>) -> bool {
+        sequence <= self.sequence && stored_ns.is_none_or(|ns| ns <= self.stored_ns)
     }
 }
 
 impl Resume {
-    /// What to do with a live event: `false` skips it (a copy of a replayed one).
+    /// What to do with a live event: `false` skips it; `true` writes it and moves the mark.
     pub fn admit(&mut self, sequence: u64, stored_ns: Option<u64>) -> bool {
-        match self.seam {
-            Some(seam) if seam.covers(sequence, stored_ns) => false,
-            _ => {
-                self.seam = None;
-                true
-            }
+        if self.mark.is_some_and(|mark| mark.covers(sequence, stored_ns)) {
+            return false;
         }
+        let stored_ns = stored_ns.or(self.mark.map(|m| m.stored_ns)).unwrap_or_default();
+        self.mark = Some(Mark { sequence, stored_ns });
+        true
     }
 }
 
@@ -137,16 +140,17 @@ mod tests {
     }
 
     #[test]
-    fn the_seam_skips_replayed_copies_then_follows_every_event() {
-        let mut resume = Resume { request: Request::Live, seam: Some(Seam { floor: 100, until_ns: 5_000 }) };
+    fn skips_what_the_connection_has_and_follows_a_stream_created_again() {
+        let mut resume = Resume { request: Request::Live, mark: Some(Mark { sequence: 100, stored_ns: 5_000 }) };
         assert!(!resume.admit(99, Some(4_000)), "a copy of a replayed event");
         assert!(!resume.admit(100, None), "a copy without its stored time");
-        assert!(resume.admit(101, Some(4_500)), "the first event above the floor closes the seam");
-        assert!(resume.admit(3, Some(6_000)), "then a stream that started again is followed");
-        assert!(resume.admit(1, None));
-        let mut recreated = Resume { request: Request::Live, seam: Some(Seam { floor: 100, until_ns: 5_000 }) };
-        assert!(recreated.admit(2, Some(9_000)), "stored after the replay ended: not a copy");
-        assert_eq!(recreated.seam, None);
+        assert!(resume.admit(101, Some(4_500)), "the first event above the replay");
+        assert!(!resume.admit(100, Some(4_400)), "a late copy, still skipped");
+        assert!(resume.admit(3, Some(6_000)), "stored later, lower sequence: a stream created again");
+        assert!(resume.admit(4, Some(6_100)));
+        assert!(!resume.admit(4, Some(6_100)), "a repeat");
+        let mut live = Resume { request: Request::Live, mark: None };
+        assert!(live.admit(7, Some(1)) && live.admit(8, None) && !live.admit(8, None));
     }
 
     #[test]
