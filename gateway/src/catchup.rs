@@ -3,6 +3,8 @@
 //! `GET /ws/catchup/session?session_id=&since=&table_token=` (diners). They return, oldest first,
 //! exactly the events after `since` that the caller would have received live — same tenant, same
 //! routing rule — bounded by `GATEWAY_CATCHUP_MAX_EVENTS` and `GATEWAY_CATCHUP_MAX_AGE`.
+//! History is read on the tenant's one filter subject (see [`crate::history`]) and each event
+//! kept if [`routing::receives`] says the caller gets it live.
 
 use crate::app::App;
 use crate::auth::Endpoint;
@@ -14,8 +16,6 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, value::RawValue};
 use std::collections::HashMap;
 use std::sync::Arc;
-use wire::event_types::TypeClass;
-use wire::subject::{EventSubject, EVENTS_PREFIX};
 
 /// How many stored events one request may scan, per event it may return.
 const SCAN_FACTOR: usize = 20;
@@ -28,35 +28,44 @@ fn params(query: Option<String>) -> HashMap<String, String> {
     form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
 }
 
-fn positive(params: &HashMap<String, String>, name: &str) -> Result<u64, Response> {
+/// A missing or malformed parameter: 422 with this detail.
+struct Unprocessable(String);
+
+impl IntoResponse for Unprocessable {
+    fn into_response(self) -> Response {
+        detail(StatusCode::UNPROCESSABLE_ENTITY, &self.0)
+    }
+}
+
+fn positive(params: &HashMap<String, String>, name: &str) -> Result<u64, Unprocessable> {
     params
         .get(name)
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|v| *v > 0)
-        .ok_or_else(|| detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("{name} must be a positive integer")))
+        .ok_or_else(|| Unprocessable(format!("{name} must be a positive integer")))
 }
 
-fn since(params: &HashMap<String, String>) -> Result<f64, Response> {
+fn since(params: &HashMap<String, String>) -> Result<f64, Unprocessable> {
     params
         .get("since")
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v >= 0.0)
-        .ok_or_else(|| detail(StatusCode::UNPROCESSABLE_ENTITY, "since must be unix seconds"))
+        .ok_or_else(|| Unprocessable("since must be unix seconds".into()))
 }
 
-fn token<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Response> {
+fn token<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Unprocessable> {
     params
         .get(name)
         .map(String::as_str)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("{name} is required")))
+        .ok_or_else(|| Unprocessable(format!("{name} is required")))
 }
 
 pub async fn staff(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Response {
     let params = params(query);
     let (branch_id, since, token) = match (positive(&params, "branch_id"), since(&params), token(&params, "token")) {
         (Ok(b), Ok(s), Ok(t)) => (b, s, t),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into_response(),
     };
     let Ok(staff) = app.auth.verify_staff(token, crate::auth::unix_now()) else {
         return detail(StatusCode::UNAUTHORIZED, "Invalid token");
@@ -83,12 +92,7 @@ pub async fn staff(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Re
     } else {
         Arc::from([])
     };
-    let tenant = staff.tenant_id;
-    let mut filters = vec![format!("{EVENTS_PREFIX}.{tenant}.{branch_id}.*")];
-    if staff.roles.is_admin() {
-        filters.push(format!("{EVENTS_PREFIX}.{tenant}.0.*"));
-    }
-    collect(&app, filters, since, |scope| audiences.iter().any(|a| routing::receives(a, &sectors, scope))).await
+    collect(&app, staff.tenant_id, since, |scope| audiences.iter().any(|a| routing::receives(a, &sectors, scope))).await
 }
 
 pub async fn session(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Response {
@@ -96,7 +100,7 @@ pub async fn session(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> 
     let (session_id, since, token) =
         match (positive(&params, "session_id"), since(&params), token(&params, "table_token")) {
             (Ok(s), Ok(t), Ok(k)) => (s, t, k),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into_response(),
         };
     let Ok(diner) = app.auth.verify_table(token, crate::auth::unix_now()) else {
         return detail(StatusCode::UNAUTHORIZED, "Invalid token");
@@ -105,22 +109,16 @@ pub async fn session(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> 
         return detail(StatusCode::FORBIDDEN, "No access to this session");
     }
     let audience = Audience::Diner { tenant_id: diner.tenant_id, session_id };
-    let (tenant, branch) = (diner.tenant_id, diner.branch_id);
-    let filters = ["session", "kitchen"]
-        .iter()
-        .map(|role| format!("{EVENTS_PREFIX}.{tenant}.{branch}.{role}"))
-        .chain([format!("{EVENTS_PREFIX}.{tenant}.0.admin")])
-        .collect();
-    collect(&app, filters, since, |scope| routing::receives(&audience, &[], scope)).await
+    collect(&app, diner.tenant_id, since, |scope| routing::receives(&audience, &[], scope)).await
 }
 
-/// Reads the filtered history from `since` and keeps what `receives` accepts.
-async fn collect(app: &App, filters: Vec<String>, since: f64, receives: impl Fn(&EventScope) -> bool) -> Response {
+/// Reads the tenant's history from `since` and keeps what `receives` accepts.
+async fn collect(app: &App, tenant_id: u64, since: f64, receives: impl Fn(&EventScope) -> bool) -> Response {
     let limit = app.config.catchup_max_events;
     let oldest = time::OffsetDateTime::now_utc() - app.config.catchup_max_age;
     let start = time::OffsetDateTime::from_unix_timestamp_nanos((since * 1e9) as i128).unwrap_or(oldest).max(oldest);
     let js = async_nats::jetstream::new(app.nats.clone());
-    let mut reader = match history::open(&js, filters, Start::Since(start)).await {
+    let mut reader = match history::open(&js, tenant_id, Start::Since(start)).await {
         Ok(reader) => reader,
         Err(error) => {
             tracing::warn!(%error, "catch-up: history unavailable");
@@ -133,7 +131,7 @@ async fn collect(app: &App, filters: Vec<String>, since: f64, receives: impl Fn(
     while let Some(item) = reader.next().await {
         let Ok(stored) = item else { return detail(StatusCode::SERVICE_UNAVAILABLE, "History unavailable") };
         scanned += 1;
-        if let Some(scope) = scope_of(&stored) {
+        if let Some(scope) = stored.scope() {
             if receives(&scope) {
                 if events.len() == limit {
                     truncated = true;
@@ -155,16 +153,4 @@ async fn collect(app: &App, filters: Vec<String>, since: f64, receives: impl Fn(
         body["truncated"] = json!(true);
     }
     axum::Json(body).into_response()
-}
-
-fn scope_of(stored: &history::Stored) -> Option<EventScope> {
-    let subject = EventSubject::parse(&stored.subject)?;
-    let envelope = wire::envelope::parse(&stored.payload).ok().filter(|e| e.tenant_id == subject.tenant_id)?;
-    Some(EventScope {
-        tenant_id: envelope.tenant_id,
-        branch_id: envelope.branch_id.unwrap_or(subject.branch_id),
-        class: TypeClass::of(&envelope.event_type),
-        sector_id: envelope.sector_id,
-        session_id: envelope.session_id,
-    })
 }

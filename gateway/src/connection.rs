@@ -158,7 +158,7 @@ impl Session {
         let write = async {
             let mut next = Some(first);
             while let Some(event) = next.take() {
-                if let Some(text) = with_resume(resume, event.payload.clone(), event.sequence) {
+                if let Some(text) = with_resume(resume, &event) {
                     batch.push(event.received_us);
                     socket.feed(Message::Text(text)).await?;
                 }
@@ -231,13 +231,12 @@ impl Session {
 
 /// What to write for an event: as published, or for a resuming client with its cursor, or
 /// nothing when the replay already covered it.
-fn with_resume(resume: &mut Option<resume::Resume>, payload: Utf8Bytes, sequence: Option<u64>) -> Option<Utf8Bytes> {
-    let (Some(state), Some(sequence)) = (resume.as_mut(), sequence) else { return Some(payload) };
-    if sequence <= state.floor {
+fn with_resume(resume: &mut Option<resume::Resume>, event: &crate::registry::QueuedEvent) -> Option<Utf8Bytes> {
+    let (Some(state), Some(sequence)) = (resume.as_mut(), event.sequence) else { return Some(event.payload.clone()) };
+    if !state.admit(sequence, event.stored_ns) {
         return None;
     }
-    state.floor = sequence;
-    Some(resume::with_cursor(payload.as_str(), sequence).into())
+    Some(resume::with_cursor(event.payload.as_str(), sequence, event.stored_ns).into())
 }
 
 /// Diners: the token verified again; expired closes, another session than the one admitted

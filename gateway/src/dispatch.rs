@@ -11,14 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wire::dedup::Dedup;
 use wire::envelope;
-use wire::event_types::TypeClass;
 use wire::subject::EventSubject;
 
-/// What the headers of a message tell: when the bridge received it and its stream sequence.
+/// What the headers of a message tell: when the bridge received it, its stream sequence and
+/// when the stream stored it (unix nanoseconds).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Meta {
     pub received_us: Option<u64>,
     pub sequence: Option<u64>,
+    pub stored_ns: Option<u64>,
 }
 
 /// What became of one message (tests and metrics).
@@ -98,13 +99,7 @@ impl Dispatcher {
         if !self.dedup.lock().expect("dedup lock").first_sighting(Dedup::digest(text.as_bytes()), Instant::now()) {
             return Outcome::Duplicate;
         }
-        let scope = EventScope {
-            tenant_id,
-            branch_id: envelope.branch_id.unwrap_or(subject.branch_id),
-            class: TypeClass::of(&envelope.event_type),
-            sector_id: envelope.sector_id,
-            session_id: envelope.session_id,
-        };
+        let scope = EventScope::of(&subject, &envelope);
         let Some(tenant) = self.registry.tenant(tenant_id) else {
             return Outcome::Delivered(0);
         };
@@ -113,7 +108,12 @@ impl Dispatcher {
         let fanout = span.in_scope(|| {
             tenant.fan_out(
                 &scope,
-                &Arc::new(QueuedEvent { payload: text, received_us: meta.received_us, sequence: meta.sequence }),
+                &Arc::new(QueuedEvent {
+                    payload: text,
+                    received_us: meta.received_us,
+                    sequence: meta.sequence,
+                    stored_ns: meta.stored_ns,
+                }),
             )
         });
         self.metrics.fanout_seconds.observe(started.elapsed().as_secs_f64());

@@ -1,14 +1,20 @@
 //! Reading the `EVENTS` stream's history for one tenant: an ordered consumer (ephemeral, no
-//! acknowledgements, recreated by the client library on a gap) starting after a sequence or at
-//! a time, bounded to what was pending when it was opened. Resume, reconnect recovery and the
+//! acknowledgements, recreated by the client library on a gap) on the one filter subject
+//! `events.<tenant>.>`, starting at a sequence or at a time, bounded to what was pending when it
+//! was opened. Callers keep what a connection receives with [`Stored::scope`] and the routing
+//! rule, as live dispatch does. Never several filter subjects: nats-server 2.15.1 skips part of
+//! the history of a consumer with several filters and a start time (one filter's messages before
+//! another filter's first match), and one filter per tenant costs the server least. Resume, reconnect recovery and the
 //! catch-up endpoints read through here; none of them ever writes to the stream. The consumer is
 //! deleted when the read ends: the server would otherwise keep it for 30 s of inactivity, and a
 //! burst of resuming clients (a replica's death) would pass the stream's consumer limit.
 
+use crate::routing::EventScope;
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::time::Duration;
+use wire::subject::EventSubject;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -27,6 +33,9 @@ pub enum HistoryError {
 pub enum Start {
     /// The first message after this stream sequence.
     After(u64),
+    /// The first message at or after this stream sequence (a resume reads the cursor's own event
+    /// first, to check it is the one the client saw).
+    At(u64),
     /// The first message stored at or after this time.
     Since(time::OffsetDateTime),
 }
@@ -39,6 +48,18 @@ pub struct Stored {
     pub payload: Bytes,
     /// When the bridge received it (its `Bridge-Received-At` header).
     pub received_us: Option<u64>,
+    /// When the stream stored it, unix nanoseconds (the resume cursor's epoch).
+    pub stored_ns: Option<u64>,
+}
+
+impl Stored {
+    /// Its routing scope, when it is a valid event of the tenant its subject names: the same
+    /// checks and fields as live dispatch ([`crate::dispatch`]).
+    pub fn scope(&self) -> Option<EventScope> {
+        let subject = EventSubject::parse(&self.subject)?;
+        let envelope = wire::envelope::parse(&self.payload).ok().filter(|e| e.tenant_id == subject.tenant_id)?;
+        Some(EventScope::of(&subject, &envelope))
+    }
 }
 
 /// An open read: what it will yield, and the oldest sequence the stream still holds.
@@ -60,19 +81,21 @@ pub struct Reader {
     from_time: Option<time::OffsetDateTime>,
 }
 
-pub async fn open(js: &jetstream::Context, filters: Vec<String>, start: Start) -> Result<Reader, HistoryError> {
-    tokio::time::timeout(TIMEOUT, open_inner(js, filters, start)).await.map_err(|_| HistoryError::Timeout)?
+/// Opens a read of `tenant_id`'s stored events from `start`.
+pub async fn open(js: &jetstream::Context, tenant_id: u64, start: Start) -> Result<Reader, HistoryError> {
+    tokio::time::timeout(TIMEOUT, open_inner(js, tenant_id, start)).await.map_err(|_| HistoryError::Timeout)?
 }
 
-async fn open_inner(js: &jetstream::Context, filters: Vec<String>, start: Start) -> Result<Reader, HistoryError> {
+async fn open_inner(js: &jetstream::Context, tenant_id: u64, start: Start) -> Result<Reader, HistoryError> {
     let stream = js.get_stream(wire::subject::EVENTS_STREAM).await.map_err(|e| HistoryError::Stream(e.to_string()))?;
     let state = stream.cached_info().state.clone();
     let (from_sequence, from_time) = match start {
         Start::After(sequence) => (sequence + 1, None),
+        Start::At(sequence) => (sequence, None),
         Start::Since(time) => (0, Some(time)),
     };
     let deliver_policy = match start {
-        Start::After(sequence) if sequence >= state.last_sequence => {
+        Start::After(_) | Start::At(_) if from_sequence > state.last_sequence => {
             return Ok(Reader {
                 pending: 0,
                 first_sequence: state.first_sequence,
@@ -84,12 +107,16 @@ async fn open_inner(js: &jetstream::Context, filters: Vec<String>, start: Start)
                 from_time: None,
             });
         }
-        Start::After(sequence) => {
-            DeliverPolicy::ByStartSequence { start_sequence: (sequence + 1).max(state.first_sequence) }
+        Start::After(_) | Start::At(_) => {
+            DeliverPolicy::ByStartSequence { start_sequence: from_sequence.max(state.first_sequence) }
         }
         Start::Since(start_time) => DeliverPolicy::ByStartTime { start_time },
     };
-    let config = OrderedConfig { filter_subjects: filters, deliver_policy, ..Default::default() };
+    let config = OrderedConfig {
+        filter_subject: wire::subject::events_tenant_filter(tenant_id),
+        deliver_policy,
+        ..Default::default()
+    };
     let consumer = stream.create_consumer(config).await.map_err(|e| HistoryError::Read(e.to_string()))?;
     let pending = consumer.cached_info().num_pending;
     let name = consumer.cached_info().name.clone();
@@ -131,7 +158,7 @@ impl Reader {
             return None;
         }
         let messages = self.messages.as_mut()?;
-        let (message, sequence) = loop {
+        let (message, sequence, stored_ns) = loop {
             let message = match tokio::time::timeout(TIMEOUT, messages.next()).await {
                 Err(_) => return Some(Err(HistoryError::Timeout)),
                 Ok(None) => return None,
@@ -149,7 +176,8 @@ impl Reader {
             if info.pending == 0 {
                 self.read = self.pending;
             }
-            break (message.clone(), info.stream_sequence);
+            let stored_ns = u64::try_from(info.published.unix_timestamp_nanos()).ok();
+            break (message.clone(), info.stream_sequence, stored_ns);
         };
         let received_us = message
             .headers
@@ -161,6 +189,7 @@ impl Reader {
             subject: message.subject.to_string(),
             payload: message.payload.clone(),
             received_us,
+            stored_ns,
         }))
     }
 }

@@ -1,4 +1,5 @@
-//! Re-reading what a tenant subscription missed while the NATS connection was down. Core NATS
+//! Re-reading what a tenant subscription missed while the NATS connection was down, or before a
+//! new subscription reached the server that re-publishes (the stream leader). Core NATS
 //! keeps nothing for a subscriber that is not connected: every event re-published on
 //! `live.<tenant>.>` between the loss of the connection and the resubscription on the next one
 //! would be lost for every client of this replica, resume-capable or not. So after each
@@ -7,11 +8,14 @@
 //! none), and dispatches them through the normal path before any live message; the live copies
 //! of what it re-read are then skipped by sequence (see [`crate::subscriptions`]).
 //!
-//! In a cluster the resubscription reaches the node that re-publishes (the stream leader) a
-//! little after the node the replica reconnected to has confirmed it, so the first live message
-//! after a reconnect marks the seam: the listener re-reads everything stored before it. A tenant
-//! with no live traffic is re-read once [`SETTLE`] has passed. A failed read is retried until
-//! [`GIVE_UP`]; live messages wait in the subscription's buffer meanwhile.
+//! The node the replica is connected to has a (re)subscription once it answered a request
+//! written after it ([`round_trip`]: `flush()` of async-nats only writes the socket). In a
+//! cluster the subscription reaches the node that re-publishes (the stream leader) a little
+//! later, so the first live message after a reconnect, or after a new subscription, marks the
+//! seam: the listener re-reads everything stored before it (from the stream's last sequence at
+//! the confirmation, for a new subscription). A tenant with no live traffic is also re-read once
+//! [`SETTLE`] has passed; the seam stays open until a live message arrives. A failed read is
+//! retried until [`GIVE_UP`]; live messages wait in the subscription's buffer meanwhile.
 //!
 //! A reconnect is noticed through the client's connect counter, which the client library bumps
 //! before it resubscribes: a live message read after the bump was received on the new connection.
@@ -25,8 +29,8 @@ use tokio::sync::watch;
 
 /// How far before the disconnect a listener that had dispatched nothing yet starts reading.
 const BEFORE_DISCONNECT: Duration = Duration::from_secs(2);
-/// How long the new connection may take to confirm the resubscriptions.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one [`round_trip`] waits for the server's answer.
+const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long after a reconnect a tenant without live traffic is re-read.
 pub const SETTLE: Duration = Duration::from_secs(1);
 /// How long a failing re-read is retried before the listener carries on without it.
@@ -101,6 +105,36 @@ fn connects(client: &async_nats::Client) -> u64 {
     client.statistics().connects.load(Ordering::Relaxed)
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum RoundTripError {
+    #[error("NATS did not answer within {ROUND_TRIP_TIMEOUT:?}")]
+    Timeout,
+    #[error("cannot send the request: {0}")]
+    Request(String),
+}
+
+/// A real round trip on `client`'s connection: a request for the `EVENTS` stream's info, which
+/// the server reads after every command the client wrote before it (a subscription included),
+/// so any answer proves the server holds those subscriptions; "no responders" (no JetStream)
+/// proves it too. Returns the stream's last sequence when the answer carries one.
+pub async fn round_trip(client: &async_nats::Client) -> Result<Option<u64>, RoundTripError> {
+    let subject = format!("$JS.API.STREAM.INFO.{}", wire::subject::EVENTS_STREAM);
+    let answer = match tokio::time::timeout(ROUND_TRIP_TIMEOUT, client.request(subject, bytes::Bytes::new())).await {
+        Err(_) => return Err(RoundTripError::Timeout),
+        Ok(Ok(message)) => message,
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => return Ok(None),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::TimedOut => return Err(RoundTripError::Timeout),
+        Ok(Err(e)) => return Err(RoundTripError::Request(e.to_string())),
+    };
+    Ok(last_sequence(&answer.payload))
+}
+
+/// `state.last_seq` of a stream info answer (`None` for an error answer, such as no stream).
+fn last_sequence(answer: &[u8]) -> Option<u64> {
+    let info: serde_json::Value = serde_json::from_slice(answer).ok()?;
+    info.get("error").is_none().then(|| info["state"]["last_seq"].as_u64()).flatten()
+}
+
 /// One re-read after a reconnect: every stored event of `tenant_id` after the last one dispatched
 /// and before `until` (the sequence of the first live message after the reconnect; `None`: up to
 /// the stream's end).
@@ -109,8 +143,9 @@ pub struct Recovery<'a> {
     pub metrics: &'a Metrics,
     pub tenant_id: u64,
     pub until: Option<u64>,
-    /// Where a listener that had dispatched nothing starts (shortly before this).
-    pub disconnected_at: Option<SystemTime>,
+    /// Where a listener that had dispatched nothing starts (shortly before this): the last
+    /// disconnect, or when a late-confirmed subscription started.
+    pub since: Option<SystemTime>,
 }
 
 impl Recovery<'_> {
@@ -118,9 +153,9 @@ impl Recovery<'_> {
     /// events it dispatched, or the last error once it gave up.
     pub async fn run(&self, client: &async_nats::Client, position: &mut Position) -> Result<u64, HistoryError> {
         let tenant_id = self.tenant_id;
-        // The resubscription was written before this PING.
-        if !matches!(tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await, Ok(Ok(()))) {
-            tracing::warn!(tenant_id, "NATS did not confirm the resubscription in time; re-reading the stream anyway");
+        // The resubscription was written before this request.
+        if let Err(error) = round_trip(client).await {
+            tracing::warn!(tenant_id, %error, "NATS did not confirm the resubscription; re-reading the stream anyway");
         }
         let js = async_nats::jetstream::new(client.clone());
         let give_up = tokio::time::Instant::now() + GIVE_UP;
@@ -150,7 +185,7 @@ impl Recovery<'_> {
         recovered: &mut u64,
     ) -> Result<(), HistoryError> {
         let tenant_id = self.tenant_id;
-        let start = match (position.last, self.disconnected_at) {
+        let start = match (position.last, self.since) {
             (Some(last), _) => Start::After(last),
             (None, Some(at)) => Start::Since((at - BEFORE_DISCONNECT).into()),
             (None, None) => return Ok(()),
@@ -160,7 +195,7 @@ impl Recovery<'_> {
                 return Ok(());
             }
         }
-        let mut reader = history::open(js, vec![wire::subject::events_tenant_filter(tenant_id)], start).await?;
+        let mut reader = history::open(js, tenant_id, start).await?;
         if let Start::After(last) = start {
             if last + 1 < reader.first_sequence && last < reader.last_sequence {
                 self.metrics.nats_recovery_incomplete.inc();
@@ -181,7 +216,8 @@ impl Recovery<'_> {
                 continue;
             }
             position.last = Some(stored.sequence);
-            let meta = Meta { received_us: stored.received_us, sequence: Some(stored.sequence) };
+            let meta =
+                Meta { received_us: stored.received_us, sequence: Some(stored.sequence), stored_ns: stored.stored_ns };
             if self.dispatcher.dispatch_traced(tenant_id, &stored.subject, stored.payload, meta, None)
                 != Outcome::Duplicate
             {
@@ -207,6 +243,17 @@ mod tests {
         assert!(p.admit(None));
         assert!(p.admit(Some(7)));
         assert_eq!(p.last, Some(7));
+    }
+
+    #[test]
+    fn reads_the_last_sequence_of_a_stream_info_answer() {
+        let info = br#"{"type":"io.nats.jetstream.api.v1.stream_info_response","config":{},"state":{"messages":3,"first_seq":5,"last_seq":7}}"#;
+        assert_eq!(last_sequence(info), Some(7));
+        let empty = br#"{"type":"io.nats.jetstream.api.v1.stream_info_response","state":{"messages":0,"first_seq":0,"last_seq":0}}"#;
+        assert_eq!(last_sequence(empty), Some(0));
+        let missing = br#"{"type":"io.nats.jetstream.api.v1.stream_info_response","error":{"code":404,"err_code":10059,"description":"stream not found"}}"#;
+        assert_eq!(last_sequence(missing), None);
+        assert_eq!(last_sequence(b"not json"), None);
     }
 
     #[test]

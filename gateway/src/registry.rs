@@ -26,6 +26,8 @@ pub struct QueuedEvent {
     pub received_us: Option<u64>,
     /// Stream sequence (`Nats-Sequence` of JetStream's re-publish): the resume cursor.
     pub sequence: Option<u64>,
+    /// When the stream stored it (unix nanoseconds, `Nats-Time-Stamp`): the cursor's epoch.
+    pub stored_ns: Option<u64>,
 }
 
 /// Asks a connection's task to close with a reason; the first reason wins.

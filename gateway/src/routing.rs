@@ -2,7 +2,9 @@
 //! and one event. The registry only narrows candidates; this function is the whole rule.
 
 use crate::auth::Endpoint;
+use wire::envelope::Envelope;
 use wire::event_types::TypeClass;
+use wire::subject::EventSubject;
 
 /// The routing fields of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +15,21 @@ pub struct EventScope {
     pub class: TypeClass,
     pub sector_id: Option<u64>,
     pub session_id: Option<u64>,
+}
+
+impl EventScope {
+    /// The scope of a validated event carried on `subject`: the body's fields, the branch from
+    /// the subject when the body has none. Live dispatch, resume replays and catch-up all route
+    /// through this one function.
+    pub fn of(subject: &EventSubject, envelope: &Envelope) -> EventScope {
+        EventScope {
+            tenant_id: envelope.tenant_id,
+            branch_id: envelope.branch_id.unwrap_or(subject.branch_id),
+            class: TypeClass::of(&envelope.event_type),
+            sector_id: envelope.sector_id,
+            session_id: envelope.session_id,
+        }
+    }
 }
 
 /// What a connection may receive, fixed at connect time (sectors change and are passed apart).
@@ -104,7 +121,8 @@ mod tests {
         let manager_waiter = staff(Endpoint::Waiter, true);
         let waiter = staff(Endpoint::Waiter, false);
         let kitchen = staff(Endpoint::Kitchen, false);
-        let rows: &[(&str, Option<u64>, Option<u64>, [bool; 6])] = &[
+        type Row = (&'static str, Option<u64>, Option<u64>, [bool; 6]);
+        let rows: &[Row] = &[
             ("ROUND_SUBMITTED", None, None, [true, true, true, true, true, false]),
             ("ROUND_SUBMITTED", Some(5), None, [true, true, true, false, true, false]),
             ("ROUND_READY", Some(5), Some(77), [true, true, true, false, true, true]),

@@ -1,5 +1,7 @@
 //! Which tenants this replica listens to on NATS. The first connection of a tenant subscribes to
-//! `live.<tenant>.>` (and waits until the server has the subscription); the subscription outlives
+//! `live.<tenant>.>` and is admitted once the server confirmed the subscription with a real
+//! round trip ([`recovery::round_trip`]); what the stream stored after that confirmation and
+//! before the first live message is re-read, as after a reconnect. The subscription outlives
 //! the tenant's last connection by a delay, so a reconnecting client does not churn it. Never a
 //! wildcard over all tenants. Each subscription's task hands messages to the dispatcher, inside
 //! the event's routing span when traces are exported. After the NATS connection comes back, a
@@ -12,13 +14,16 @@ use crate::recovery::{self, Link, Position};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wire::subject::live_tenant_filter;
 
 /// How long a handshake waits for the server to confirm a new subscription.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A confirmation later than this may come after a handshake stopped waiting for it: the seam
+/// is then re-read by time from the subscription's start instead of from the confirmation.
+const CONFIRMED_IN_TIME: Duration = Duration::from_secs(4);
 
 struct Slot {
     holders: usize,
@@ -123,6 +128,7 @@ impl Subscriptions {
         let subject = live_tenant_filter(tenant_id);
         let mut link = self.link.watch();
         let mut position = Position::new(&self.client);
+        let started = (tokio::time::Instant::now(), SystemTime::now());
         let mut attempt = 0;
         let mut subscriber = loop {
             match self.client.subscribe(subject.clone()).await {
@@ -140,13 +146,37 @@ impl Subscriptions {
                 }
             }
         };
-        // The server has the subscription once it answered a PING sent after it.
-        if tokio::time::timeout(READY_TIMEOUT, self.client.flush()).await.is_ok_and(|r| r.is_ok()) {
-            tracing::debug!(tenant_id, "subscribed to {subject}");
+        // The server has the subscription once it answered a request written after it.
+        let confirmed = loop {
+            match recovery::round_trip(&self.client).await {
+                Ok(last) => break last,
+                Err(error) => {
+                    attempt += 1;
+                    tracing::warn!(tenant_id, %error, "NATS has not confirmed the subscription to {subject}; asking again");
+                    tokio::select! {
+                        _ = stop.cancelled() => {
+                            let _ = subscriber.unsubscribe().await;
+                            self.metrics.nats_subscriptions.dec();
+                            return;
+                        }
+                        _ = tokio::time::sleep(wire::natsconn::reconnect_delay(attempt + 1)) => {}
+                    }
+                }
+            }
+        };
+        tracing::debug!(tenant_id, last_sequence = confirmed, "subscribed to {subject}");
+        // Until the first live message (or, without one, after `SETTLE`), what the stream stored
+        // after the confirmation is re-read: a subscription reaches the node that re-publishes
+        // after the one this replica talks to. Without a stream there is nothing to re-read.
+        let mut seam = confirmed.is_some();
+        let mut since = None;
+        if started.0.elapsed() < CONFIRMED_IN_TIME {
+            position.last = confirmed;
+        } else {
+            since = Some(started.1);
         }
         let _ = ready.send(true);
-        // Set after a reconnect until what was missed has been re-read.
-        let mut settle: Option<tokio::time::Instant> = None;
+        let mut settle = seam.then(|| tokio::time::Instant::now() + recovery::SETTLE);
         loop {
             tokio::select! {
                 biased;
@@ -154,12 +184,14 @@ impl Subscriptions {
                 // The sender lives as long as the client.
                 Ok(()) = link.changed() => {
                     if position.reconnected(&self.client) {
+                        seam = true;
+                        since = *link.borrow();
                         settle.get_or_insert_with(|| tokio::time::Instant::now() + recovery::SETTLE);
                     }
                 }
                 _ = tokio::time::sleep_until(settle.unwrap_or_else(tokio::time::Instant::now)), if settle.is_some() => {
                     settle = None;
-                    self.recover(tenant_id, &mut position, None, &link).await;
+                    self.recover(tenant_id, &mut position, None, since).await;
                 }
                 message = subscriber.next() => match message {
                     Some(m) => {
@@ -170,12 +202,19 @@ impl Subscriptions {
                         let meta = Meta {
                             received_us: value(headers.and_then(|h| h.get(wire::headers::RECEIVED_AT))),
                             sequence: value(headers.and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))),
+                            stored_ns: headers
+                                .and_then(|h| h.get(async_nats::header::NATS_TIME_STAMP))
+                                .and_then(|v| stored_ns(v.as_str())),
                         };
                         // The first message read after a reconnect came on the new connection:
                         // what was stored before it goes out first.
-                        if position.reconnected(&self.client) || settle.is_some() {
+                        if position.reconnected(&self.client) {
+                            seam = true;
+                            since = *link.borrow();
+                        }
+                        if std::mem::take(&mut seam) {
                             settle = None;
-                            self.recover(tenant_id, &mut position, meta.sequence, &link).await;
+                            self.recover(tenant_id, &mut position, meta.sequence, since).await;
                         }
                         if !position.admit(meta.sequence) {
                             continue;
@@ -192,31 +231,36 @@ impl Subscriptions {
     }
 
     /// Re-reads what this tenant missed before `until` (see [`recovery::Recovery`]).
-    async fn recover(
-        &self,
-        tenant_id: u64,
-        position: &mut Position,
-        until: Option<u64>,
-        link: &watch::Receiver<Option<std::time::SystemTime>>,
-    ) {
-        let recovery = recovery::Recovery {
-            dispatcher: &self.dispatcher,
-            metrics: &self.metrics,
-            tenant_id,
-            until,
-            disconnected_at: *link.borrow(),
-        };
+    async fn recover(&self, tenant_id: u64, position: &mut Position, until: Option<u64>, since: Option<SystemTime>) {
+        let recovery =
+            recovery::Recovery { dispatcher: &self.dispatcher, metrics: &self.metrics, tenant_id, until, since };
         match recovery.run(&self.client, position).await {
             Ok(0) => {}
             Ok(recovered) => tracing::info!(
                 tenant_id,
                 recovered,
-                "NATS reconnected: dispatched the events missed meanwhile from the stream"
+                "dispatched from the stream the events a new subscription or a NATS reconnect missed"
             ),
             Err(error) => {
                 self.metrics.nats_recovery_incomplete.inc();
-                tracing::warn!(tenant_id, %error, "NATS reconnected but the events missed meanwhile could not be read from the stream");
+                tracing::warn!(tenant_id, %error, "the events a new subscription or a NATS reconnect missed could not be read from the stream");
             }
         }
+    }
+}
+
+/// Unix nanoseconds of a `Nats-Time-Stamp` header (RFC 3339, as JetStream's re-publish writes it).
+fn stored_ns(header: &str) -> Option<u64> {
+    let time = time::OffsetDateTime::parse(header, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(time.unix_timestamp_nanos()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_stored_time_of_a_re_published_message() {
+        assert_eq!(super::stored_ns("2026-12-02T10:38:07.475607371Z"), Some(1_796_207_887_475_607_371));
+        assert_eq!(super::stored_ns("2026-12-02T10:38:07.4756Z"), Some(1_796_207_887_475_600_000));
+        assert_eq!(super::stored_ns("yesterday"), None);
     }
 }

@@ -145,3 +145,130 @@ async fn bounded_by_the_configured_count() {
     assert_eq!(body["truncated"], true);
     assert_eq!(events_of(&body)[0], canonical(&event("ROUND_PENDING", 1, 10, None, None, 0)));
 }
+
+/// Stores `payload` under the subject the bridge would choose for it (its role from the body).
+async fn store_as_bridge(js: &async_nats::jetstream::Context, payload: &str) -> u64 {
+    let v: Value = serde_json::from_str(payload).unwrap();
+    let (tenant, branch) = (v["tenant_id"].as_u64().unwrap(), v["branch_id"].as_u64().unwrap());
+    let class = wire::event_types::TypeClass::of(v["type"].as_str().unwrap());
+    store(js, tenant, branch, wire::subject::Role::of(class, branch).as_str(), payload).await
+}
+
+/// Reads `client` until `fence` arrives; everything it received live, fence included.
+async fn live_until(who: &str, client: &mut Client, fence: &str) -> Vec<String> {
+    let mut received = Vec::new();
+    loop {
+        match client.next().await {
+            Seen::Text(text) => {
+                let done = text == fence;
+                received.push(canonical(&text));
+                if done {
+                    return received;
+                }
+            }
+            other => panic!("{who}: expected events up to the fence, saw {other:?} after {received:?}"),
+        }
+    }
+}
+
+/// nats-server 2.15.1 skips history when a consumer has several filter subjects and a start
+/// time and one filter's first message comes after that time (the old catch-up used two
+/// filters for admins and three for diners). Two histories of that shape, one per tenant:
+/// in tenant 1, events of the branch came before `since` and the tenant's first tenant-wide
+/// event, the branch's first admin-only event and session 77's first kitchen-subject event
+/// come after it; in tenant 3, only tenant-wide events came before `since` and the branch's
+/// first events come after a tenant-wide one. Admin, manager, waiter, kitchen and diner get
+/// from catch-up exactly what they received live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_equals_live_whatever_filter_gets_its_first_message_after_since() {
+    let stack = Stack::start().await;
+    let js = events_stream(&stack).await;
+    let gw = stack.gateway().await;
+    let e = |ty: &str, tenant: u64, branch: u64, sector: Option<u64>, session: Option<u64>, seq: u64| {
+        event(ty, tenant, branch, sector, session, seq)
+    };
+    let before = [
+        e("ROUND_PENDING", 1, 10, None, None, 1),
+        e("CART_SYNC", 1, 10, None, Some(77), 2),
+        e("ROUND_SUBMITTED", 1, 10, None, None, 3),
+        e("ENTITY_CREATED", 3, 0, None, None, 4),
+        e("CHECK_REQUESTED", 3, 0, None, Some(77), 5),
+    ];
+    let mut last = 0;
+    for payload in &before {
+        last = store_as_bridge(&js, payload).await;
+    }
+    let stored_at = js.get_stream("EVENTS").await.unwrap().get_raw_message(last).await.unwrap().time;
+    let since = (stored_at.unix_timestamp_nanos() as f64 + 1e6) / 1e9;
+    wait_until("the clock passed since", || async move {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64() > since + 0.002
+    })
+    .await;
+
+    struct Who {
+        name: &'static str,
+        tenant: u64,
+        client: Client,
+        catchup: String,
+    }
+    let mut clients = Vec::new();
+    for tenant in [1, 3] {
+        let staff = [
+            ("admin", "admin", staff_token(10, tenant, &[10], &["ADMIN"])),
+            ("manager", "kitchen", staff_token(11, tenant, &[10], &["MANAGER"])),
+            ("waiter", "waiter", staff_token(12, tenant, &[10], &["WAITER"])),
+            ("kitchen", "kitchen", staff_token(13, tenant, &[10], &["KITCHEN"])),
+        ];
+        for (name, endpoint, token) in staff {
+            clients.push(Who {
+                name,
+                tenant,
+                client: gw.staff(endpoint, &token).await,
+                catchup: format!("/ws/catchup?branch_id=10&since={since}&token={token}"),
+            });
+        }
+        let diner = table_token(tenant, 10, 3, 77);
+        clients.push(Who {
+            name: "diner",
+            tenant,
+            client: gw.diner(&diner).await,
+            catchup: format!("/ws/catchup/session?session_id=77&since={since}&table_token={}", urlencode(&diner)),
+        });
+    }
+
+    let after = [
+        e("SERVICE_CALL_CREATED", 1, 10, None, None, 11),
+        e("CART_ITEM_ADDED", 1, 10, None, Some(77), 12),
+        e("ROUND_SUBMITTED", 1, 10, None, Some(77), 13),
+        e("ENTITY_UPDATED", 3, 0, None, None, 14),
+        e("ENTITY_CREATED", 1, 0, None, None, 15),
+        e("CART_SYNC", 3, 10, None, Some(77), 16),
+        e("ROUND_READY", 1, 10, None, Some(77), 17),
+        e("ENTITY_UPDATED", 1, 10, None, None, 18),
+        e("ROUND_SUBMITTED", 3, 10, None, None, 19),
+        e("CHECK_REQUESTED", 1, 0, None, Some(77), 20),
+        e("ROUND_PENDING", 1, 10, Some(5), None, 21),
+        e("SERVICE_CALL_CREATED", 1, 10, Some(5), None, 22),
+        e("ROUND_PENDING", 2, 10, None, None, 23),
+        e("PAYMENT_APPROVED", 3, 10, None, Some(77), 24),
+        e("ROUND_PENDING", 3, 12, None, None, 25),
+        e("CART_SYNC", 1, 11, None, Some(78), 26),
+        e("ROUND_IN_KITCHEN", 3, 10, None, Some(77), 27),
+    ];
+    for payload in &after {
+        store_as_bridge(&js, payload).await;
+    }
+    // Every audience above receives this one: its arrival ends each live list.
+    let fences: Vec<String> = [1, 3].iter().map(|t| e("ROUND_READY", *t, 10, None, Some(77), 99)).collect();
+    for fence in &fences {
+        store_as_bridge(&js, fence).await;
+    }
+    for who in &mut clients {
+        let fence = &fences[usize::from(who.tenant == 3)];
+        let live = live_until(who.name, &mut who.client, fence).await;
+        let (status, body) = gw.get_json(&who.catchup).await;
+        assert_eq!(status, 200, "{} of tenant {}: {body}", who.name, who.tenant);
+        assert_eq!(events_of(&body), live, "{} of tenant {}: catch-up differs from live", who.name, who.tenant);
+        assert!(live.len() >= 3, "{} of tenant {} received {live:?}", who.name, who.tenant);
+    }
+}

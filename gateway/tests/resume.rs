@@ -26,6 +26,8 @@ async fn a_reconnect_to_another_replica_replays_exactly_the_missed_events() {
     assert_eq!(without_cursor(&received), first, "the payload is unchanged apart from the cursor");
     assert_eq!(plain.text().await, first, "clients that did not opt in see exactly the old protocol");
     let cursor = cursor_of(&received);
+    let resume = resume_query(&received);
+    assert!(epoch_of(&received).is_some(), "the cursor's epoch comes with it: {received}");
     client.close().await;
 
     // Missed while away: some for this waiter, some not (admin-only, another branch, another tenant).
@@ -45,7 +47,7 @@ async fn a_reconnect_to_another_replica_replays_exactly_the_missed_events() {
             expected.push(e);
         }
     }
-    let mut again = b.connect(&format!("/ws/waiter?token={}&resume={cursor}", waiter_token())).await;
+    let mut again = b.connect(&format!("/ws/waiter?token={}&{resume}", waiter_token())).await;
     let mut last = cursor;
     for e in &expected {
         let text = again.text().await;
@@ -101,8 +103,8 @@ async fn no_gap_and_no_duplicate_at_the_seam_while_events_keep_coming() {
             break;
         }
         client.close().await;
-        let cursor = cursor_of(received.last().unwrap());
-        client = gw.connect(&format!("/ws/waiter?token={}&resume={cursor}", waiter_token())).await;
+        let resume = resume_query(received.last().unwrap());
+        client = gw.connect(&format!("/ws/waiter?token={}&{resume}", waiter_token())).await;
     }
     let all = tokio::time::timeout(Duration::from_secs(30), publisher).await.unwrap().unwrap();
     let got: Vec<String> = received.iter().map(|t| without_cursor(t)).collect();

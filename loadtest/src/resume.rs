@@ -6,6 +6,7 @@
 use crate::events::{parse_marker, parse_marker_keys};
 
 const CURSOR_PREFIX: &str = "{\"_cursor\":";
+const EPOCH_PREFIX: &str = "\"_epoch\":\"";
 
 /// `&resume=live` without a cursor, `&resume=<cursor>` with one.
 pub fn param(cursor: Option<u64>) -> String {
@@ -30,7 +31,11 @@ pub struct Frame<'a> {
 pub fn read(text: &str) -> Frame<'_> {
     if let Some(rest) = text.strip_prefix(CURSOR_PREFIX) {
         let end = rest.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(rest.len());
-        let keys = rest[end..].strip_prefix(',').unwrap_or_default();
+        let mut keys = rest[end..].strip_prefix(',').unwrap_or_default();
+        // The cursor's epoch, when the gateway knew it (the loadtest resumes with the plain cursor).
+        if let Some(epoch) = keys.strip_prefix(EPOCH_PREFIX) {
+            keys = epoch.split_once("\",").map(|(_, keys)| keys).unwrap_or_default();
+        }
         return Frame { cursor: rest[..end].parse().ok(), marker: parse_marker_keys(keys), gap: None };
     }
     let marker = parse_marker(text);
@@ -65,6 +70,11 @@ mod tests {
         let resumed = format!("{{\"_cursor\":1234,{}", &text[1..]);
         assert_eq!(
             read(&resumed),
+            Frame { cursor: Some(1234), marker: Some((42, 9, 1_700_000_000_000_001)), gap: None }
+        );
+        let with_epoch = format!("{{\"_cursor\":1234,\"_epoch\":\"1796207887475607371\",{}", &text[1..]);
+        assert_eq!(
+            read(&with_epoch),
             Frame { cursor: Some(1234), marker: Some((42, 9, 1_700_000_000_000_001)), gap: None }
         );
         assert_eq!(read(&text), Frame { cursor: None, marker: Some((42, 9, 1_700_000_000_000_001)), gap: None });

@@ -118,8 +118,11 @@ async fn admit(
     }
     let lease = app.subscriptions.acquire(tenant_id).await;
     let table_token = (endpoint == Endpoint::Diner).then(|| token.into_boxed_str());
-    let resume = query_param(query.unwrap_or_default(), super::resume::PARAM)
-        .map(|value| super::resume::Resume { request: super::resume::parse(&value), floor: 0 });
+    let query = query.unwrap_or_default();
+    let resume = query_param(query, super::resume::PARAM).map(|value| super::resume::Resume {
+        request: super::resume::parse(&value, query_param(query, super::resume::EPOCH_PARAM).as_deref()),
+        mark: None,
+    });
     Ok(Session { app: app.clone(), identity, table_token, registration, queue, lease, resume, watch })
 }
 

@@ -1,67 +1,111 @@
-//! The replay half of resume: before a resuming connection enters its main loop, the events of
-//! its tenant stored after the client's cursor are read from JetStream, filtered by the same
-//! routing rule as live delivery, and written with their cursors. Live events arriving
+//! The replay half of resume: before a resuming connection enters its main loop, the stream is
+//! checked to still hold the event the client's cursor names (same sequence, same epoch, same
+//! tenant), then the events of its tenant stored after it are read from JetStream, filtered by
+//! the same routing rule as live delivery, and written with their cursors. Live events arriving
 //! meanwhile are taken off the queue as they come: those the replay covers are dropped, the
-//! others held (bounded) and written after.
+//! others held (bounded) and written after. Whatever stops the replay from being complete is one
+//! `RESUME_GAP` frame, after which every live event is written: a gap never skips live events.
 
-use super::resume::{self, Request};
+use super::resume::{self, Mark, Request};
 use super::{send, End, Session};
-use crate::history::{self, Start};
-use crate::routing::{self, EventScope};
+use crate::history::{self, Reader, Start};
+use crate::routing;
 use axum::extract::ws::{Message, WebSocket};
 use std::collections::VecDeque;
-use wire::event_types::TypeClass;
+
+/// Why a replay cannot be complete: the `reason` of the gap signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gap {
+    /// Older than what the stream still holds.
+    Expired,
+    /// Beyond the stream's last sequence: another incarnation of the stream, or a made-up cursor.
+    BeyondEnd,
+    /// The stream holds no event of this tenant with that sequence and epoch: it was deleted and
+    /// created again, or restored, since the cursor was handed out.
+    EpochMismatch,
+    TooMany,
+    Unavailable,
+}
+
+impl Gap {
+    fn reason(self) -> &'static str {
+        match self {
+            Gap::Expired => "history_expired",
+            Gap::BeyondEnd => "cursor_beyond_end",
+            Gap::EpochMismatch => "epoch_mismatch",
+            Gap::TooMany => "too_many_events",
+            Gap::Unavailable => "history_unavailable",
+        }
+    }
+}
+
+/// The gap, if any, that the range of the stream shows before anything is read.
+fn range_gap(cursor: u64, first: u64, last: u64) -> Option<Gap> {
+    if cursor > last {
+        Some(Gap::BeyondEnd)
+    } else if cursor == 0 {
+        // Everything the stream holds: complete unless it no longer starts at 1.
+        (first > 1 && last > 0).then_some(Gap::Expired)
+    } else if cursor < first {
+        // The cursor's own event is gone: the replay cannot be checked, nor known complete.
+        Some(Gap::Expired)
+    } else {
+        None
+    }
+}
 
 impl Session {
     /// Replays what the cursor asks for; `Err` ends the session.
     pub(super) async fn replay(&mut self, socket: &mut WebSocket) -> Result<(), End> {
         let Some(mut state) = self.resume else { return Ok(()) };
         let timeout = self.app.config.limits.write_timeout;
-        let after = match state.request {
+        let (cursor, epoch) = match state.request {
             Request::Live => return Ok(()),
-            Request::Invalid => {
-                let signal = resume::gap(None, None, "invalid_cursor");
-                return if send(socket, Message::Text(signal.into()), timeout).await {
-                    Ok(())
-                } else {
-                    Err(End::Broken)
-                };
-            }
-            Request::After(after) => after,
+            Request::Invalid => return gap_signal(socket, None, None, "invalid_cursor", timeout).await,
+            Request::After { cursor, epoch } => (cursor, epoch),
         };
-        tracing::debug!(after, "resume: replay requested");
-        let conn = self.registration.conn.clone();
-        let tenant_id = conn.audience.tenant_id();
+        tracing::debug!(cursor, epoch, "resume: replay requested");
+        let tenant_id = self.registration.conn.audience.tenant_id();
         let js = async_nats::jetstream::new(self.app.nats.clone());
-        let mut reader =
-            match history::open(&js, vec![wire::subject::events_tenant_filter(tenant_id)], Start::After(after)).await {
-                Ok(reader) => reader,
-                Err(error) => {
-                    tracing::warn!(%error, tenant_id, "resume: history unavailable");
-                    let signal = resume::gap(Some(after), None, "history_unavailable");
-                    return if send(socket, Message::Text(signal.into()), timeout).await {
-                        Ok(())
-                    } else {
-                        Err(End::Broken)
-                    };
-                }
-            };
+        // The cursor's own event is read first, to check it.
+        let start = if cursor == 0 { Start::After(0) } else { Start::At(cursor) };
+        let mut reader = match history::open(&js, tenant_id, start).await {
+            Ok(reader) => reader,
+            Err(error) => {
+                tracing::warn!(%error, tenant_id, "resume: history unavailable");
+                return gap_signal(socket, Some(cursor), None, Gap::Unavailable.reason(), timeout).await;
+            }
+        };
         tracing::debug!(
-            after,
+            cursor,
             pending = reader.pending,
             first = reader.first_sequence,
             last = reader.last_sequence,
             "resume: history opened"
         );
-        state.floor = after.max(reader.last_sequence);
-        let expired = after + 1 < reader.first_sequence && after < reader.last_sequence;
-        let too_many = reader.pending > self.app.config.resume_max_events;
-        if expired || too_many {
-            let reason = if expired { "history_expired" } else { "too_many_events" };
-            let signal = resume::gap(Some(after), Some(reader.first_sequence), reason);
-            self.resume = Some(state);
-            return if send(socket, Message::Text(signal.into()), timeout).await { Ok(()) } else { Err(End::Broken) };
+        let checked = match range_gap(cursor, reader.first_sequence, reader.last_sequence) {
+            Some(gap) => Err(gap),
+            None if cursor == 0 => Ok(()),
+            None => check_cursor(&mut reader, cursor, epoch).await,
+        };
+        let to_replay = reader.pending.saturating_sub(u64::from(cursor > 0));
+        let checked =
+            checked.and_then(
+                |()| {
+                    if to_replay > self.app.config.resume_max_events {
+                        Err(Gap::TooMany)
+                    } else {
+                        Ok(())
+                    }
+                },
+            );
+        if let Err(gap) = checked {
+            if gap != Gap::Unavailable {
+                tracing::debug!(tenant_id, cursor, epoch, reason = gap.reason(), "resume: gap");
+            }
+            return gap_signal(socket, Some(cursor), Some(reader.first_sequence), gap.reason(), timeout).await;
         }
+        let mut floor = cursor.max(reader.last_sequence);
         let held_limit = self.app.config.limits.send_queue_size * 4;
         let mut held = VecDeque::new();
         let mut replayed = 0u64;
@@ -73,7 +117,7 @@ impl Session {
                 biased;
                 live = self.queue.recv() => {
                     match live {
-                        Some(live) if live.sequence.is_some_and(|s| s <= state.floor) => {}
+                        Some(live) if live.sequence.is_some_and(|s| s <= floor) => {}
                         Some(live) if held.len() < held_limit => held.push_back(live),
                         _ => return Err(End::Server(super::protocol::CloseReason::SLOW_CONSUMER.into())),
                     }
@@ -86,7 +130,7 @@ impl Session {
                 Ok(stored) => stored,
                 Err(error) => {
                     tracing::warn!(%error, tenant_id, "resume: replay interrupted");
-                    let signal = resume::gap(Some(after), Some(reader.first_sequence), "history_unavailable");
+                    let signal = resume::gap(Some(cursor), Some(reader.first_sequence), Gap::Unavailable.reason());
                     if !send(socket, Message::Text(signal.into()), timeout).await {
                         return Err(End::Broken);
                     }
@@ -95,14 +139,19 @@ impl Session {
             };
             // The consumer may deliver events stored after `last_sequence` was read; the floor
             // follows every replayed sequence so live copies of them are skipped at the seam.
-            state.floor = state.floor.max(stored.sequence);
-            let Some(text) = self.routed(&stored) else { continue };
-            if !send(socket, Message::Text(resume::with_cursor(&text, stored.sequence).into()), timeout).await {
+            floor = floor.max(stored.sequence);
+            if !self.receives(&stored) {
+                continue;
+            }
+            let text =
+                resume::with_cursor(&String::from_utf8_lossy(&stored.payload), stored.sequence, stored.stored_ns);
+            if !send(socket, Message::Text(text.into()), timeout).await {
                 return Err(End::Broken);
             }
             replayed += 1;
         }
-        tracing::debug!(tenant_id, after, replayed, floor = state.floor, "resume: replay done");
+        tracing::debug!(tenant_id, cursor, replayed, floor, "resume: replay done");
+        state.mark = Some(Mark::after_replay(floor));
         self.resume = Some(state);
         while let Some(live) = held.pop_front() {
             self.write_events(socket, live, timeout).await?;
@@ -110,19 +159,58 @@ impl Session {
         Ok(())
     }
 
-    /// The stored event's text if this connection receives it live.
-    fn routed(&self, stored: &history::Stored) -> Option<String> {
-        let subject = wire::subject::EventSubject::parse(&stored.subject)?;
-        let envelope = wire::envelope::parse(&stored.payload).ok()?;
+    /// Whether this connection receives the stored event live.
+    fn receives(&self, stored: &history::Stored) -> bool {
         let conn = &self.registration.conn;
-        let scope = EventScope {
-            tenant_id: envelope.tenant_id,
-            branch_id: envelope.branch_id.unwrap_or(subject.branch_id),
-            class: TypeClass::of(&envelope.event_type),
-            sector_id: envelope.sector_id,
-            session_id: envelope.session_id,
-        };
-        routing::receives(&conn.audience, &conn.sectors(), &scope)
-            .then(|| String::from_utf8_lossy(&stored.payload).into_owned())
+        stored.scope().is_some_and(|scope| routing::receives(&conn.audience, &conn.sectors(), &scope))
+    }
+}
+
+/// Reads the cursor's own event: it must be there, with the epoch the client holds (when it
+/// sent one). Without an epoch (the earlier cursor format) an event of this tenant at that
+/// sequence is all that can be checked.
+async fn check_cursor(reader: &mut Reader, cursor: u64, epoch: Option<u64>) -> Result<(), Gap> {
+    match reader.next().await {
+        Some(Ok(stored)) if stored.sequence == cursor && epoch.is_none_or(|e| stored.stored_ns == Some(e)) => Ok(()),
+        Some(Ok(_)) | None => Err(Gap::EpochMismatch),
+        Some(Err(error)) => {
+            tracing::warn!(%error, "resume: history unavailable");
+            Err(Gap::Unavailable)
+        }
+    }
+}
+
+/// Writes a gap signal; the session goes on live with every event (no mark yet).
+async fn gap_signal(
+    socket: &mut WebSocket,
+    after: Option<u64>,
+    oldest: Option<u64>,
+    reason: &str,
+    timeout: std::time::Duration,
+) -> Result<(), End> {
+    let signal = resume::gap(after, oldest, reason);
+    if send(socket, Message::Text(signal.into()), timeout).await {
+        Ok(())
+    } else {
+        Err(End::Broken)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{range_gap, Gap};
+
+    #[test]
+    fn the_range_of_the_stream_decides_first() {
+        // Stream holding 10..=20.
+        assert_eq!(range_gap(21, 10, 20), Some(Gap::BeyondEnd), "beyond the end: another stream");
+        assert_eq!(range_gap(25, 1, 0), Some(Gap::BeyondEnd), "an empty, re-created stream");
+        assert_eq!(range_gap(9, 10, 20), Some(Gap::Expired), "the cursor's event is gone");
+        assert_eq!(range_gap(3, 10, 20), Some(Gap::Expired));
+        assert_eq!(range_gap(10, 10, 20), None);
+        assert_eq!(range_gap(20, 10, 20), None, "the last event: checked, nothing to replay");
+        assert_eq!(range_gap(0, 1, 20), None, "everything");
+        assert_eq!(range_gap(0, 10, 20), Some(Gap::Expired), "everything, but the start is gone");
+        assert_eq!(range_gap(0, 1, 0), None, "everything of an empty stream");
     }
 }

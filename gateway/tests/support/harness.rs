@@ -420,8 +420,27 @@ pub fn cursor_of(text: &str) -> u64 {
     v["_cursor"].as_u64().unwrap_or_else(|| panic!("no _cursor in {text}"))
 }
 
-/// The event without its `_cursor` key, as the backend published it.
+/// The `_epoch` of an event a resuming client received (`None` when the gateway knew none).
+pub fn epoch_of(text: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    v["_epoch"].as_str().map(str::to_string)
+}
+
+/// `resume=<cursor>&epoch=<epoch>` for the last event a resuming client received.
+pub fn resume_query(text: &str) -> String {
+    match epoch_of(text) {
+        Some(epoch) => format!("resume={}&epoch={epoch}", cursor_of(text)),
+        None => format!("resume={}", cursor_of(text)),
+    }
+}
+
+/// The event without its `_cursor` and `_epoch` keys, as the backend published it.
 pub fn without_cursor(text: &str) -> String {
     let prefix_end = text.find(',').expect("a spliced cursor is followed by a comma");
-    format!("{{{}", &text[prefix_end + 1..])
+    let rest = &text[prefix_end + 1..];
+    let rest = match rest.strip_prefix("\"_epoch\":\"") {
+        Some(epoch) => &epoch[epoch.find("\",").expect("an epoch is followed by a comma") + 2..],
+        None => rest,
+    };
+    format!("{{{rest}")
 }
