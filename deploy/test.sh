@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine, from any directory:
 #   1. deploy/install-deps.sh (idempotent: redis-server, postgresql, nats-server, ...);
-#   2. every Rust test of the workspace with all features, through cargo-nextest when installed
-#      (settings in .config/nextest.toml), else `cargo test`;
+#   2. the format and lint gates (cargo fmt --check, cargo clippy -D warnings), then every Rust
+#      test of the workspace with all features, through cargo-nextest when installed (settings in
+#      .config/nextest.toml), else `cargo test`;
 #   3. the chart, deploy-file and browser tests (pytest: helm/tests, deploy/tests; the browser
 #      test, deploy/tests/browser, drives headless Chromium against the real binaries).
 # Every step runs even if an earlier test step failed; the exit status is non-zero if any failed.
@@ -36,6 +37,9 @@ if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
   . "$HOME/.cargo/env"
 fi
 command -v cargo >/dev/null 2>&1 || { echo "test.sh: cargo not found: install Rust (rustup)" >&2; exit 1; }
+
+run "format (cargo fmt --check)" cargo fmt --all --check
+run "lints (cargo clippy, warnings are errors)" cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 if cargo nextest --version >/dev/null 2>&1; then
   run "rust tests (nextest)" cargo nextest run --workspace --all-features --no-fail-fast "$@"
