@@ -47,6 +47,10 @@ pub struct App {
     pub draining: CancellationToken,
     /// Every running session; shutdown waits on it.
     pub sessions: TaskTracker,
+    /// Catch-up requests in progress, per caller and in all.
+    pub catchup: Arc<crate::catchup::CatchupLimits>,
+    /// `/ws/health/detailed`'s dependency checks, shared by the requests of one second.
+    pub dependencies: crate::http::DependencyCache,
 }
 
 impl App {
@@ -89,6 +93,7 @@ impl App {
             Arc::new(Subscriptions::new(nats.clone(), link, dispatcher, config.unsubscribe_delay, metrics.clone()));
         let sectors =
             Sectors::new(config.database_url.as_ref().map(|u| u.expose()), config.sector_cache_ttl, metrics.clone());
+        let catchup = crate::catchup::CatchupLimits::new(config.catchup_per_caller, config.catchup_concurrency);
         Ok(Arc::new(App {
             auth: Authenticator::new(&config.auth),
             config,
@@ -101,6 +106,8 @@ impl App {
             metrics,
             draining: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            catchup,
+            dependencies: crate::http::DependencyCache::default(),
         }))
     }
 

@@ -61,6 +61,33 @@ fn token<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str,
         .ok_or_else(|| Unprocessable(format!("{name} is required")))
 }
 
+mod limits;
+
+pub use limits::{Caller, CatchupLimits};
+
+/// How long a refused caller should wait before asking again, in seconds.
+const RETRY_AFTER: &str = "1";
+
+/// A place among the catch-up requests in progress, or the answer that refuses it.
+fn admit(app: &App, caller: Caller) -> Result<limits::Permit, Response> {
+    app.catchup.try_acquire(caller).map_err(|refused| {
+        let (status, text, label) = match refused {
+            limits::Refused::Caller => {
+                (StatusCode::TOO_MANY_REQUESTS, "Too many catch-up requests in progress", "caller_busy")
+            }
+            limits::Refused::Replica => {
+                (StatusCode::SERVICE_UNAVAILABLE, "Catch-up busy, retry shortly", "replica_busy")
+            }
+        };
+        app.metrics.catchup_refused.get_or_create(&crate::metrics::ReasonLabel { reason: label }).inc();
+        let mut response = detail(status, text);
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static(RETRY_AFTER));
+        response
+    })
+}
+
 pub async fn staff(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Response {
     let params = params(query);
     let (branch_id, since, token) = match (positive(&params, "branch_id"), since(&params), token(&params, "token")) {
@@ -76,6 +103,10 @@ pub async fn staff(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Re
     if !staff.branch_ids.contains(&branch_id) {
         return detail(StatusCode::FORBIDDEN, "No access to this branch");
     }
+    let _permit = match admit(&app, Caller::Staff { tenant_id: staff.tenant_id, user_id: staff.user_id }) {
+        Ok(permit) => permit,
+        Err(refused) => return refused,
+    };
     // What the caller receives live on each endpoint its roles admit.
     let audiences: Vec<Audience> = [Endpoint::Waiter, Endpoint::Kitchen, Endpoint::Admin]
         .into_iter()
@@ -108,6 +139,10 @@ pub async fn session(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> 
     if diner.session_id != session_id {
         return detail(StatusCode::FORBIDDEN, "No access to this session");
     }
+    let _permit = match admit(&app, Caller::Session { tenant_id: diner.tenant_id, session_id }) {
+        Ok(permit) => permit,
+        Err(refused) => return refused,
+    };
     let audience = Audience::Diner { tenant_id: diner.tenant_id, session_id };
     collect(&app, diner.tenant_id, since, |scope| routing::receives(&audience, &[], scope)).await
 }
@@ -126,6 +161,8 @@ async fn collect(app: &App, tenant_id: u64, since: f64, receives: impl Fn(&Event
         }
     };
     let mut events: Vec<Box<RawValue>> = Vec::new();
+    // The answer's size: the events and a comma each, within GATEWAY_CATCHUP_MAX_BYTES.
+    let mut bytes = 0;
     let mut scanned = 0;
     let mut truncated = false;
     while let Some(item) = reader.next().await {
@@ -133,10 +170,11 @@ async fn collect(app: &App, tenant_id: u64, since: f64, receives: impl Fn(&Event
         scanned += 1;
         if let Some(scope) = stored.scope() {
             if receives(&scope) {
-                if events.len() == limit {
+                if events.len() == limit || bytes + stored.payload.len() + 1 > app.config.catchup_max_bytes {
                     truncated = true;
                     break;
                 }
+                bytes += stored.payload.len() + 1;
                 if let Ok(raw) = RawValue::from_string(String::from_utf8_lossy(&stored.payload).into_owned()) {
                     events.push(raw);
                 }

@@ -40,6 +40,11 @@ pub struct Config {
     /// Catch-up endpoints: at most this many events, from at most this far back.
     pub catchup_max_events: usize,
     pub catchup_max_age: Duration,
+    /// Catch-up answers hold at most this many bytes of events.
+    pub catchup_max_bytes: usize,
+    /// Catch-up requests in progress per caller, and in all.
+    pub catchup_per_caller: usize,
+    pub catchup_concurrency: usize,
     /// Closes of a drain are spread over this window.
     pub drain_window: Duration,
     /// The whole shutdown (drain included) ends within this.
@@ -151,6 +156,9 @@ impl Config {
             resume_max_events: p.number(GATEWAY_RESUME_MAX_EVENTS, 10_000, 1..=10_000_000),
             catchup_max_events: p.number(GATEWAY_CATCHUP_MAX_EVENTS, 1_000, 1..=100_000),
             catchup_max_age: p.duration(GATEWAY_CATCHUP_MAX_AGE, Duration::from_secs(3600)),
+            catchup_max_bytes: p.number(GATEWAY_CATCHUP_MAX_BYTES, 4 << 20, 64 << 10..=256 << 20),
+            catchup_per_caller: p.number(GATEWAY_CATCHUP_PER_CALLER, 2, 1..=100),
+            catchup_concurrency: p.number(GATEWAY_CATCHUP_CONCURRENCY, 32, 1..=10_000),
             drain_window: p.duration(GATEWAY_DRAIN_WINDOW, Duration::from_secs(15)),
             shutdown_timeout: p.duration(GATEWAY_SHUTDOWN_TIMEOUT, Duration::from_secs(25)),
             log_format: p.log_format(LOG_FORMAT),

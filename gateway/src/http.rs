@@ -85,20 +85,50 @@ fn up(result: Result<Value, String>) -> (bool, Value) {
     }
 }
 
-async fn health_detailed(State(app): State<Arc<App>>) -> Response {
+/// How long one round of dependency checks answers `/ws/health/detailed`.
+const DEPENDENCIES_TTL: Duration = Duration::from_secs(1);
+
+/// The last round of dependency checks: `/ws/health/detailed` is unauthenticated, and each round
+/// costs a JetStream request, a Redis PING and a database query, so at most one round runs per
+/// [`DEPENDENCIES_TTL`] however many requests come (the others wait for it and share its answer).
+#[derive(Default)]
+pub struct DependencyCache(tokio::sync::Mutex<Option<(std::time::Instant, bool, Value)>>);
+
+impl DependencyCache {
+    /// Whether every dependency is up, and their states.
+    async fn get(&self, app: &App) -> (bool, Value) {
+        let mut last = self.0.lock().await;
+        if let Some((at, healthy, deps)) = last.as_ref() {
+            if at.elapsed() < DEPENDENCIES_TTL {
+                return (*healthy, deps.clone());
+            }
+        }
+        let (healthy, deps) = check_dependencies(app).await;
+        *last = Some((std::time::Instant::now(), healthy, deps.clone()));
+        (healthy, deps)
+    }
+}
+
+async fn check_dependencies(app: &App) -> (bool, Value) {
     let nats = up(if app.nats_connected() { Ok(json!({})) } else { Err("not connected".into()) });
-    let jetstream = up(jetstream_state(&app).await);
+    let jetstream = up(jetstream_state(app).await);
     let redis = up(app.revocation.ping().await.map(|_| json!({})).map_err(|e| e.to_string()));
     let database = match app.sectors.check().await {
         None => (true, json!({"status": "not_configured"})),
         Some(result) => up(result.map(|_| json!({}))),
     };
-    let healthy = nats.0 && jetstream.0 && redis.0 && database.0 && !app.is_draining();
+    let healthy = nats.0 && jetstream.0 && redis.0 && database.0;
+    (healthy, json!({ "nats": nats.1, "jetstream": jetstream.1, "redis": redis.1, "database": database.1 }))
+}
+
+async fn health_detailed(State(app): State<Arc<App>>) -> Response {
+    let (up, dependencies) = app.dependencies.get(&app).await;
+    let healthy = up && !app.is_draining();
     let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
         "status": if app.is_draining() { "draining" } else if healthy { "healthy" } else { "degraded" },
         "instance": app.config.instance_id,
-        "dependencies": { "nats": nats.1, "jetstream": jetstream.1, "redis": redis.1, "database": database.1 },
+        "dependencies": dependencies,
         // Informative: without push, the timer re-check still finds revocations.
         "revocation_push": app.push.health(),
     });

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub nats_recovered_events: Counter,
     pub nats_recovery_incomplete: Counter,
     pub draining: Gauge,
+    /// Catch-up requests refused because their caller or the replica had every place taken.
+    pub catchup_refused: Family<ReasonLabel, Counter>,
     /// What the public and admin listeners refused or timed out.
     pub http: wire::http_server::HttpCounters,
     legacy_connections: Gauge,
@@ -97,6 +99,7 @@ impl Metrics {
             nats_recovered_events: Counter::default(),
             nats_recovery_incomplete: Counter::default(),
             draining: Gauge::default(),
+            catchup_refused: Family::default(),
             http: wire::http_server::HttpCounters::default(),
             legacy_connections: Gauge::default(),
             legacy_rejected: Family::default(),
@@ -175,6 +178,11 @@ impl Metrics {
             self.nats_recovery_incomplete.clone(),
         );
         r.register("gateway_draining", "1 while the instance drains", self.draining.clone());
+        r.register(
+            "gateway_catchup_refused",
+            "Catch-up requests refused: the caller (caller_busy) or the replica (replica_busy) had every place taken",
+            self.catchup_refused.clone(),
+        );
         r.register(
             "gateway_http_refused_unfinished",
             "HTTP connections closed at accept: GATEWAY_HTTP_MAX_UNFINISHED were waiting for their request head",

@@ -146,6 +146,54 @@ async fn bounded_by_the_configured_count() {
     assert_eq!(events_of(&body)[0], canonical(&event("ROUND_PENDING", 1, 10, None, None, 0)));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_in_bytes_and_in_requests_per_caller() {
+    let stack = Stack::start().await;
+    let js = events_stream(&stack).await;
+    let gw = stack.gateway_with(&[("GATEWAY_CATCHUP_MAX_BYTES", "65536"), ("GATEWAY_CATCHUP_PER_CALLER", "1")]).await;
+    let since = wire::tokens::now_unix() as f64 - 1.0;
+    let padding = "x".repeat(1000);
+    for seq in 0..300 {
+        let mut event: serde_json::Value =
+            serde_json::from_str(&event("ROUND_PENDING", 1, 10, None, None, seq)).unwrap();
+        event["entity"]["note"] = padding.clone().into();
+        store(&js, 1, 10, "waiters", &event.to_string()).await;
+    }
+    let ask = format!("/ws/catchup?branch_id=10&since={since}&token={}", staff_token(2, 1, &[10], &["WAITER"]));
+    let (status, text) = gw.get(&ask).await;
+    assert_eq!(status, 200);
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let count = body["count"].as_u64().unwrap();
+    assert!((50..300).contains(&count), "about 64 of the 300 ~1 KiB events fit 64 KiB: {count}");
+    assert_eq!(body["truncated"], true, "the cut is said");
+    assert!(text.len() < 65536 + 1024, "the answer stays within the byte bound: {} bytes", text.len());
+
+    // One request at a time for this caller: a burst of 30 at once gets some 429s, each with
+    // Retry-After, and every other answer is complete.
+    let url = gw.http(&ask);
+    let answers = futures_util::future::join_all((0..30).map(|_| {
+        let url = url.clone();
+        async move { wire::testkit::http_exchange("GET", &url, &[], None).await.expect("an answer") }
+    }))
+    .await;
+    let refused: Vec<_> = answers.iter().filter(|a| a.status == 429).collect();
+    assert!(
+        !refused.is_empty(),
+        "30 concurrent requests of one caller overlap: {:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    assert!(answers.iter().all(|a| a.status == 200 || a.status == 429));
+    for answer in &refused {
+        assert_eq!(answer.header("retry-after"), Some("1"));
+        assert!(answer.body.contains("Too many catch-up requests in progress"), "{}", answer.body);
+    }
+    let counted = gw.metric(r#"gateway_catchup_refused_total{reason="caller_busy"}"#).await;
+    assert_eq!(counted, refused.len() as f64, "each refusal is counted");
+    let other_user = format!("/ws/catchup?branch_id=10&since={since}&token={}", staff_token(3, 1, &[10], &["WAITER"]));
+    assert_eq!(gw.get(&other_user).await.0, 200, "another caller is not affected");
+    gw.stop().await;
+}
+
 /// Stores `payload` under the subject the bridge would choose for it (its role from the body).
 async fn store_as_bridge(js: &async_nats::jetstream::Context, payload: &str) -> u64 {
     let v: Value = serde_json::from_str(payload).unwrap();

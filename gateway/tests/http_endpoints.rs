@@ -128,7 +128,9 @@ async fn health_detailed_reports_jetstream_and_redis() {
         "nats, jetstream, redis, database"
     );
 
+    // The checks run at most once a second, so a change shows within about a second.
     create_events_stream(&stack).await;
+    wait_until("the EVENTS stream shows", || async { detailed(&gw).await.0 == 200 }).await;
     let (status, overall, deps) = detailed(&gw).await;
     assert_eq!((status, overall), (200, json!("healthy")), "EVENTS stream exists");
     assert_eq!(deps, [json!("up"), json!("up"), json!("up"), json!("not_configured")]);
@@ -136,6 +138,7 @@ async fn health_detailed_reports_jetstream_and_redis() {
     assert_eq!(body["dependencies"]["jetstream"]["stream"], "EVENTS", "{body}");
 
     stack.redis.kill();
+    wait_until("the dead Redis shows", || async { detailed(&gw).await.0 == 503 }).await;
     let (status, overall, deps) = detailed(&gw).await;
     assert_eq!((status, overall), (503, json!("degraded")), "Redis killed");
     assert_eq!(deps, [json!("up"), json!("up"), json!("down"), json!("not_configured")]);
@@ -258,4 +261,32 @@ async fn livez_and_readyz_through_a_drain() {
         client.expect_close(1012, "Service restart").await;
     }
     tokio::time::timeout(Duration::from_secs(20), gw.task).await.expect("drain ends in time").unwrap().unwrap();
+}
+
+/// Redis's count of PING commands served so far.
+async fn pings_served(stack: &Stack) -> u64 {
+    let mut redis = stack.redis().await;
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut redis).await.expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_ping:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("a count"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_detailed_checks_its_dependencies_at_most_once_a_second() {
+    let stack = Stack::start().await;
+    create_events_stream(&stack).await;
+    let gw = stack.gateway().await;
+    let before = pings_served(&stack).await;
+    let started = std::time::Instant::now();
+    let answers = futures_util::future::join_all((0..50).map(|_| detailed(&gw))).await;
+    let rounds = started.elapsed().as_secs() + 1;
+    assert!(answers.iter().all(|(status, ..)| *status == 200), "{answers:?}");
+    let pings = pings_served(&stack).await - before;
+    // One PING per round of checks, one round per second at most (an unauthenticated endpoint
+    // must not turn each request into a Redis, JetStream and database request).
+    assert!(pings <= rounds + 2, "{pings} Redis PINGs for 50 requests in {rounds} s");
+    assert!(pings >= 1, "the checks ran");
+    gw.stop().await;
 }
