@@ -68,24 +68,18 @@ pub use limits::{Caller, CatchupLimits};
 /// How long a refused caller should wait before asking again, in seconds.
 const RETRY_AFTER: &str = "1";
 
-/// A place among the catch-up requests in progress, or the answer that refuses it.
-fn admit(app: &App, caller: Caller) -> Result<limits::Permit, Response> {
-    app.catchup.try_acquire(caller).map_err(|refused| {
-        let (status, text, label) = match refused {
-            limits::Refused::Caller => {
-                (StatusCode::TOO_MANY_REQUESTS, "Too many catch-up requests in progress", "caller_busy")
-            }
-            limits::Refused::Replica => {
-                (StatusCode::SERVICE_UNAVAILABLE, "Catch-up busy, retry shortly", "replica_busy")
-            }
-        };
-        app.metrics.catchup_refused.get_or_create(&crate::metrics::ReasonLabel { reason: label }).inc();
-        let mut response = detail(status, text);
-        response
-            .headers_mut()
-            .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static(RETRY_AFTER));
-        response
-    })
+/// The answer to a request refused a place among the catch-up requests in progress.
+fn refusal(app: &App, refused: limits::Refused) -> Response {
+    let (status, text, label) = match refused {
+        limits::Refused::Caller => {
+            (StatusCode::TOO_MANY_REQUESTS, "Too many catch-up requests in progress", "caller_busy")
+        }
+        limits::Refused::Replica => (StatusCode::SERVICE_UNAVAILABLE, "Catch-up busy, retry shortly", "replica_busy"),
+    };
+    app.metrics.catchup_refused.get_or_create(&crate::metrics::ReasonLabel { reason: label }).inc();
+    let mut response = detail(status, text);
+    response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static(RETRY_AFTER));
+    response
 }
 
 pub async fn staff(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Response {
@@ -103,9 +97,9 @@ pub async fn staff(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Re
     if !staff.branch_ids.contains(&branch_id) {
         return detail(StatusCode::FORBIDDEN, "No access to this branch");
     }
-    let _permit = match admit(&app, Caller::Staff { tenant_id: staff.tenant_id, user_id: staff.user_id }) {
+    let _permit = match app.catchup.try_acquire(Caller::Staff { tenant_id: staff.tenant_id, user_id: staff.user_id }) {
         Ok(permit) => permit,
-        Err(refused) => return refused,
+        Err(refused) => return refusal(&app, refused),
     };
     // What the caller receives live on each endpoint its roles admit.
     let audiences: Vec<Audience> = [Endpoint::Waiter, Endpoint::Kitchen, Endpoint::Admin]
@@ -139,9 +133,9 @@ pub async fn session(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> 
     if diner.session_id != session_id {
         return detail(StatusCode::FORBIDDEN, "No access to this session");
     }
-    let _permit = match admit(&app, Caller::Session { tenant_id: diner.tenant_id, session_id }) {
+    let _permit = match app.catchup.try_acquire(Caller::Session { tenant_id: diner.tenant_id, session_id }) {
         Ok(permit) => permit,
-        Err(refused) => return refused,
+        Err(refused) => return refusal(&app, refused),
     };
     let audience = Audience::Diner { tenant_id: diner.tenant_id, session_id };
     collect(&app, diner.tenant_id, since, |scope| routing::receives(&audience, &[], scope)).await
