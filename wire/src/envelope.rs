@@ -229,6 +229,18 @@ mod tests {
         }
     }
 
+    /// From the fuzz target `envelope` (crash-f86a662b…): an unpaired UTF-16 surrogate escape in
+    /// a field the parser does not read. JSON's grammar allows it and browsers' JSON.parse takes
+    /// it, so the event is valid and delivered untouched; only readers that build Rust strings
+    /// (serde_json's `Value`) refuse it. In the routing field `type` it is refused.
+    #[test]
+    fn a_lone_surrogate_escape_is_json() {
+        let e = parse(br#" {"type":"\u0058","tenant_id":9223372036854775807,"p":"]ud83d\ude00"}"#).unwrap();
+        assert_eq!((e.event_type.as_str(), e.tenant_id), ("X", MAX_ID));
+        assert!(serde_json::from_slice::<serde_json::Value>(br#"{"p":"\ude00"}"#).is_err(), "strict readers refuse");
+        assert_eq!(reject(r#"{"type":"\ud800","tenant_id":1}"#), Reject::BadType);
+    }
+
     #[test]
     fn size_is_counted_in_bytes() {
         let pad = "é".repeat(MAX_EVENT_BYTES / 2); // 2 bytes each
