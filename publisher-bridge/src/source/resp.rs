@@ -199,6 +199,9 @@ impl Decoder {
             None if buf.len() > MAX_LINE => return Err(ProtocolError("line too long")),
             None => return Ok(None),
             Some(usize::MAX) => return Err(ProtocolError("CR without LF")),
+            // Refused whole too, as it is while it arrives: the same bytes must not be accepted
+            // or refused depending on how TCP split them.
+            Some(end) if end >= MAX_LINE => return Err(ProtocolError("line too long")),
             Some(end) => end,
         };
         let after_line = end + 2;
@@ -409,5 +412,27 @@ mod tests {
         assert!(parse(&mut buf(b"$999999999999\r\n")).is_err());
         assert!(parse(&mut buf(b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n")).is_err(), "too deep");
         assert!(parse(&mut buf(&[b'+'; MAX_LINE + 2])).is_err(), "endless line");
+    }
+
+    /// Found while writing the fuzz target `resp_decoder` (whole and chunked decoding must
+    /// agree): a complete line longer than `MAX_LINE` in one read was accepted, the same bytes
+    /// arriving in pieces refused.
+    #[test]
+    fn a_long_line_is_refused_however_it_arrives() {
+        let mut wire = vec![b'+'];
+        wire.resize(MAX_LINE + 8, b'a');
+        wire.extend_from_slice(b"\r\n");
+        assert_eq!(parse(&mut buf(&wire)), Err(ProtocolError("line too long")), "in one read");
+        let mut decoder = Decoder::new(64);
+        let mut b = BytesMut::new();
+        let outcome = wire.chunks(4096).find_map(|chunk| {
+            b.put_slice(chunk);
+            decoder.decode(&mut b).transpose()
+        });
+        assert_eq!(outcome, Some(Err(ProtocolError("line too long"))), "in pieces");
+        let mut longest = vec![b'+'];
+        longest.resize(MAX_LINE - 1, b'a');
+        longest.extend_from_slice(b"\r\n");
+        assert!(matches!(parse(&mut buf(&longest)), Ok(Some(Frame::Simple(_)))), "the longest line allowed");
     }
 }
