@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every fuzz target (or the ones named) for SECONDS each, from the committed seeds
 # (fuzz/seeds/<target>) and the local corpus (fuzz/corpus/<target>, not committed, grows).
-#   fuzz/run.sh 10            the smoke run of deploy/test.sh
+#   fuzz/run.sh 10            a smoke run (10 s per target)
 #   fuzz/run.sh 600 envelope  a longer run of one target
-# Needs the nightly toolchain and cargo-fuzz (deploy/install-deps.sh installs both). Builds all
+# Needs the nightly toolchain and cargo-fuzz (README "Fuzzing" says how to install). Builds all
 # targets once, then runs each; a crash leaves its input in fuzz/artifacts/<target>/ and makes
 # the script fail after the other targets have run. FUZZ_SEED fixes libFuzzer's seed (default 1:
 # a smoke run explores the same way each time); FUZZ_ARGS adds libFuzzer options.
