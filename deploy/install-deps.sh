@@ -53,27 +53,23 @@ if ! "$tools/bin/nats-server" --version 2>/dev/null | grep -q "v$nats_version"; 
   ln -sf "$found" "$tools/bin/nats-server"
 fi
 
+# pip_into DIR REQUIREMENTS: the packages of REQUIREMENTS (a path below the repo) from PyPI into
+# .tools/DIR, again only when the file changed since the last install.
+pip_into() {
+  local target="$tools/$1" requirements="$root/$2"
+  if ! cmp -s "$requirements" "$target/.requirements.txt"; then
+    echo "install-deps: pip install -r $2 into .tools/$1"
+    rm -rf "$target"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$target" -r "$requirements"
+    cp "$requirements" "$target/.requirements.txt"
+  fi
+}
+
 # Chart and deploy-file tests (helm/tests, deploy/tests): pytest, helm-python-sdk (Helm 4 compiled
 # into a shared library inside the wheel: lint/render/schema offline, no helm binary) and
-# kubernetes-validate (Kubernetes schemas inside the wheel), from PyPI into ./.tools/chart-py.
-chart_py="$tools/chart-py"
-chart_req="$root/helm/tests/requirements.txt"
-if ! cmp -s "$chart_req" "$chart_py/.requirements.txt"; then
-  echo "install-deps: pip install -r helm/tests/requirements.txt into .tools/chart-py"
-  rm -rf "$chart_py"
-  python3 -m pip install --quiet --disable-pip-version-check --target "$chart_py" -r "$chart_req"
-  cp "$chart_req" "$chart_py/.requirements.txt"
-fi
-
-# The browser test's Python side (deploy/tests/browser/requirements.txt: selenium) into
-# ./.tools/browser-py; deploy/test.sh puts it on PYTHONPATH beside chart-py.
-browser_py="$tools/browser-py"
-browser_req="$root/deploy/tests/browser/requirements.txt"
-if ! cmp -s "$browser_req" "$browser_py/.requirements.txt"; then
-  echo "install-deps: pip install -r deploy/tests/browser/requirements.txt into .tools/browser-py"
-  rm -rf "$browser_py"
-  python3 -m pip install --quiet --disable-pip-version-check --target "$browser_py" -r "$browser_req"
-  cp "$browser_req" "$browser_py/.requirements.txt"
-fi
+# kubernetes-validate (Kubernetes schemas inside the wheel).
+pip_into chart-py helm/tests/requirements.txt
+# The browser test's Python side (selenium); deploy/test.sh puts it on PYTHONPATH beside chart-py.
+pip_into browser-py deploy/tests/browser/requirements.txt
 
 "$tools/bin/nats-server" --version
