@@ -175,7 +175,7 @@ async fn collect(app: &App, tenant_id: u64, since: f64, receives: impl Fn(&Event
             }
         }
         if scanned >= limit * SCAN_FACTOR {
-            truncated = reader.pending > scanned as u64;
+            truncated = !reader.finished();
             break;
         }
     }

@@ -81,6 +81,7 @@ impl Session {
             pending = reader.pending,
             first = reader.first_sequence,
             last = reader.last_sequence,
+            newest = reader.newest,
             "resume: history opened"
         );
         let checked = match range_gap(cursor, reader.first_sequence, reader.last_sequence) {
@@ -105,7 +106,9 @@ impl Session {
             }
             return gap_signal(socket, Some(cursor), Some(reader.first_sequence), gap.reason(), timeout).await;
         }
-        let mut floor = cursor.max(reader.last_sequence);
+        // The reader yields every event of the tenant up to its newest when opened (after this
+        // connection was registered): a live copy of any of them is dropped as it comes.
+        let mut floor = cursor.max(reader.newest);
         let held_limit = self.app.config.limits.send_queue_size * 4;
         let mut held = VecDeque::new();
         let mut replayed = 0u64;
@@ -137,8 +140,8 @@ impl Session {
                     break;
                 }
             };
-            // The consumer may deliver events stored after `last_sequence` was read; the floor
-            // follows every replayed sequence so live copies of them are skipped at the seam.
+            // The newest event may have left the stream meanwhile and a later one end the read:
+            // the floor follows every replayed sequence so live copies are skipped at the seam.
             floor = floor.max(stored.sequence);
             if !self.receives(&stored) {
                 continue;
