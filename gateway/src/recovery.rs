@@ -19,6 +19,16 @@
 //!
 //! A reconnect is noticed through the client's connect counter, which the client library bumps
 //! before it resubscribes: a live message read after the bump was received on the new connection.
+//!
+//! A new leader of `EVENTS` opens a seam too. Only the leader re-publishes, when it applies a
+//! message; a leader that dies after a message was committed but before it applied it leaves
+//! the message to its followers, which store it without re-publishing. Every later message
+//! comes from the new leader, so at its election advisory (`LEADER_ADVISORY`) each listener
+//! re-reads what was stored between the last sequence it dispatched and the next live message,
+//! as after a reconnect. The advisory is published before the new leader applies its first
+//! message, and a listener takes a pending advisory before a pending live message. (Should a
+//! listener still dispatch a live message of the new leader first, the re-read starts after it
+//! and what the dead leader left unpublished is only in the stream: for catch-up and resume.)
 
 use crate::dispatch::{Dispatcher, Meta, Outcome};
 use crate::history::{self, HistoryError, Start};
@@ -36,16 +46,22 @@ pub const SETTLE: Duration = Duration::from_secs(1);
 /// How long a failing re-read is retried before the listener carries on without it.
 const GIVE_UP: Duration = Duration::from_secs(30);
 
-/// The state of the NATS connection as the listeners need it, fed by the client's event callback.
+/// The advisory a new leader of `EVENTS` publishes.
+pub const LEADER_ADVISORY: &str = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.EVENTS";
+
+/// The state of the NATS connection as the listeners need it, fed by the client's event callback
+/// and the leader advisories.
 #[derive(Clone)]
 pub struct Link {
     /// The time of the last disconnect; changed on every disconnect and every connect.
     tx: watch::Sender<Option<SystemTime>>,
+    /// How many leader elections of `EVENTS` this replica heard of.
+    leaders: watch::Sender<u64>,
 }
 
 impl Default for Link {
     fn default() -> Self {
-        Link { tx: watch::channel(None).0 }
+        Link { tx: watch::channel(None).0, leaders: watch::channel(0).0 }
     }
 }
 
@@ -61,6 +77,33 @@ impl Link {
     /// Wakes on every change from now on.
     pub fn watch(&self) -> watch::Receiver<Option<SystemTime>> {
         self.tx.subscribe()
+    }
+
+    pub fn leader_elected(&self) {
+        self.leaders.send_modify(|n| *n += 1);
+    }
+
+    /// Wakes on every leader election from now on.
+    pub fn watch_leaders(&self) -> watch::Receiver<u64> {
+        self.leaders.subscribe()
+    }
+
+    /// Follows `EVENTS`' leader advisories on `client` until it is closed.
+    pub async fn follow_leaders(self, client: async_nats::Client) {
+        use futures_util::StreamExt;
+        let mut advisories = match client.subscribe(LEADER_ADVISORY).await {
+            Ok(subscriber) => subscriber,
+            Err(error) => {
+                tracing::error!(%error, "cannot follow the leader advisories of the events stream");
+                return;
+            }
+        };
+        while advisories.next().await.is_some() {
+            tracing::info!(
+                "a new leader of the events stream was elected: re-reading what it may not have re-published"
+            );
+            self.leader_elected();
+        }
     }
 }
 

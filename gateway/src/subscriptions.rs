@@ -127,6 +127,7 @@ impl Subscriptions {
     async fn listen(self: Arc<Self>, tenant_id: u64, ready: watch::Sender<bool>, stop: CancellationToken) {
         let subject = live_tenant_filter(tenant_id);
         let mut link = self.link.watch();
+        let mut leaders = self.link.watch_leaders();
         let mut position = Position::new(&self.client);
         let started = (tokio::time::Instant::now(), SystemTime::now());
         let mut attempt = 0;
@@ -188,6 +189,12 @@ impl Subscriptions {
                         since = *link.borrow();
                         settle.get_or_insert_with(|| tokio::time::Instant::now() + recovery::SETTLE);
                     }
+                }
+                Ok(()) = leaders.changed() => {
+                    seam = true;
+                    // Nothing dispatched yet: whatever the stream stored since the subscription.
+                    since = since.or(Some(started.1));
+                    settle.get_or_insert_with(|| tokio::time::Instant::now() + recovery::SETTLE);
                 }
                 _ = tokio::time::sleep_until(settle.unwrap_or_else(tokio::time::Instant::now)), if settle.is_some() => {
                     settle = None;

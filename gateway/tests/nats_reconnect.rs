@@ -131,3 +131,46 @@ async fn events_stored_while_a_replica_reconnects_reach_its_clients_in_order() {
     );
     assert_eq!(gateway.metric("gateway_nats_recovery_incomplete_total").await, 0.0);
 }
+
+/// Only the stream's leader re-publishes, when it applies a message: a leader that dies between
+/// the commit and the apply leaves the message to followers that store it silently. Played here
+/// on one node by a stream without RePublish (the events are stored, never re-published) and the
+/// advisory a newly elected leader publishes: after it, every client of the replica gets the
+/// stored events, in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_a_dead_leader_did_not_re_publish_arrive_after_the_election() {
+    let stack = Stack::start().await;
+    let js = events_stream(&stack).await;
+    let gateway = stack.gateway().await;
+    let mut plain = gateway.staff("waiter", &staff_token(2, 1, &[10], &["WAITER"])).await;
+    let mut resuming =
+        gateway.connect(&format!("/ws/waiter?token={}&resume=live", staff_token(3, 1, &[10], &["WAITER"]))).await;
+    let first = event("ROUND_PENDING", 1, 10, None, None, 0);
+    store(&js, 1, 10, "waiters", &first).await;
+    assert_eq!(plain.text().await, first);
+    let last_cursor = cursor_of(&resuming.text().await);
+
+    let mut config = js.get_stream("EVENTS").await.unwrap().cached_info().config.clone();
+    config.republish = None;
+    js.update_stream(config).await.unwrap();
+    let silent: Vec<String> = (1..=3).map(|n| event("ROUND_PENDING", 1, 10, None, None, n)).collect();
+    for e in &silent {
+        store(&js, 1, 10, "waiters", e).await;
+    }
+    assert_eq!(plain.next_within(Duration::from_millis(500)).await, Seen::Nothing, "stored, not re-published");
+
+    let operator = stack.nats_client().await;
+    let advisory = r#"{"type":"io.nats.jetstream.advisory.v1.stream_leader_elected","stream":"EVENTS"}"#;
+    operator.publish("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.EVENTS", advisory.into()).await.unwrap();
+    operator.flush().await.unwrap();
+    for (i, e) in silent.iter().enumerate() {
+        assert_eq!(&plain.text().await, e, "plain client, event {} of {}", i + 1, silent.len());
+        let received = resuming.text().await;
+        assert_eq!(&without_cursor(&received), e, "resuming client, event {}", i + 1);
+        assert_eq!(cursor_of(&received), last_cursor + 1 + i as u64, "in stream order");
+    }
+    for client in [&mut plain, &mut resuming] {
+        assert_eq!(client.next_within(Duration::from_millis(1500)).await, Seen::Nothing, "once");
+    }
+    assert_eq!(gateway.metric("gateway_nats_recovered_events_total").await, 3.0);
+}
