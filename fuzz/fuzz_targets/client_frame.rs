@@ -10,7 +10,13 @@ use serde_json::Value;
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let trimmed = text.trim();
-    let json = serde_json::from_str::<Value>(trimmed).ok().filter(Value::is_object);
+    let json = match serde_json::from_str::<Value>(trimmed) {
+        // JSON's grammar puts no range on numbers; serde_json's `Value` refuses what an f64
+        // cannot hold. The gateway reads only `type` and skips the rest, so such an object is
+        // classified by its `type`: nothing to compare it with here.
+        Err(e) if e.to_string().starts_with("number out of range") => return,
+        parsed => parsed.ok().filter(Value::is_object),
+    };
     let typed_ping = json.as_ref().is_some_and(|v| v["type"] == "ping");
     match classify(text) {
         Inbound::Ping => assert!(trimmed == "ping" || typed_ping, "{text:?}"),

@@ -158,9 +158,15 @@ mod tests {
 
     #[test]
     fn every_ping_form() {
-        for text in
-            ["ping", " ping\n", r#"{"type":"ping"}"#, r#"{ "type" : "ping" , "ts": 5 }"#, "{\n\"type\":\"ping\"}"]
-        {
+        for text in [
+            "ping",
+            " ping\n",
+            r#"{"type":"ping"}"#,
+            r#"{ "type" : "ping" , "ts": 5 }"#,
+            "{\n\"type\":\"ping\"}",
+            // Valid JSON (RFC 8259 sets no range on numbers) that an f64 cannot hold (fuzz finding).
+            r#"{"p":1e+000012996995786650955,"type":"ping"}"#,
+        ] {
             assert_eq!(classify(text), Inbound::Ping, "{text}");
         }
         for text in [
