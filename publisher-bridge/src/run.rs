@@ -77,7 +77,21 @@ async fn run_connected(
         .timeout(config.publish_timeout)
         .max_ack_inflight(config.max_in_flight + 1024)
         .build(client.clone());
-    ensure_streams(&js, &config.streams).await?;
+    let mut attempt = 0;
+    loop {
+        match ensure_streams(&js, &config.streams).await {
+            Ok(()) => break,
+            Err(error) if error.is_transient() => {
+                attempt += 1;
+                tracing::warn!(%error, attempt, "JetStream is not answering yet; not ready, asking again");
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(wire::natsconn::reconnect_delay(attempt + 1)) => {}
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
     health.set(Dependency::Streams, true);
 
     let redis_client = redis::Client::open(config.redis_url.expose_str())

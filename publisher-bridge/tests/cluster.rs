@@ -70,3 +70,42 @@ async fn stream_leader_killed_mid_burst() -> Result<()> {
     eprintln!("publish retries during the election: {}", bridge.metric("bridge_publish_retries_total").await);
     bridge.shutdown().await
 }
+
+/// A bridge that starts while JetStream cannot answer (two of three nodes down: no meta leader)
+/// stays up and not ready, asking again, instead of exiting; once the nodes are back it creates
+/// the streams, becomes ready and stores events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_before_jetstream_can_answer_and_waits_for_it() -> Result<()> {
+    let redis_server = Redis::start().await;
+    let mut cluster = NatsCluster::start(3).await;
+    cluster.nodes[1].kill();
+    cluster.nodes[2].kill();
+    let only_node: Vec<(String, String)> = cluster
+        .env(NatsUser::Bridge)
+        .into_iter()
+        .map(|(k, v)| if k == "NATS_URL" { (k, cluster.nodes[0].url()) } else { (k, v) })
+        .collect();
+    let env = env(&redis_server.url(), &only_node, "early", &[("BRIDGE_EVENTS_REPLICAS", "3")]);
+    let config = publisher_bridge::config::Config::from_lookup(move |k| env.get(k).cloned())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(publisher_bridge::run(config, listener, stop.clone()));
+
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(!task.is_finished(), "the bridge gave up: {:?}", task.await);
+    let (status, _) = wire::testkit::http_get(&format!("http://{addr}/readyz")).await?;
+    assert_eq!(status, 503, "not ready without its streams");
+
+    cluster.nodes[1].restart().await;
+    cluster.nodes[2].restart().await;
+    wait_ready(addr, 90).await?;
+    let js = jetstream(cluster.connect(NatsUser::Operator).await).await?;
+    let mut conn = support::redis(&redis_server.url()).await?;
+    xadd_all(&mut conn, "events:critical", "data", &[event(1, "ROUND_READY", 1, Some(2))]).await?;
+    assert_eq!(wait_count(&js, "EVENTS", 1, 30).await?, 1);
+    stop.cancel();
+    within(20, "bridge shutdown", task).await??.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}

@@ -67,6 +67,23 @@ pub fn dlq_config(s: &StreamSettings) -> Config {
 }
 
 /// Creates or updates both streams. Safe to call from several replicas at once.
+impl StreamsError {
+    /// Whether JetStream may answer later: no answer in time, no JetStream yet (a cluster still
+    /// electing its meta leader), or a 503 ("temporarily unavailable"). Anything else (a name,
+    /// settings the server refuses) stays wrong however long the bridge waits.
+    pub fn is_transient(&self) -> bool {
+        use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+        let kind = match self {
+            StreamsError::Create(_, e) | StreamsError::Update(_, e) => e.kind(),
+        };
+        match kind {
+            Kind::TimedOut | Kind::JetStreamUnavailable => true,
+            Kind::JetStream(e) => e.code() == 503,
+            _ => false,
+        }
+    }
+}
+
 pub async fn ensure_streams(js: &Context, s: &StreamSettings) -> Result<(), StreamsError> {
     ensure(js, EVENTS_STREAM, events_config(s)).await?;
     ensure(js, DLQ_STREAM, dlq_config(s)).await
