@@ -201,6 +201,7 @@ impl Recovery<'_> {
             tracing::warn!(tenant_id, %error, "NATS did not confirm the resubscription; re-reading the stream anyway");
         }
         let js = async_nats::jetstream::new(client.clone());
+        let before = position.last;
         let give_up = tokio::time::Instant::now() + GIVE_UP;
         let mut recovered = 0;
         let mut attempt = 0;
@@ -215,7 +216,9 @@ impl Recovery<'_> {
                 }
             }
         };
-        position.floor = position.last;
+        // Live copies of what was re-read are skipped; with nothing re-read there is nothing to
+        // skip (a live message below the last sequence then comes from a stream created again).
+        position.floor = if position.last != before { position.last } else { None };
         self.metrics.nats_recovered_events.inc_by(recovered);
         result
     }

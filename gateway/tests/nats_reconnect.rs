@@ -174,3 +174,34 @@ async fn events_a_dead_leader_did_not_re_publish_arrive_after_the_election() {
     }
     assert_eq!(gateway.metric("gateway_nats_recovered_events_total").await, 3.0);
 }
+
+/// `EVENTS` deleted and created again while the replica was disconnected: the new stream's
+/// sequences start below the last one the replica dispatched, and its events still reach every
+/// client (none is taken for a copy of what the re-read after the reconnect covered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_created_again_during_the_outage_is_followed() {
+    let stack = Stack::start().await;
+    let js = events_stream(&stack).await;
+    let relay = Relay::to(format!("127.0.0.1:{}", stack.nats.port()).parse().unwrap()).await;
+    let gateway = stack.gateway_with(&[("NATS_URL", &relay.url())]).await;
+    let mut plain = gateway.staff("waiter", &staff_token(2, 1, &[10], &["WAITER"])).await;
+    for n in 0..5 {
+        let e = event("ROUND_PENDING", 1, 10, None, None, n);
+        store(&js, 1, 10, "waiters", &e).await;
+        assert_eq!(plain.text().await, e);
+    }
+
+    relay.cut();
+    wait_nats_connected(&gateway, false).await;
+    tokio::time::timeout(SOON, js.delete_stream("EVENTS")).await.unwrap().unwrap();
+    events_stream(&stack).await;
+    relay.restore();
+    wait_nats_connected(&gateway, true).await;
+
+    for n in 100..103 {
+        let e = event("ROUND_PENDING", 1, 10, None, None, n);
+        assert!(store(&js, 1, 10, "waiters", &e).await <= 3, "the new stream starts again");
+        assert_eq!(plain.text().await, e, "event {n} of the new stream");
+    }
+    assert_eq!(plain.next_within(Duration::from_millis(1500)).await, Seen::Nothing, "once");
+}
