@@ -8,7 +8,8 @@ mod harness;
 use harness::*;
 use std::time::Duration;
 
-/// The `live.` subscriptions the NATS server holds for the connection named `instance`.
+/// The subscriptions the NATS server holds for the connection named `instance`, but for its reply
+/// inbox and the stream's leader advisories, which every replica follows from its start.
 async fn live_subs(stack: &Stack, instance: &str) -> Vec<String> {
     let connz = stack.nats.connz_subs().await;
     let conn = connz["connections"]
@@ -19,7 +20,13 @@ async fn live_subs(stack: &Stack, instance: &str) -> Vec<String> {
         .unwrap_or_else(|| panic!("no NATS connection named {instance} in {connz}"));
     let mut subs: Vec<String> = conn["subscriptions_list"]
         .as_array()
-        .map(|l| l.iter().filter_map(|s| s.as_str()).filter(|s| !s.starts_with("_INBOX")).map(String::from).collect())
+        .map(|l| {
+            l.iter()
+                .filter_map(|s| s.as_str())
+                .filter(|s| !s.starts_with("_INBOX") && *s != gateway::recovery::LEADER_ADVISORY)
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default();
     subs.sort();
     subs
