@@ -34,10 +34,14 @@ async fn a_stalled_client_is_cut_off_and_recovers_through_resume() {
     let token = staff_token(2, 1, &[10], &["WAITER"]);
     let mut fast = gw.staff("waiter", &staff_token(3, 1, &[10], &["WAITER"])).await;
     const N: usize = 300;
+    // The publisher stays at most a few events ahead of the fast client, so only the stalled one
+    // can fill its queue, however slowly this machine runs the fast reader.
+    let (progress, mut fast_progress) = tokio::sync::watch::channel(0usize);
     let reader = tokio::spawn(async move {
         let mut got = Vec::with_capacity(N);
         while got.len() < N {
             got.push(fast.text().await);
+            progress.send_replace(got.len());
         }
         got
     });
@@ -50,6 +54,8 @@ async fn a_stalled_client_is_cut_off_and_recovers_through_resume() {
             serde_json::from_str(&event("ROUND_PENDING", 1, 10, None, None, seq as u64)).unwrap();
         e["entity"]["padding"] = serde_json::json!(padding);
         let text = e.to_string();
+        let ahead = fast_progress.wait_for(|got| seq <= got + 4);
+        tokio::time::timeout(Duration::from_secs(30), ahead).await.expect("the fast client keeps reading").unwrap();
         store(&js, 1, 10, "waiters", &text).await;
         published.push(text);
     }
