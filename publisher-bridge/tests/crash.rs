@@ -36,17 +36,18 @@ async fn ten_thousand_entries_survive_repeated_sigkill() -> Result<()> {
             anyhow::Ok(())
         })
     };
-    let mut kills = 0;
     let mut killed_with_pending = 0;
     let mut probe = conn.clone();
     for round in 0..5u64 {
         // Let it make some progress, then kill it without warning, preferably while entries are
         // delivered to it but not yet acknowledged.
+        // Progress since the last restart, unless the writer is done and everything is stored.
         let before = count(&js, "EVENTS").await;
-        let _ = eventually(10, "progress before the kill", || async {
-            (count(&js, "EVENTS").await > before + 300 + round * 50).then_some(())
+        eventually(20, "progress before the kill", || async {
+            let now = count(&js, "EVENTS").await;
+            (now > before + 300 + round * 50 || now == ENTRIES).then_some(())
         })
-        .await;
+        .await?;
         let pending = within(5, "pending before the kill", async {
             for _ in 0..500 {
                 let n = xpending(&mut probe, "events:critical", "publisher_bridge").await.unwrap_or(0);
@@ -59,7 +60,6 @@ async fn ten_thousand_entries_survive_repeated_sigkill() -> Result<()> {
         })
         .await?;
         bridge.sigkill();
-        kills += 1;
         killed_with_pending += (pending > 0) as u32;
         bridge = Binary::start(env.clone(), log.clone()).await?;
     }
@@ -75,11 +75,11 @@ async fn ten_thousand_entries_survive_repeated_sigkill() -> Result<()> {
     assert_exactly_once(&stored, ENTRIES);
     assert_eq!(xpending(&mut conn, "events:critical", "publisher_bridge").await?, 0);
     assert_eq!(count(&js, "EVENTS_DLQ").await, 0);
-    assert!(kills >= 5);
+    assert!(killed_with_pending > 0, "no kill landed while entries were delivered but not acknowledged");
     let code = bridge.sigterm(15).await?;
     assert_eq!(code, Some(0), "SIGTERM exits 0\n{}", bridge.log_tail());
     let republished = std::fs::read_to_string(&log)?.matches("re-publishing own pending").count();
-    eprintln!("kills: {kills} ({killed_with_pending} with entries pending), restarts that re-published pending entries: {republished}");
+    eprintln!("kills: 5 ({killed_with_pending} with entries pending), restarts that re-published pending entries: {republished}");
     assert!(republished >= 1, "at least one restart re-published its pending entries");
     let _ = std::fs::remove_file(&log);
     Ok(())

@@ -162,12 +162,24 @@ impl Gateway {
     }
 
     /// The value of one metric series line (`name{labels}`), 0 when absent.
+    /// The value of one exact series (`name{labels}`). A series not exposed reads 0 only when its
+    /// family is declared (`# TYPE`) or, for a labelled family with no series yet (which the
+    /// exposition omits), documented in README's metrics table; any other name panics, so a typo
+    /// cannot pass an `== 0.0` assertion.
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, text) = self.get("/ws/metrics").await;
-        text.lines()
-            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0.0)
+        if let Some(value) =
+            text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        {
+            return value.trim().parse().unwrap_or_else(|e| panic!("{series}: {e}: {value}"));
+        }
+        let name = series.split('{').next().unwrap_or(series);
+        let declared =
+            text.lines().any(|l| l.strip_prefix("# TYPE ").is_some_and(|t| t.split(' ').next() == Some(name)));
+        let readme = std::fs::read_to_string(wire::testkit::repo_root().join("README.md")).expect("README.md");
+        let documented = series.contains('{') && readme.contains(&format!("| `{name}` |"));
+        assert!(declared || documented, "no metric {name} in /ws/metrics nor in README's metrics table");
+        0.0
     }
 
     pub async fn connect(&self, path_and_query: &str) -> Client {
@@ -405,8 +417,7 @@ pub async fn events_stream(stack: &Stack) -> async_nats::jetstream::Context {
 /// Publishes a backend event into the EVENTS stream the way the bridge does; returns its sequence.
 pub async fn store(js: &async_nats::jetstream::Context, tenant: u64, branch: u64, role: &str, payload: &str) -> u64 {
     let mut headers = async_nats::HeaderMap::new();
-    let digest = format!("{:x}", xxhash_rust::xxh3::xxh3_128(payload.as_bytes()));
-    headers.insert("Nats-Msg-Id", digest.as_str());
+    headers.insert(wire::headers::MSG_ID, wire::msg_id::Digest::of(payload.as_bytes()).msg_id().as_str());
     let ack = js
         .publish_with_headers(format!("events.{tenant}.{branch}.{role}"), headers, payload.to_string().into())
         .await
