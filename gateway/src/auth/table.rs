@@ -2,7 +2,7 @@
 //! `tenant:branch:table:session:expires_at:sig` form, compared in constant time. Ids must be
 //! within the backend's range; the JWT form's `nbf` and a future `iat` are refused.
 
-use super::staff::jwt_error;
+use super::staff::decode_jwt;
 use super::{backend_id, check_not_before, AuthError};
 use crate::config::AuthConfig;
 use hmac::{Hmac, Mac};
@@ -75,7 +75,7 @@ impl TableVerifier {
     }
 
     fn verify_jwt(&self, token: &str, now: i64) -> Result<Diner, AuthError> {
-        let c = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| jwt_error(&e))?.claims;
+        let c = decode_jwt::<Claims>(token, &self.key, &self.validation)?;
         if c.token_type != "table" {
             return Err(AuthError::WrongType(c.token_type));
         }

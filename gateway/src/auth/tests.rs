@@ -196,6 +196,39 @@ fn table_tokens_in_both_forms() {
     assert!(strict.verify_table(&jwt, now).is_ok());
 }
 
+/// A JWT over raw header and claims bytes, signed with `secret` (HS256).
+fn sign_raw(secret: &[u8], header: &[u8], claims: &[u8]) -> String {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    use hmac::Mac;
+    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
+#[test]
+fn tokens_whose_json_is_not_utf8_are_malformed_even_when_signed() {
+    // A fuzz finding: serde_json skips the fields it does not read without checking their
+    // strings, so bytes that are not UTF-8 in an unknown claim passed.
+    let header = br#"{"alg":"HS256","typ":"JWT"}"#;
+    let now = unix_now();
+    let mut staff = staff_claims(7, 3, &[10], &["WAITER"], 600).to_string().into_bytes();
+    staff.truncate(staff.len() - 1);
+    let plain = [staff.as_slice(), br#","note":"ok"}"#].concat();
+    assert!(auth().verify_staff(&sign_raw(JWT, header, &plain), now).is_ok(), "the same token, UTF-8");
+    let broken = [staff.as_slice(), b",\"note\":\"acces\xed\"}"].concat();
+    assert!(matches!(auth().verify_staff(&sign_raw(JWT, header, &broken), now), Err(AuthError::Malformed(_))));
+    let header_broken = b"{\"alg\":\"HS256\",\"x\":\"\xff\"}";
+    assert!(matches!(auth().verify_staff(&sign_raw(JWT, header_broken, &plain), now), Err(AuthError::Malformed(_))));
+
+    let mut table = table_claims(3, 10, 5, 99, 600).to_string().into_bytes();
+    table.truncate(table.len() - 1);
+    let plain = [table.as_slice(), br#","note":"ok"}"#].concat();
+    assert!(auth().verify_table(&sign_raw(TABLE, header, &plain), now).is_ok());
+    let broken = [table.as_slice(), b",\"note\":\"\xc3\"}"].concat();
+    assert!(matches!(auth().verify_table(&sign_raw(TABLE, header, &broken), now), Err(AuthError::Malformed(_))));
+}
+
 #[test]
 fn origin_rules() {
     let c = config(true);
