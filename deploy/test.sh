@@ -5,7 +5,9 @@
 #      test of the workspace with all features, through cargo-nextest when installed (settings in
 #      .config/nextest.toml), else `cargo test`;
 #   3. the chart, deploy-file and browser tests (pytest: helm/tests, deploy/tests; the browser
-#      test, deploy/tests/browser, drives headless Chromium against the real binaries).
+#      test, deploy/tests/browser, drives headless Chromium against the real binaries);
+#   4. a fuzz smoke run: every cargo-fuzz target (fuzz/) for FUZZ_SECONDS (default 10) from its
+#      committed seeds, with a fixed libFuzzer seed.
 # Every step runs even if an earlier test step failed; the exit status is non-zero if any failed.
 # Extra arguments go to the Rust test runner (for example a test name filter).
 set -euo pipefail
@@ -53,6 +55,8 @@ fi
 run "chart, deploy-file and browser tests (pytest)" \
   env PYTHONPATH="$root/.tools/chart-py:$root/.tools/browser-py" PYTHONDONTWRITEBYTECODE=1 \
   python3 -m pytest -q -p no:cacheprovider helm/tests deploy/tests
+
+run "fuzz smoke (every target ${FUZZ_SECONDS:-10} s)" ./fuzz/run.sh "${FUZZ_SECONDS:-10}"
 
 if ((${#failed[@]})); then
   echo "test.sh: FAILED: ${failed[*]}" >&2
