@@ -3,7 +3,7 @@
 //! HAProxy); a seeded schedule (`MODEL_SEED`, `MODEL_STEPS`) then drives it, with a CPU hog
 //! (one busy loop per core at `nice 5`) beside it:
 //!
-//! - tenants created (their first client, an admin, connects and an event of the tenant is
+//! - tenants created (at most 6 live at once; their first client, an admin, connects and an event of the tenant is
 //!   published right after its handshake, then the tenant's other clients join) and dropped (every
 //!   client of the tenant leaves; the gateways unsubscribe after `GATEWAY_UNSUBSCRIBE_DELAY`, 1 s
 //!   here), and revived later (all of them resume);
@@ -56,6 +56,9 @@ const DEFAULT_STEPS: usize = 24;
 /// Branches per tenant and table sessions per branch.
 const BRANCHES: u64 = 2;
 const SESSIONS: u64 = 2;
+/// Tenants with clients at once (a new one beyond falls back to a burst): the clients stay
+/// within what two shared cores carry beside the CPU hog.
+const MAX_LIVE_TENANTS: usize = 6;
 /// The trickle of events over the live tenants.
 const TRICKLE_EVERY: Duration = Duration::from_millis(40);
 /// Bounded waits: a client connecting, a client receiving what was stored for it, JetStream
@@ -274,7 +277,10 @@ impl Model {
         (0..self.clients.len()).filter(|&i| self.clients[i].steered.wants_on()).collect()
     }
 
-    async fn new_tenant(&mut self) {
+    async fn new_tenant(&mut self) -> bool {
+        if self.tenants.iter().filter(|t| t.live).count() >= MAX_LIVE_TENANTS {
+            return false;
+        }
         let id = self.tenants.len() as u64 + 1;
         let tenant = Tenant::new(id, BRANCHES, SESSIONS);
         // The admin first: it receives every event of its tenant.
@@ -320,6 +326,7 @@ impl Model {
             clients.len()
         ));
         self.tenants.push(ModelTenant { id, live: true, clients });
+        true
     }
 
     async fn drop_tenant(&mut self) -> bool {
@@ -680,10 +687,7 @@ impl Model {
 
     async fn step(&mut self, action: Action) {
         let done = match action {
-            Action::NewTenant => {
-                self.new_tenant().await;
-                true
-            }
+            Action::NewTenant => self.new_tenant().await,
             Action::DropTenant => self.drop_tenant().await,
             Action::ReviveTenant => self.revive_tenant().await,
             Action::Leave => self.leave_one().await,
