@@ -659,8 +659,31 @@ impl Model {
         self.note(format!("{name} restarted"));
     }
 
+    /// Waits until the bridges hold no unacknowledged `events:critical` entry. One that a killed
+    /// bridge stored but never acknowledged is published again by the bridge that claims it:
+    /// JetStream drops the copy within its duplicate window, but a stream created again in
+    /// between has no memory of it and would store it a second time.
+    async fn wait_no_pending(&mut self) {
+        let deadline = Instant::now() + STORE_WITHIN;
+        loop {
+            let mut redis = self.feed.lock().await.redis.clone();
+            let pending: redis::RedisResult<(u64, redis::Value, redis::Value, redis::Value)> =
+                redis::cmd("XPENDING").arg("events:critical").arg("publisher_bridge").query_async(&mut redis).await;
+            match pending {
+                Ok((0, ..)) => return,
+                Ok((n, ..)) if Instant::now() >= deadline => {
+                    self.problems.push(format!("the bridges still hold {n} unacknowledged stream entries"));
+                    return;
+                }
+                Err(e) if Instant::now() >= deadline => panic!("XPENDING events:critical: {e}"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
     async fn recreate_stream(&mut self) {
         self.quiesce("before EVENTS is deleted").await;
+        self.wait_no_pending().await;
         let stored = self.read_current().await;
         let created_ns = self.current_since.0;
         self.closed.push(Incarnation { created_ns, stored });
