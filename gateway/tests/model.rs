@@ -52,7 +52,7 @@ use traffic::Published;
 use wire::testkit::{http_get, ClusterOptions, ClusterStack, EVENTS_STREAM};
 
 const DEFAULT_SEED: u64 = 13;
-const DEFAULT_STEPS: usize = 24;
+const DEFAULT_STEPS: usize = 40;
 /// Branches per tenant and table sessions per branch.
 const BRANCHES: u64 = 2;
 const SESSIONS: u64 = 2;
@@ -681,9 +681,45 @@ impl Model {
         }
     }
 
+    /// Waits until both bridges are idle: no publish waiting for its acknowledgement and nothing
+    /// new read from Redis for a moment. Both bridges publish every pub/sub event; the slower
+    /// copy, still retried while the stream is deleted, would be stored again by the new one.
+    async fn wait_bridges_idle(&mut self) {
+        let deadline = Instant::now() + STORE_WITHIN;
+        let mut before: Option<Vec<f64>> = None;
+        loop {
+            let mut now = Vec::new();
+            let mut in_flight = 0.0;
+            for bridge in &self.stack.bridges {
+                let text = match http_get(&bridge.url("/metrics")).await {
+                    Ok((200, text)) => text,
+                    _ => String::new(),
+                };
+                let sum = |prefix: &str| -> f64 {
+                    text.lines()
+                        .filter(|l| l.starts_with(prefix))
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                        .sum()
+                };
+                in_flight += sum("bridge_in_flight ");
+                now.push(sum("bridge_received_total"));
+            }
+            if in_flight == 0.0 && before.as_ref() == Some(&now) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                self.problems.push(format!("the bridges were not idle after {STORE_WITHIN:?} ({in_flight} in flight)"));
+                return;
+            }
+            before = Some(now);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     async fn recreate_stream(&mut self) {
         self.quiesce("before EVENTS is deleted").await;
         self.wait_no_pending().await;
+        self.wait_bridges_idle().await;
         let stored = self.read_current().await;
         let created_ns = self.current_since.0;
         self.closed.push(Incarnation { created_ns, stored });
