@@ -819,25 +819,8 @@ async fn randomized_model_based_delivery() {
         format!("MODEL_SEED={seed} MODEL_STEPS={steps} cargo nextest run -p gateway --test model --all-features");
     eprintln!("model: seed {seed}, {steps} steps; replay with: {replay}");
     let started = Instant::now();
-    let stack = ClusterStack::start(
-        ClusterOptions::new(env!("CARGO_BIN_EXE_gateway"))
-            .secrets(JWT_SECRET, TABLE_SECRET)
-            .gateway_env("GATEWAY_UNSUBSCRIBE_DELAY", "1s")
-            .gateway_env("GATEWAY_DRAIN_WINDOW", "1s")
-            .gateway_env("GATEWAY_SHUTDOWN_TIMEOUT", "4s"),
-    )
-    .await;
-    eprintln!("model: cluster up after {:.1} s", started.elapsed().as_secs_f64());
-    let hog = hog::CpuHog::start();
-    eprintln!(
-        "model: CPU hog running beside the stack: {} busy loops at nice 5, pids {:?}",
-        hog.pids().len(),
-        hog.pids()
-    );
-
-    let outcome = std::panic::AssertUnwindSafe(run(seed, steps, stack)).catch_unwind().await;
-    drop(hog);
-    eprintln!("model: CPU hog stopped; {:.1} s in all", started.elapsed().as_secs_f64());
+    let outcome = std::panic::AssertUnwindSafe(run(seed, steps)).catch_unwind().await;
+    eprintln!("model: {:.1} s in all", started.elapsed().as_secs_f64());
     let failure = match outcome {
         Ok(None) => return,
         Ok(Some(report)) => report,
@@ -853,8 +836,25 @@ async fn randomized_model_based_delivery() {
     panic!("seed {seed}: replay with `{replay}`\n{failure}");
 }
 
-/// Runs the schedule and judges; `Some(report)` on failure.
-async fn run(seed: u64, steps: usize, stack: ClusterStack) -> Option<String> {
+/// Starts the stack and the CPU hog, runs the schedule and judges; `Some(report)` on failure.
+async fn run(seed: u64, steps: usize) -> Option<String> {
+    let started = Instant::now();
+    let stack = ClusterStack::start(
+        ClusterOptions::new(env!("CARGO_BIN_EXE_gateway"))
+            .secrets(JWT_SECRET, TABLE_SECRET)
+            .gateway_env("GATEWAY_UNSUBSCRIBE_DELAY", "1s")
+            .gateway_env("GATEWAY_DRAIN_WINDOW", "1s")
+            .gateway_env("GATEWAY_SHUTDOWN_TIMEOUT", "4s"),
+    )
+    .await;
+    eprintln!("model: cluster up after {:.1} s", started.elapsed().as_secs_f64());
+    // Stopped when `run` ends, by return or by panic.
+    let hog = hog::CpuHog::start();
+    eprintln!(
+        "model: CPU hog running beside the stack: {} busy loops at nice 5, pids {:?}",
+        hog.pids().len(),
+        hog.pids()
+    );
     let stop = CancellationToken::new();
     let redis = redis::Client::open(stack.redis_url()).unwrap();
     let redis = tokio::time::timeout(Duration::from_secs(10), redis.get_multiplexed_async_connection())

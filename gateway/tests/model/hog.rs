@@ -37,5 +37,6 @@ impl Drop for CpuHog {
             let _ = child.kill();
             let _ = child.wait();
         }
+        eprintln!("model: CPU hog stopped");
     }
 }
