@@ -113,10 +113,12 @@ pub struct Position {
     connects: u64,
     /// The highest stream sequence dispatched.
     pub last: Option<u64>,
-    /// Live messages at or below this sequence were dispatched by a recovery: skip them. Cleared
-    /// by the first live message above it, so a stream that starts again at sequence 1 (deleted
-    /// and created anew) is not ignored.
-    floor: Option<u64>,
+    /// The highest sequence the last recovery dispatched, and the latest time the stream stored
+    /// what it dispatched (unix ns): a live message at or below that sequence and stored no
+    /// later is a copy of a re-read event, and skipped. Cleared by the first live message past
+    /// it; a message stored later (a stream deleted and created anew, starting again at
+    /// sequence 1) is never taken for a copy.
+    floor: Option<(u64, u64)>,
 }
 
 impl Position {
@@ -131,10 +133,10 @@ impl Position {
     }
 
     /// Whether a live message with this sequence is new; records it.
-    pub fn admit(&mut self, sequence: Option<u64>) -> bool {
+    pub fn admit(&mut self, sequence: Option<u64>, stored_ns: Option<u64>) -> bool {
         let Some(sequence) = sequence else { return true };
-        if let Some(floor) = self.floor {
-            if sequence <= floor {
+        if let Some((floor, floor_ns)) = self.floor {
+            if sequence <= floor && stored_ns.is_none_or(|ns| ns <= floor_ns) {
                 return false;
             }
             self.floor = None;
@@ -201,12 +203,12 @@ impl Recovery<'_> {
             tracing::warn!(tenant_id, %error, "NATS did not confirm the resubscription; re-reading the stream anyway");
         }
         let js = async_nats::jetstream::new(client.clone());
-        let before = position.last;
         let give_up = tokio::time::Instant::now() + GIVE_UP;
         let mut recovered = 0;
         let mut attempt = 0;
+        let mut floor = None;
         let result = loop {
-            match self.read(&js, position, &mut recovered).await {
+            match self.read(&js, position, &mut recovered, &mut floor).await {
                 Ok(()) => break Ok(recovered),
                 Err(error) if tokio::time::Instant::now() >= give_up => break Err(error),
                 Err(error) => {
@@ -216,19 +218,22 @@ impl Recovery<'_> {
                 }
             }
         };
-        // Live copies of what was re-read are skipped; with nothing re-read there is nothing to
-        // skip (a live message below the last sequence then comes from a stream created again).
-        position.floor = if position.last != before { position.last } else { None };
+        // Only what this recovery dispatched can arrive again live. (The position's last
+        // sequence may belong to a stream since deleted: a floor there would silence the new
+        // stream's first events.)
+        position.floor = floor;
         self.metrics.nats_recovered_events.inc_by(recovered);
         result
     }
 
-    /// One attempt: dispatches from just after `position.last`, advancing it.
+    /// One attempt: dispatches from just after `position.last`, advancing it and `floor` (the
+    /// highest sequence dispatched, the latest time the stream stored what was dispatched).
     async fn read(
         &self,
         js: &async_nats::jetstream::Context,
         position: &mut Position,
         recovered: &mut u64,
+        floor: &mut Option<(u64, u64)>,
     ) -> Result<(), HistoryError> {
         let tenant_id = self.tenant_id;
         let start = match (position.last, self.since) {
@@ -262,6 +267,8 @@ impl Recovery<'_> {
                 continue;
             }
             position.last = Some(stored.sequence);
+            let (sequence, ns) = floor.unwrap_or((0, 0));
+            *floor = Some((sequence.max(stored.sequence), ns.max(stored.stored_ns.unwrap_or(u64::MAX))));
             let meta =
                 Meta { received_us: stored.received_us, sequence: Some(stored.sequence), stored_ns: stored.stored_ns };
             if self.dispatcher.dispatch_traced(tenant_id, &stored.subject, stored.payload, meta, None)
@@ -285,9 +292,9 @@ mod tests {
     #[test]
     fn live_messages_raise_the_last_sequence() {
         let mut p = position();
-        assert!(p.admit(Some(5)));
-        assert!(p.admit(None));
-        assert!(p.admit(Some(7)));
+        assert!(p.admit(Some(5), Some(1)));
+        assert!(p.admit(None, None));
+        assert!(p.admit(Some(7), Some(2)));
         assert_eq!(p.last, Some(7));
     }
 
@@ -306,12 +313,25 @@ mod tests {
     fn the_floor_skips_re_read_copies_once() {
         let mut p = position();
         p.last = Some(10);
-        p.floor = Some(10);
-        assert!(!p.admit(Some(9)));
-        assert!(!p.admit(Some(10)));
-        assert!(p.admit(Some(11)));
+        p.floor = Some((10, 5_000));
+        assert!(!p.admit(Some(9), Some(4_000)));
+        assert!(!p.admit(Some(10), None));
+        assert!(p.admit(Some(11), Some(5_100)));
         // Past the floor, a stream that started again is followed.
-        assert!(p.admit(Some(1)));
+        assert!(p.admit(Some(1), Some(6_000)));
         assert_eq!(p.last, Some(1));
+    }
+
+    #[test]
+    fn a_stream_created_again_under_the_floor_is_followed() {
+        // Found by the model test: a new subscription confirmed at sequence 75, the stream
+        // deleted and created again before its first live message; that message (sequence 2)
+        // and every one up to 75 were skipped for every client of the replica.
+        let mut p = position();
+        p.last = Some(75);
+        p.floor = Some((75, 5_000));
+        assert!(p.admit(Some(2), Some(9_000)), "stored after everything re-read: a new stream");
+        assert!(p.admit(Some(3), Some(9_100)));
+        assert_eq!(p.last, Some(3));
     }
 }

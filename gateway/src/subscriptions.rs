@@ -223,7 +223,7 @@ impl Subscriptions {
                             settle = None;
                             self.recover(tenant_id, &mut position, meta.sequence, since).await;
                         }
-                        if !position.admit(meta.sequence) {
+                        if !position.admit(meta.sequence, meta.stored_ns) {
                             continue;
                         }
                         self.dispatcher.dispatch_traced(tenant_id, m.subject.as_str(), m.payload, meta, headers);

@@ -28,11 +28,14 @@
 //! The fixture runs one cluster at a time per machine; each test takes 5 to 30 s once the
 //! binaries are built (the fixture builds a missing or stale `publisher-bridge` first).
 
+// Parts of `fleet` and `traffic` serve only the model test (`model.rs`).
 #[path = "cluster/fleet.rs"]
+#[allow(dead_code)]
 mod fleet;
 #[path = "support/harness.rs"]
 mod harness;
 #[path = "cluster/traffic.rs"]
+#[allow(dead_code)]
 mod traffic;
 
 use fleet::{Fleet, Layout, Member, Role};

@@ -177,13 +177,9 @@ async fn a_connected_client_follows_a_stream_created_again() {
     let missed = store_pending(&js, 10, 20).await;
     let mut client = gw.connect(&format!("/ws/waiter?token={}&{}", waiter_token(), resume_query(&seen[4]))).await;
     expect_events("replay", &mut client, &missed).await;
-    let replayed_at = std::time::SystemTime::now();
+    // Right after the replay (the model test found the new stream's first events skipped for a
+    // second after every replay): stored later than everything replayed, they are not copies.
     recreate_events(&stack, &js).await;
-    // Past the seam's allowance for clock skew: the new events cannot be copies of replayed ones.
-    wait_until("a second passed since the replay", || async move {
-        replayed_at.elapsed().is_ok_and(|e| e > Duration::from_millis(1100))
-    })
-    .await;
     let later = store_pending(&js, 100, 4).await;
     let got = expect_events("after the stream was created again", &mut client, &later).await;
     assert_eq!(cursor_of(&got[0]), 1);

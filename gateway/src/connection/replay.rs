@@ -84,10 +84,19 @@ impl Session {
             newest = reader.newest,
             "resume: history opened"
         );
+        // The highest sequence read and the latest time the stream stored what was read (`None`
+        // once an event came without its time).
+        let mut read: Option<(u64, u64)> = None;
+        let mut timed = true;
+        let mut note_read = |stored: &history::Stored| {
+            let (sequence, ns) = read.unwrap_or((0, 0));
+            timed &= stored.stored_ns.is_some();
+            read = Some((sequence.max(stored.sequence), ns.max(stored.stored_ns.unwrap_or(0))));
+        };
         let checked = match range_gap(cursor, reader.first_sequence, reader.last_sequence) {
             Some(gap) => Err(gap),
             None if cursor == 0 => Ok(()),
-            None => check_cursor(&mut reader, cursor, epoch).await,
+            None => check_cursor(&mut reader, cursor, epoch).await.map(|own| note_read(&own)),
         };
         let to_replay = reader.pending.saturating_sub(u64::from(cursor > 0));
         let checked =
@@ -143,6 +152,7 @@ impl Session {
             // The newest event may have left the stream meanwhile and a later one end the read:
             // the floor follows every replayed sequence so live copies are skipped at the seam.
             floor = floor.max(stored.sequence);
+            note_read(&stored);
             if !self.receives(&stored) {
                 continue;
             }
@@ -154,7 +164,7 @@ impl Session {
             replayed += 1;
         }
         tracing::debug!(tenant_id, cursor, replayed, floor, "resume: replay done");
-        state.mark = Some(Mark::after_replay(floor));
+        state.mark = Some(Mark::after_replay(floor, read.filter(|_| timed)));
         self.resume = Some(state);
         while let Some(live) = held.pop_front() {
             self.write_events(socket, live, timeout).await?;
@@ -172,9 +182,11 @@ impl Session {
 /// Reads the cursor's own event: it must be there, with the epoch the client holds (when it
 /// sent one). Without an epoch (the earlier cursor format) an event of this tenant at that
 /// sequence is all that can be checked.
-async fn check_cursor(reader: &mut Reader, cursor: u64, epoch: Option<u64>) -> Result<(), Gap> {
+async fn check_cursor(reader: &mut Reader, cursor: u64, epoch: Option<u64>) -> Result<history::Stored, Gap> {
     match reader.next().await {
-        Some(Ok(stored)) if stored.sequence == cursor && epoch.is_none_or(|e| stored.stored_ns == Some(e)) => Ok(()),
+        Some(Ok(stored)) if stored.sequence == cursor && epoch.is_none_or(|e| stored.stored_ns == Some(e)) => {
+            Ok(stored)
+        }
         Some(Ok(_)) | None => Err(Gap::EpochMismatch),
         Some(Err(error)) => {
             tracing::warn!(%error, "resume: history unavailable");

@@ -65,12 +65,18 @@ pub struct Mark {
 }
 
 impl Mark {
-    /// The mark of a replay that ended now, having covered the stream up to `floor`.
-    pub fn after_replay(floor: u64) -> Mark {
-        Mark {
-            sequence: floor,
-            stored_ns: wire::tokens::now_micros().saturating_mul(1000).saturating_add(SEAM_SLACK_NS),
-        }
+    /// The mark of a replay that ended now, having covered the stream up to `floor`. `read`: the
+    /// highest sequence the replay read (the cursor's own event included) and the latest time
+    /// the stream stored any event it read. When the replay read the event at `floor`, that time
+    /// bounds every covered event, and an event of a stream created again right after the
+    /// replay (stored later, at a low sequence) is written, not taken for a copy. Otherwise the
+    /// gateway's clock, with slack for skew, bounds it.
+    pub fn after_replay(floor: u64, read: Option<(u64, u64)>) -> Mark {
+        let stored_ns = match read {
+            Some((sequence, stored_ns)) if sequence >= floor => stored_ns,
+            _ => wire::tokens::now_micros().saturating_mul(1000).saturating_add(SEAM_SLACK_NS),
+        };
+        Mark { sequence: floor, stored_ns }
     }
 
     /// Whether the event is one the connection already has.
@@ -151,6 +157,21 @@ mod tests {
         assert!(!resume.admit(4, Some(6_100)), "a repeat");
         let mut live = Resume { request: Request::Live, mark: None };
         assert!(live.admit(7, Some(1)) && live.admit(8, None) && !live.admit(8, None));
+    }
+
+    #[test]
+    fn a_stream_created_again_right_after_a_replay_is_followed() {
+        // The replay read up to sequence 100, stored at 5_000 at the latest (found by the model
+        // test: with the gateway's clock plus a second as the bound, the new stream's first
+        // events were skipped for a second after every replay).
+        let mut resume = Resume { request: Request::Live, mark: Some(Mark::after_replay(100, Some((100, 5_000)))) };
+        assert!(!resume.admit(100, Some(5_000)), "a live copy of the last replayed event");
+        assert!(!resume.admit(42, Some(4_000)), "a live copy of an earlier one");
+        assert!(resume.admit(1, Some(5_001)), "the first event of a stream created again");
+        // The event at the floor was not read: the clock and its slack bound it.
+        let mark = Mark::after_replay(100, Some((90, 5_000)));
+        assert!(mark.stored_ns > wire::tokens::now_micros() * 1000);
+        assert!(Mark::after_replay(0, None).stored_ns > wire::tokens::now_micros() * 1000);
     }
 
     #[test]

@@ -45,21 +45,25 @@ pub struct Branch {
 }
 
 impl Layout {
-    /// Tenant `t` has branches `10t+1..`, sessions `1000t+100k+s`, sectors `100t+10k+1..2`.
+    /// Tenants `1..=tenants`, each as [`Tenant::new`] lays it out.
     pub fn new(tenants: u64, branches: u64, sessions: u64) -> Layout {
-        let tenants = (1..=tenants)
-            .map(|t| Tenant {
-                id: t,
-                branches: (1..=branches)
-                    .map(|k| Branch {
-                        id: 10 * t + k,
-                        sessions: (1..=sessions).map(|s| 1000 * t + 100 * k + s).collect(),
-                        sectors: vec![100 * t + 10 * k + 1, 100 * t + 10 * k + 2],
-                    })
-                    .collect(),
-            })
-            .collect();
-        Layout { tenants }
+        Layout { tenants: (1..=tenants).map(|t| Tenant::new(t, branches, sessions)).collect() }
+    }
+}
+
+impl Tenant {
+    /// Tenant `t` has branches `10t+1..`, sessions `1000t+100k+s`, sectors `100t+10k+1..2`.
+    pub fn new(t: u64, branches: u64, sessions: u64) -> Tenant {
+        Tenant {
+            id: t,
+            branches: (1..=branches)
+                .map(|k| Branch {
+                    id: 10 * t + k,
+                    sessions: (1..=sessions).map(|s| 1000 * t + 100 * k + s).collect(),
+                    sectors: vec![100 * t + 10 * k + 1, 100 * t + 10 * k + 2],
+                })
+                .collect(),
+        }
     }
 }
 
@@ -88,6 +92,7 @@ impl Role {
     }
 }
 
+#[derive(Clone)]
 pub struct Member {
     pub tenant: u64,
     pub branches: Vec<u64>,
@@ -100,7 +105,7 @@ pub struct Member {
 }
 
 impl Member {
-    fn staff(user: u64, tenant: u64, branches: &[u64], role: Role) -> Member {
+    pub fn staff(user: u64, tenant: u64, branches: &[u64], role: Role) -> Member {
         let (endpoint, roles): (&str, &[&str]) = match role {
             Role::Waiter => ("waiter", &["WAITER"]),
             Role::Kitchen => ("kitchen", &["KITCHEN"]),
@@ -121,7 +126,7 @@ impl Member {
         }
     }
 
-    fn diner(tenant: u64, branch: u64, session: u64) -> Member {
+    pub fn diner(tenant: u64, branch: u64, session: u64) -> Member {
         let credential = format!("table_token={}", table_token(tenant, branch, session % 100, session));
         Member {
             tenant,
@@ -196,10 +201,26 @@ pub struct Close {
 #[derive(Debug, Clone)]
 pub struct Connection {
     pub opened: Instant,
+    /// Unix nanoseconds just before the handshake began and when its `101` arrived (to compare
+    /// with the times JetStream stored events).
+    pub started_ns: u64,
+    pub opened_ns: u64,
+    /// The `ws://` base the connection went to.
+    pub target: String,
+    /// The `resume` query value sent (`live`, `<cursor>`, or `<cursor>&epoch=<epoch>`).
     pub resume: String,
     pub received: usize,
     pub first: Option<u64>,
     pub last: Option<u64>,
+}
+
+/// One text frame a resuming client kept, in arrival order.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// An event: its `_cursor`, its `_epoch` (if any) and its bytes as published.
+    Event { cursor: u64, epoch: Option<String>, payload: String },
+    /// A `RESUME_GAP` signal, as received.
+    Gap(String),
 }
 
 /// Everything one client saw.
@@ -207,6 +228,8 @@ pub struct Connection {
 pub struct Log {
     /// (cursor, event as published) in arrival order.
     pub received: Vec<(u64, String)>,
+    /// Events and gap signals in arrival order, each with the index of its connection.
+    pub frames: Vec<(usize, Frame)>,
     /// `RESUME_GAP` frames: a replay that could not be complete.
     pub gaps: Vec<String>,
     /// Text frames that were neither a pong, a gap signal nor an event with a cursor.
@@ -295,15 +318,16 @@ impl Fleet {
 
 /// One client: connect, read until the connection ends, back off, reconnect with the cursor.
 async fn run_client(base: String, log: Arc<Mutex<Log>>, stop: CancellationToken) {
-    let mut cursor: Option<u64> = None;
+    let mut cursor: Option<Cursor> = None;
     let mut ever_connected = false;
     let mut failures = 0u32;
     while !stop.is_cancelled() {
-        let resume = match (ever_connected, cursor) {
+        let resume = match (ever_connected, &cursor) {
             (false, _) => "live".to_string(),
-            (true, Some(c)) => c.to_string(),
+            (true, Some((c, _))) => c.to_string(),
             (true, None) => "0".to_string(),
         };
+        let started_ns = now_ns();
         match handshake(&format!("{base}&resume={resume}")).await {
             Ok(ws) => {
                 ever_connected = true;
@@ -314,6 +338,9 @@ async fn run_client(base: String, log: Arc<Mutex<Log>>, stop: CancellationToken)
                     log.connects.push(opened);
                     log.connections.push(Connection {
                         opened,
+                        started_ns,
+                        opened_ns: now_ns(),
+                        target: base.clone(),
                         resume: resume.clone(),
                         received: 0,
                         first: None,
@@ -341,6 +368,177 @@ async fn run_client(base: String, log: Arc<Mutex<Log>>, stop: CancellationToken)
     }
 }
 
+/// What a steered client is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    /// Close the connection (if any) and stay away.
+    Away,
+    /// Be connected, to `bases[target]` first; a new `generation` means "(re)connect there now".
+    On { target: usize, generation: u64 },
+}
+
+/// One client steered by a test (the model test): it connects where and when it is told, leaves
+/// when told, and otherwise behaves like [`Fleet`]'s clients: after a close or drop it backs off
+/// and reconnects, to the next of its bases, with `resume=<last cursor>&epoch=<its epoch>`
+/// (`resume=live` while it holds no cursor).
+pub struct Steered {
+    pub log: Arc<Mutex<Log>>,
+    want: tokio::sync::watch::Sender<Want>,
+    generation: u64,
+    task: JoinHandle<()>,
+}
+
+impl Steered {
+    /// Starts the client, away; `path` is `/ws/<endpoint>?<credential>`.
+    pub fn start(bases: Arc<Vec<String>>, path: String, stop: CancellationToken) -> Steered {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let (want, asked) = tokio::sync::watch::channel(Want::Away);
+        let task = tokio::spawn(run_steered(bases, path, log.clone(), asked, stop));
+        Steered { log, want, generation: 0, task }
+    }
+
+    /// Connects (or reconnects, closing the current connection) to `bases[target]`.
+    pub fn go(&mut self, target: usize) {
+        self.generation += 1;
+        self.want.send_replace(Want::On { target, generation: self.generation });
+    }
+
+    /// Closes the connection from this side and stays away until the next [`Steered::go`].
+    pub fn away(&mut self) {
+        self.want.send_replace(Want::Away);
+    }
+
+    pub fn wants_on(&self) -> bool {
+        matches!(*self.want.borrow(), Want::On { .. })
+    }
+
+    pub fn connected(&self) -> bool {
+        self.log.lock().unwrap().connected
+    }
+
+    /// Waits for the client task (after the `stop` token it was started with was cancelled)
+    /// and hands back its log.
+    pub async fn finish(self) -> Log {
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("client stops in time")
+            .expect("client task");
+        Arc::try_unwrap(self.log).expect("sole owner").into_inner().unwrap()
+    }
+}
+
+async fn run_steered(
+    bases: Arc<Vec<String>>,
+    path: String,
+    log: Arc<Mutex<Log>>,
+    mut want: tokio::sync::watch::Receiver<Want>,
+    stop: CancellationToken,
+) {
+    let mut cursor: Option<Cursor> = None;
+    let (mut target, mut generation) = (0usize, 0u64);
+    let mut failures = 0u32;
+    loop {
+        let current = loop {
+            let asked = want.borrow_and_update().clone();
+            if matches!(asked, Want::On { .. }) {
+                break asked;
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                changed = want.changed() => if changed.is_err() { return },
+            }
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        if let Want::On { target: asked, generation: g } = current {
+            if g != generation {
+                (target, generation) = (asked, g);
+            }
+        }
+        let resume = match &cursor {
+            None => "live".to_string(),
+            Some((c, Some(epoch))) => format!("{c}&epoch={epoch}"),
+            Some((c, None)) => c.to_string(),
+        };
+        let base = bases[target % bases.len()].clone();
+        let started_ns = now_ns();
+        match handshake(&format!("{base}{path}&resume={resume}")).await {
+            Ok(ws) => {
+                failures = 0;
+                let opened = Instant::now();
+                {
+                    let mut log = log.lock().unwrap();
+                    log.connects.push(opened);
+                    log.connections.push(Connection {
+                        opened,
+                        started_ns,
+                        opened_ns: now_ns(),
+                        target: base.clone(),
+                        resume: resume.clone(),
+                        received: 0,
+                        first: None,
+                        last: None,
+                    });
+                    log.connected = true;
+                }
+                // Leaving (or moving) closes the connection from this side.
+                let leave = stop.child_token();
+                let watcher = tokio::spawn({
+                    let (leave, mut want, current) = (leave.clone(), want.clone(), current.clone());
+                    async move {
+                        while *want.borrow_and_update() == current {
+                            if want.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                        leave.cancel();
+                    }
+                });
+                let end = read_until_closed(ws, &log, &mut cursor, &leave).await;
+                watcher.abort();
+                let dropped = {
+                    let mut log = log.lock().unwrap();
+                    log.connected = false;
+                    match end {
+                        Some((at, code, reason)) => {
+                            log.closes.push(Close { opened, at, code, reason });
+                            true
+                        }
+                        None => {
+                            let left = Close { opened, at: Instant::now(), code: Some(1000), reason: "left".into() };
+                            log.closes.push(left);
+                            false
+                        }
+                    }
+                };
+                if stop.is_cancelled() {
+                    return;
+                }
+                if dropped {
+                    // Closed by the server or dropped: like the apps, back off and try again,
+                    // here on the next replica.
+                    target += 1;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff(0)) => {}
+                    }
+                }
+            }
+            Err(_) => {
+                failures += 1;
+                log.lock().unwrap().failed_attempts += 1;
+                target += 1;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff(failures)) => {}
+                }
+            }
+        }
+    }
+}
+
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn handshake(url: &str) -> Result<Socket, String> {
@@ -358,7 +556,7 @@ async fn handshake(url: &str) -> Result<Socket, String> {
 async fn read_until_closed(
     mut ws: Socket,
     log: &Mutex<Log>,
-    cursor: &mut Option<u64>,
+    cursor: &mut Option<Cursor>,
     stop: &CancellationToken,
 ) -> Option<(Instant, Option<u16>, String)> {
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
@@ -391,17 +589,32 @@ async fn read_until_closed(
     }
 }
 
-fn record(text: &str, log: &Mutex<Log>, cursor: &mut Option<u64>) {
+/// The last event's `_cursor` and `_epoch`.
+pub type Cursor = (u64, Option<String>);
+
+/// Unix nanoseconds now.
+pub fn now_ns() -> u64 {
+    wire::tokens::now_micros().saturating_mul(1000)
+}
+
+fn record(text: &str, log: &Mutex<Log>, cursor: &mut Option<Cursor>) {
     if text == PONG {
         return;
     }
     let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
     let mut log = log.lock().unwrap();
+    let connection = log.connections.len().saturating_sub(1);
     match value.as_ref().map(|v| (v["type"].as_str(), v["_cursor"].as_u64())) {
-        Some((Some("RESUME_GAP"), _)) => log.gaps.push(text.to_string()),
+        Some((Some("RESUME_GAP"), _)) => {
+            log.gaps.push(text.to_string());
+            log.frames.push((connection, Frame::Gap(text.to_string())));
+        }
         Some((_, Some(c))) => {
-            log.received.push((c, without_cursor(text)));
-            *cursor = Some(c);
+            let epoch = value.as_ref().and_then(|v| v["_epoch"].as_str().map(str::to_string));
+            let payload = without_cursor(text);
+            log.frames.push((connection, Frame::Event { cursor: c, epoch: epoch.clone(), payload: payload.clone() }));
+            log.received.push((c, payload));
+            *cursor = Some((c, epoch));
             if let Some(conn) = log.connections.last_mut() {
                 conn.received += 1;
                 conn.first.get_or_insert(c);

@@ -96,7 +96,18 @@ impl Dice {
 /// Event `seq`: a tenant, a branch (or tenant-wide), a type of every type set, the channels the
 /// backend would use for it; even `seq` go to `events:critical`, odd ones to pub/sub.
 pub fn generate(layout: &Layout, seq: u64) -> Published {
-    let mut dice = Dice::new(seq);
+    shaped(layout, seq, Dice::new(seq), seq % 2 == 1)
+}
+
+/// Like [`generate`], with the draws (path included: pub/sub or `events:critical`) also
+/// depending on `seed`, for the model test's seeded schedules.
+pub fn generate_seeded(layout: &Layout, seq: u64, seed: u64) -> Published {
+    let mut dice = Dice::new(seq ^ seed.rotate_left(29));
+    let pubsub = dice.below(2) == 1;
+    shaped(layout, seq, dice, pubsub)
+}
+
+fn shaped(layout: &Layout, seq: u64, mut dice: Dice, pubsub: bool) -> Published {
     let tenant = &layout.tenants[dice.below(layout.tenants.len() as u64) as usize];
     let branch = &tenant.branches[dice.below(tenant.branches.len() as u64) as usize];
     let (t, b) = (tenant.id, branch.id);
@@ -137,7 +148,7 @@ pub fn generate(layout: &Layout, seq: u64) -> Published {
         ty,
         sector,
         session,
-        channels: (seq % 2 == 1).then_some(channels),
+        channels: pubsub.then_some(channels),
         receivers: 0,
     }
 }
@@ -187,7 +198,8 @@ impl Publisher {
     }
 }
 
-async fn publish(conn: &mut redis::aio::MultiplexedConnection, mut event: Published) -> Published {
+/// Publishes one event as the backend would: `XADD events:critical` or `PUBLISH` on its channels.
+pub async fn publish(conn: &mut redis::aio::MultiplexedConnection, mut event: Published) -> Published {
     let within = Duration::from_secs(10);
     match &event.channels {
         None => {
