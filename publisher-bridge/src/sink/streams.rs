@@ -69,8 +69,9 @@ pub fn dlq_config(s: &StreamSettings) -> Config {
 /// Creates or updates both streams. Safe to call from several replicas at once.
 impl StreamsError {
     /// Whether JetStream may answer later: no answer in time, no JetStream yet (a cluster still
-    /// electing its meta leader), or a 503 ("temporarily unavailable"). Anything else (a name,
-    /// settings the server refuses) stays wrong however long the bridge waits.
+    /// electing its meta leader), a 503 ("temporarily unavailable"), or no peers to place the
+    /// stream on yet (a cluster still forming). Anything else (a name, settings the server
+    /// refuses) stays wrong however long the bridge waits.
     pub fn is_transient(&self) -> bool {
         use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
         let kind = match self {
@@ -78,7 +79,11 @@ impl StreamsError {
         };
         match kind {
             Kind::TimedOut | Kind::JetStreamUnavailable => true,
-            Kind::JetStream(e) => e.code() == 503,
+            Kind::JetStream(e) => {
+                use async_nats::jetstream::ErrorCode;
+                e.code() == 503
+                    || [ErrorCode::CLUSTER_NOT_AVAILABLE, ErrorCode::CLUSTER_NO_PEERS].contains(&e.error_code())
+            }
             _ => false,
         }
     }
