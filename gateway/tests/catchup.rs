@@ -154,8 +154,7 @@ async fn bounded_in_bytes_and_in_requests_per_caller() {
     let since = wire::tokens::now_unix() as f64 - 1.0;
     let padding = "x".repeat(1000);
     for seq in 0..300 {
-        let mut event: serde_json::Value =
-            serde_json::from_str(&event("ROUND_PENDING", 1, 10, None, None, seq)).unwrap();
+        let mut event: Value = serde_json::from_str(&event("ROUND_PENDING", 1, 10, None, None, seq)).unwrap();
         event["entity"]["note"] = padding.clone().into();
         store(&js, 1, 10, "waiters", &event.to_string()).await;
     }

@@ -106,8 +106,8 @@ async fn a_client_close_is_answered_with_its_own_code() {
 
     // The same through a WebSocket library: a clean close with the client's code.
     let mut client = gw.staff("waiter", &staff_token(3, 1, &[10], &["WAITER"])).await;
-    let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
-        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+    let frame = tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
         reason: "done".into(),
     };
     client.ws.close(Some(frame)).await.expect("close sent");

@@ -166,7 +166,7 @@ async fn every_token_failure_closes_4001() {
     let mut refused_count = 0.0;
     let mut control_user = 100;
     for endpoint in ["waiter", "kitchen", "admin"] {
-        let controls: [(&str, Edit); 3] = [
+        let controls: [(&str, Edit<'_>); 3] = [
             ("the unmodified claims", &|_| {}),
             ("aud as a list containing the audience", &|c| c["aud"] = json!(["other", "menu-ops-users"])),
             ("no type claim", &|c| drop(c.as_object_mut().unwrap().remove("type"))),

@@ -322,7 +322,7 @@ async fn a_flood_of_control_pings_is_rate_limited() {
     let gw = stack.gateway().await;
     let mut client = gw.staff("waiter", &staff_token(2, 1, &[10], &["WAITER"])).await;
     for _ in 0..40 {
-        client.send_message(tokio_tungstenite::tungstenite::Message::Ping(vec![1].into())).await;
+        client.send_message(Message::Ping(vec![1].into())).await;
     }
     client.expect_close(4029, "Rate limit exceeded").await;
 }

@@ -136,7 +136,7 @@ pub struct Bridge {
     pub added_latency: Option<crate::bridge_probe::AddedLatency>,
     /// CPU seconds used during the run (with `backlog`, the drain) by each process of the
     /// pipeline found on this machine.
-    pub cpu_s: std::collections::BTreeMap<String, f64>,
+    pub cpu_s: BTreeMap<String, f64>,
     /// The bridge's CPU time per stored event.
     pub bridge_cpu_us_per_event: Option<f64>,
     /// nats-server's CPU time per stored event.

@@ -22,7 +22,7 @@ async fn max_deliveries_and_terminated_messages_are_copied_to_the_dlq_once() -> 
     let a = InProcess::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "adv-a", &[])).await?;
     let b = InProcess::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "adv-b", &[])).await?;
     let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
-    let mut conn = support::redis(&redis_server.url()).await?;
+    let mut conn = redis(&redis_server.url()).await?;
     let naked = event(1, "ROUND_READY", 2, Some(3));
     let terminated = event(2, "ROUND_READY", 2, Some(3));
     for body in [&naked, &terminated] {

@@ -28,7 +28,7 @@ async fn stream_leader_killed_mid_burst() -> Result<()> {
     let js = jetstream(cluster.connect(NatsUser::Operator).await).await?;
     let info = js.get_stream("EVENTS").await?.info().await?.clone();
     assert_eq!(info.config.num_replicas, 3);
-    let conn = support::redis(&redis_server.url()).await?;
+    let conn = redis(&redis_server.url()).await?;
 
     let writer = {
         let mut conn = conn.clone();
@@ -102,7 +102,7 @@ async fn starts_before_jetstream_can_answer_and_waits_for_it() -> Result<()> {
     cluster.nodes[2].restart().await;
     wait_ready(addr, 90).await?;
     let js = jetstream(cluster.connect(NatsUser::Operator).await).await?;
-    let mut conn = support::redis(&redis_server.url()).await?;
+    let mut conn = redis(&redis_server.url()).await?;
     xadd_all(&mut conn, "events:critical", "data", &[event(1, "ROUND_READY", 1, Some(2))]).await?;
     assert_eq!(wait_count(&js, "EVENTS", 1, 30).await?, 1);
     stop.cancel();

@@ -22,7 +22,7 @@ async fn ten_thousand_entries_survive_repeated_sigkill() -> Result<()> {
     let log = log_path("crash");
     let mut bridge = Binary::start(env.clone(), log.clone()).await?;
     let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
-    let conn = support::redis(&redis_server.url()).await?;
+    let conn = redis(&redis_server.url()).await?;
 
     // The writer spreads the entries over a few seconds so that the kills land mid-stream.
     let writer = {

@@ -21,7 +21,7 @@ async fn channels_and_stream_map_to_subjects_with_bytes_unchanged() -> Result<()
     let bridge = InProcess::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "flow-1", &[])).await?;
     let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
     let mut live = js.client().subscribe("live.>").await?;
-    let mut conn = support::redis(&redis_server.url()).await?;
+    let mut conn = redis(&redis_server.url()).await?;
 
     // (channel, body, expected subject); odd spacing proves bytes are not re-serialised.
     let cases: Vec<(&str, String, &str)> = vec![
@@ -85,7 +85,7 @@ async fn same_text_on_three_channels_is_stored_once() -> Result<()> {
     let nats = NatsServer::start().await;
     let bridge = InProcess::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "flow-2", &[])).await?;
     let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
-    let mut conn = support::redis(&redis_server.url()).await?;
+    let mut conn = redis(&redis_server.url()).await?;
 
     for n in 0..20u64 {
         let body = event(n, "ROUND_PENDING", 4, Some(8)).replace("\"sector_id\":null", "\"sector_id\":3");
@@ -118,7 +118,7 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_valid_events_still_flow(
     let nats = NatsServer::start().await;
     let bridge = InProcess::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "flow-3", &[])).await?;
     let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
-    let mut conn = support::redis(&redis_server.url()).await?;
+    let mut conn = redis(&redis_server.url()).await?;
 
     let huge = format!(r#"{{"type":"X","tenant_id":1,"branch_id":1,"pad":"{}"}}"#, "é".repeat(40_000));
     let pubsub_cases: Vec<(&str, String, &str)> = vec![
@@ -209,7 +209,7 @@ async fn oversized_dead_letters_keep_their_head_and_say_so() -> Result<()> {
     ))
     .await?;
     let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
-    let mut conn = support::redis(&redis_server.url()).await?;
+    let mut conn = redis(&redis_server.url()).await?;
     let huge = format!(r#"{{"type":"X","tenant_id":1,"branch_id":1,"pad":"{}"}}"#, "x".repeat(100_000));
     let _: i64 = within(5, "PUBLISH", conn.publish("branch:1:admin", huge.as_str())).await??;
     wait_count(&js, "EVENTS_DLQ", 1, 10).await?;

@@ -29,7 +29,7 @@ async fn pubsub_resubscribes_and_stream_resumes_after_a_redis_restart() -> Resul
     let nats = NatsServer::start().await;
     let bridge = InProcess::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "restart-1", &[])).await?;
     let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
-    let mut conn = support::redis(&redis_server.url()).await?;
+    let mut conn = redis(&redis_server.url()).await?;
     publish_range(&mut conn, 0..10).await?;
     xadd_all(&mut conn, "events:critical", "data", &stream_range(10..20)).await?;
     wait_count(&js, "EVENTS", 20, 15).await?;
@@ -37,7 +37,7 @@ async fn pubsub_resubscribes_and_stream_resumes_after_a_redis_restart() -> Resul
     within(30, "redis restart", redis_server.restart()).await?;
     // Written at once, before the bridge has even noticed: the group is re-created at the last
     // entry id the bridge saw, so these are read.
-    let mut conn = support::redis(&redis_server.url()).await?;
+    let mut conn = redis(&redis_server.url()).await?;
     xadd_all(&mut conn, "events:critical", "data", &stream_range(20..30)).await?;
     eventually(20, "pub/sub resubscribed (PUBSUB NUMPAT = 6)", || {
         let mut conn = conn.clone();

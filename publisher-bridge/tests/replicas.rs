@@ -27,7 +27,7 @@ async fn one_of_two_replicas_killed_mid_burst() -> Result<()> {
         Binary::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "replica-2", &fast), log_path("replica-2"))
             .await?;
     let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
-    let conn = support::redis(&redis_server.url()).await?;
+    let conn = redis(&redis_server.url()).await?;
 
     let writer = {
         let mut conn = conn.clone();

@@ -39,7 +39,7 @@ async fn hostile_channel_names_are_dead_lettered_and_valid_events_still_flow() -
     ))
     .await?;
     let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
-    let mut conn = support::redis(&redis_server.url()).await?;
+    let mut conn = redis(&redis_server.url()).await?;
 
     // Every name matches one of the bridge's patterns (else Redis would not deliver it).
     let injection = "session:1\r\nX-Injected: yes".to_string();
@@ -133,7 +133,7 @@ async fn oversized_entries_and_payloads_cost_the_bridge_their_head_only() -> Res
     )
     .await?;
     let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
-    let mut conn = support::redis(&redis_server.url()).await?;
+    let mut conn = redis(&redis_server.url()).await?;
     let baseline = peak_rss(bridge.child.id())?;
 
     // 20 stream entries and 5 pub/sub messages of 5 MB each: 125 MB the bridge used to hold.
@@ -188,7 +188,7 @@ async fn publishes_refused_for_good_are_dead_lettered_then_dropped_and_free_thei
     ))
     .await?;
     let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
-    let mut conn = support::redis(&redis_server.url()).await?;
+    let mut conn = redis(&redis_server.url()).await?;
     let padded = |n: u64| {
         let mut e = event(n, "ROUND_READY", 1, Some(1));
         e.insert_str(e.len() - 1, &format!(r#","pad":"{}""#, "x".repeat(4_000)));
@@ -254,7 +254,7 @@ async fn readyz_turns_503_while_stalled_and_200_once_progress_resumes() -> Resul
     ))
     .await?;
     let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
-    let mut conn = support::redis(&redis_server.url()).await?;
+    let mut conn = redis(&redis_server.url()).await?;
 
     // The stream disappears: every publish meets no responders and is retried.
     within(10, "delete EVENTS", js.delete_stream("EVENTS")).await??;

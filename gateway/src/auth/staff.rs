@@ -94,8 +94,8 @@ impl StaffVerifier {
 /// header or claims are not is malformed, whoever signed it (a fuzz finding).
 pub(super) fn decode_jwt<C: serde::de::DeserializeOwned>(
     token: &str,
-    key: &jsonwebtoken::DecodingKey,
-    validation: &jsonwebtoken::Validation,
+    key: &DecodingKey,
+    validation: &Validation,
 ) -> Result<C, AuthError> {
     let claims = jsonwebtoken::decode::<C>(token, key, validation).map_err(|e| jwt_error(&e))?.claims;
     if !token.split('.').take(2).all(segment_is_utf8) {

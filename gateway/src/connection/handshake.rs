@@ -208,7 +208,7 @@ mod tests {
 
     #[test]
     fn reads_the_first_forwarded_address() {
-        let mut headers = axum::http::HeaderMap::new();
+        let mut headers = HeaderMap::new();
         assert_eq!(forwarded_for(&headers), None);
         headers.insert("x-forwarded-for", "203.0.113.7, 10.0.0.2".parse().unwrap());
         assert_eq!(forwarded_for(&headers), Some("203.0.113.7".parse().unwrap()));

@@ -115,7 +115,7 @@ fn judge_client(
     let mut problems = Vec::new();
     // The client's list: every stored event routed to it, in stream order, incarnation after
     // incarnation; and where each incarnation's part begins.
-    let mut routed: Vec<Routed> = Vec::new();
+    let mut routed: Vec<Routed<'_>> = Vec::new();
     let mut inc_start = Vec::new();
     let mut index_of: HashMap<&str, usize> = HashMap::new();
     for (inc, incarnation) in incarnations.iter().enumerate() {

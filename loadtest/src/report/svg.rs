@@ -155,7 +155,7 @@ fn recovery(r: &Report) -> Option<(&'static str, &[(f64, u64)])> {
     })
 }
 
-fn chart(s: &mut String, y0: f64, title: &str, unit: &str, series: &[Series], x_ticks: Option<Vec<(f64, String)>>) {
+fn chart(s: &mut String, y0: f64, title: &str, unit: &str, series: &[Series<'_>], x_ticks: Option<Vec<(f64, String)>>) {
     let (x0, w, h) = (LEFT, WIDTH - LEFT - RIGHT, CHART_H);
     let all = || series.iter().flat_map(|s| s.points.iter());
     let x_min = all().map(|p| p.0).fold(f64::INFINITY, f64::min);

@@ -59,7 +59,9 @@ impl Spec {
         }
         let run_as = self.run_as;
         let parent = Pid::this();
-        // SAFETY: only async-signal-safe syscalls run between fork and exec.
+        // SAFETY: only async-signal-safe syscalls run between fork and exec. The workspace denies
+        // unsafe code; this fixture-only block is its one exception.
+        #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(move || {
                 if let Some((uid, gid)) = run_as {
