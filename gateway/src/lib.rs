@@ -2,6 +2,21 @@
 //! takes its events from NATS JetStream instead of Redis. [`run`] serves one replica until the
 //! shutdown token is cancelled, then drains; [`serve`] is the same with the admin listener
 //! chosen by the caller (tests).
+//!
+//! # Layout
+//!
+//! - Start and state: [`config`] (typed environment, validated at start), [`app`] (what every
+//!   request and connection shares), [`listener`] (the socket), [`http`] (the routes), [`cors`],
+//!   [`admin`] (the admin API on its own listener), [`shutdown`] (lame-duck drain).
+//! - Who may connect: [`auth`] (tokens, origins, revocation), [`sectors`] (waiter sectors from
+//!   PostgreSQL).
+//! - A connection: [`connection`] (handshake, one task per socket, protocol frames, resume),
+//!   [`registry`] (admission, per-tenant index, close control).
+//! - Events in: [`subscriptions`] (one NATS subscription per held tenant), [`recovery`] (what a
+//!   reconnect, a new subscription or a new stream leader missed), [`dispatch`] (checks, de-dup,
+//!   fan-out), [`routing`] (the contract's rule, one predicate), [`history`] (reads of `EVENTS`
+//!   for resume, recovery and [`catchup`]).
+//! - Telling: [`metrics`], [`audit`], [`telemetry`] (logs, throttles), [`traces`] (OTLP spans).
 
 pub mod admin;
 pub mod app;

@@ -10,6 +10,16 @@
 //! ([`natsconn`]); the `otel` feature adds the logging and OTLP trace set-up both services use
 //! ([`otel`]); the `server` feature the bounded HTTP/1.1 listener loop ([`http_server`]); the
 //! `testkit` feature adds real-process fixtures for integration tests.
+//!
+//! # Layout
+//!
+//! - The event contract: [`envelope`], [`event_types`], [`subject`], [`headers`], [`msg_id`],
+//!   [`dedup`].
+//! - Tokens and settings: [`tokens`], [`settings`] (typed environment, secrets masked).
+//! - Serving and telling: [`http_server`] (`server`), [`exposition`] (Prometheus text or
+//!   OpenMetrics), [`otel`] (`otel`), [`natsconn`] (`nats`).
+//! - `testkit` (feature `testkit`): nats-server, Redis, PostgreSQL, HAProxy/nginx and the
+//!   cluster fixture, as real processes on free loopback ports.
 
 pub mod dedup;
 pub mod envelope;
