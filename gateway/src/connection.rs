@@ -11,11 +11,12 @@ pub mod resume;
 
 use crate::app::App;
 use crate::auth::{Diner, Endpoint, Identity};
+use crate::close::{CloseReason, Closing};
 use crate::registry::{Outbound, Registration};
 use crate::subscriptions::Lease;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use protocol::{CloseReason, Closing, Inbound, RateWindow};
+use protocol::{Inbound, RateWindow};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;

@@ -11,6 +11,7 @@
 //! - Who may connect: [`auth`] (tokens, origins, revocation), [`sectors`] (waiter sectors from
 //!   PostgreSQL).
 //! - A connection: [`connection`] (handshake, one task per socket, protocol frames, resume),
+//!   [`close`] (the close codes and reasons, a leaf),
 //!   [`registry`] (admission, per-tenant index, close control).
 //! - Events in: [`subscriptions`] (one NATS subscription per held tenant), [`recovery`] (what a
 //!   reconnect, a new subscription or a new stream leader missed), [`dispatch`] (checks, de-dup,
@@ -23,6 +24,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod catchup;
+pub mod close;
 pub mod config;
 pub mod connection;
 pub mod cors;

@@ -4,7 +4,7 @@
 //! by `routing`; this module only narrows the candidates and delivers.
 
 use crate::auth::Endpoint;
-use crate::connection::protocol::{CloseReason, Closing};
+use crate::close::{CloseReason, Closing};
 use crate::routing::{self, Audience, EventScope};
 use axum::extract::ws::Utf8Bytes;
 use std::collections::{HashMap, HashSet};

@@ -3,7 +3,7 @@
 //! then a bounded wait for them to finish, then NATS drained. Also the OS signals that start it.
 
 use crate::app::App;
-use crate::connection::protocol::CloseReason;
+use crate::close::CloseReason;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

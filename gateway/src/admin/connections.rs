@@ -6,7 +6,7 @@
 
 use super::{bad_request, AdminState};
 use crate::auth::Endpoint;
-use crate::connection::protocol::Closing;
+use crate::close::Closing;
 use crate::registry::{Conn, ConnKey};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};

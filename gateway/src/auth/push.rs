@@ -14,7 +14,7 @@ pub mod index;
 
 use super::revocation::{Revocation, TokenRef, BLACKLIST_PREFIX, USER_REVOKED_PREFIX};
 use super::Staff;
-use crate::connection::protocol::{CloseReason, Closing};
+use crate::close::{CloseReason, Closing};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::registry::Conn;
 use futures_util::StreamExt;

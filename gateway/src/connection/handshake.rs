@@ -3,10 +3,10 @@
 //! is sent, so an accepted client is already receiving. A refused client still gets its upgrade
 //! and is closed at once with the documented code, so browsers see the reason instead of 1006.
 
-use super::protocol::CloseReason;
 use super::{close, Session};
 use crate::app::App;
 use crate::auth::{Endpoint, Identity};
+use crate::close::CloseReason;
 use crate::registry::{ConnInfo, ConnKey};
 use crate::routing::Audience;
 use axum::extract::ws::WebSocketUpgrade;

@@ -131,7 +131,7 @@ impl Session {
                     match live {
                         Some(live) if live.sequence.is_some_and(|s| s <= floor) => {}
                         Some(live) if held.len() < held_limit => held.push_back(live),
-                        _ => return Err(End::Server(super::protocol::CloseReason::SLOW_CONSUMER.into())),
+                        _ => return Err(End::Server(crate::close::CloseReason::SLOW_CONSUMER.into())),
                     }
                     continue;
                 }
