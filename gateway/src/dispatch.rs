@@ -30,6 +30,25 @@ pub enum Outcome {
     Invalid(&'static str),
 }
 
+impl Outcome {
+    /// The `outcome` of the routing span.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Delivered(_) => "delivered",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Invalid(_) => "invalid",
+        }
+    }
+
+    /// Why an event was refused.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Outcome::Invalid(reason) => Some(reason),
+            _ => None,
+        }
+    }
+}
+
 pub struct Dispatcher {
     registry: Arc<Registry>,
     dedup: Mutex<Dedup>,
@@ -53,7 +72,7 @@ impl Dispatcher {
     ) -> Outcome {
         let span = crate::traces::route(subject, tenant_id, headers, meta.sequence);
         let outcome = span.in_scope(|| self.dispatch(tenant_id, subject, payload, meta));
-        crate::traces::routed(&span, outcome);
+        crate::traces::routed(&span, outcome.label(), outcome.reason());
         outcome
     }
 

@@ -8,7 +8,6 @@
 //! (`Span::none()` for the per-event spans), so the hot paths pay nothing then.
 
 use crate::auth::Endpoint;
-use crate::dispatch::Outcome;
 use crate::registry::ConnInfo;
 use std::time::{Duration, UNIX_EPOCH};
 use tracing::field::Empty;
@@ -40,15 +39,14 @@ pub fn route(subject: &str, tenant_id: u64, headers: Option<&async_nats::HeaderM
 }
 
 /// Records what became of the event on its routing span.
-pub fn routed(span: &Span, outcome: Outcome) {
+pub fn routed(span: &Span, outcome: &'static str, reason: Option<&'static str>) {
     if span.is_disabled() {
         return;
     }
-    match outcome {
-        Outcome::Delivered(_) => span.record("outcome", "delivered"),
-        Outcome::Duplicate => span.record("outcome", "duplicate"),
-        Outcome::Invalid(reason) => span.record("outcome", "invalid").record("reason", reason),
-    };
+    span.record("outcome", outcome);
+    if let Some(reason) = reason {
+        span.record("reason", reason);
+    }
 }
 
 /// The fan-out span, a child of the routing span entered around it.

@@ -112,7 +112,12 @@ pub struct Incoming {
 impl Incoming {
     pub fn new(payload: Bytes, origin: Origin) -> Incoming {
         let received_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
-        let span = crate::traces::receive(&origin);
+        let span = match &origin {
+            _ if !wire::otel::enabled() => Span::none(),
+            Origin::PubSub(channel) => crate::traces::receive("pubsub", &channel.to_string(), None),
+            Origin::BadChannel(escaped) => crate::traces::receive("pubsub", escaped, None),
+            Origin::Stream { key, id } => crate::traces::receive("stream", key, Some(id)),
+        };
         let refused = matches!(origin, Origin::BadChannel(_)).then_some(DlqReason::BadChannel);
         Incoming { payload, origin, refused, cut_from: None, charge: None, received: Instant::now(), received_us, span }
     }

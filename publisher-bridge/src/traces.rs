@@ -5,26 +5,17 @@
 //! goes into the message's headers, so the gateway's routing span becomes its child. Every
 //! constructor returns `Span::none()` when export is off.
 
-use crate::pipeline::Origin;
 use crate::sink::ack::Stored;
 use tracing::field::Empty;
 use tracing::Span;
 use wire::otel::TARGET;
 
-/// The receive span of an event just read from Redis.
-pub fn receive(origin: &Origin) -> Span {
+/// The receive span of an event just read from Redis: `source` is `pubsub` or `stream`,
+/// `destination` the channel or stream key, `entry_id` the stream entry's id.
+pub fn receive(source: &'static str, destination: &str, entry_id: Option<&str>) -> Span {
     if !wire::otel::enabled() {
         return Span::none();
     }
-    let channel;
-    let (source, destination, entry_id) = match origin {
-        Origin::PubSub(c) => {
-            channel = c.to_string();
-            ("pubsub", channel.as_str(), None)
-        }
-        Origin::BadChannel(escaped) => ("pubsub", &**escaped, None),
-        Origin::Stream { key, id } => ("stream", &**key, Some(id.as_str())),
-    };
     let span = tracing::info_span!(
         target: TARGET,
         parent: None,
