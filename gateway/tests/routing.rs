@@ -6,7 +6,54 @@
 #[path = "support/harness.rs"]
 mod harness;
 use harness::*;
-use wire::event_types::{TypeClass, ADMIN_ONLY, BRANCH_WIDE_WAITER, KITCHEN, SESSION};
+use wire::event_types::TypeClass;
+
+// Section 6's type sets as the contract writes them (../shared/spec/protocol.md), not the
+// code's constants: the oracle below must not read what it checks.
+const KITCHEN: &[&str] = &[
+    "ROUND_SUBMITTED",
+    "ROUND_IN_KITCHEN",
+    "ROUND_READY",
+    "ROUND_SERVED",
+    "TICKET_IN_PROGRESS",
+    "TICKET_READY",
+    "TICKET_DELIVERED",
+];
+const SESSION: &[&str] = &[
+    "ROUND_IN_KITCHEN",
+    "ROUND_READY",
+    "ROUND_SERVED",
+    "ROUND_CANCELED",
+    "CHECK_REQUESTED",
+    "CHECK_PAID",
+    "PAYMENT_APPROVED",
+    "PAYMENT_REJECTED",
+    "PAYMENT_FAILED",
+    "TABLE_SESSION_STARTED",
+    "TABLE_CLEARED",
+    "TABLE_STATUS_CHANGED",
+    "CART_ITEM_ADDED",
+    "CART_ITEM_UPDATED",
+    "CART_ITEM_REMOVED",
+    "CART_CLEARED",
+    "CART_SYNC",
+];
+const ADMIN_ONLY: &[&str] = &["ENTITY_CREATED", "ENTITY_UPDATED", "ENTITY_DELETED", "CASCADE_DELETE"];
+const BRANCH_WIDE_WAITER: &[&str] = &["ROUND_PENDING", "TABLE_SESSION_STARTED"];
+
+#[test]
+fn the_codes_type_sets_are_the_contracts() {
+    let sorted = |set: &[&'static str]| {
+        let mut v = set.to_vec();
+        v.sort_unstable();
+        v
+    };
+    use wire::event_types as code;
+    assert_eq!(sorted(code::KITCHEN), sorted(KITCHEN), "KITCHEN");
+    assert_eq!(sorted(code::SESSION), sorted(SESSION), "SESSION");
+    assert_eq!(sorted(code::ADMIN_ONLY), sorted(ADMIN_ONLY), "ADMIN_ONLY");
+    assert_eq!(sorted(code::BRANCH_WIDE_WAITER), sorted(BRANCH_WIDE_WAITER), "BRANCH_WIDE_WAITER");
+}
 use wire::subject::Role;
 
 const SCHEMA: &str = "CREATE TABLE waiter_sector_assignment (
