@@ -88,7 +88,7 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
 }
 
 /// Refused admin requests are logged at most once per 10 s: a scanner must not flood the log.
-static DENIED: crate::telemetry::Throttle = crate::telemetry::Throttle::every_secs(10);
+static DENIED: wire::throttle::Throttle = wire::throttle::Throttle::every(std::time::Duration::from_secs(10));
 
 /// The credentials of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
 /// (RFC 9110 section 11.1).

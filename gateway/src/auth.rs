@@ -173,7 +173,7 @@ pub fn origin_allowed(origin: Option<&str>, config: &AuthConfig) -> bool {
 }
 
 pub fn unix_now() -> i64 {
-    wire::tokens::now_unix()
+    wire::clock::now_unix()
 }
 
 #[cfg(test)]

@@ -177,7 +177,7 @@ impl Session {
         if !matches!(written, Ok(Ok(()))) {
             return Err(End::Broken);
         }
-        let now_us = wire::tokens::now_micros();
+        let now_us = wire::clock::now_micros();
         for received in batch.into_iter().flatten() {
             self.app.metrics.delivery_latency_seconds.observe(now_us.saturating_sub(received) as f64 / 1e6);
         }

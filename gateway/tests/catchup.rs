@@ -22,7 +22,7 @@ async fn staff_and_diners_get_exactly_what_they_would_have_received() {
     let stack = Stack::start().await;
     let js = events_stream(&stack).await;
     let gw = stack.gateway().await;
-    let since = wire::tokens::now_unix() as f64 - 1.0;
+    let since = wire::clock::now_unix() as f64 - 1.0;
 
     let kitchen_event = event("ROUND_SUBMITTED", 1, 10, None, None, 1);
     let admin_only = event("ENTITY_UPDATED", 1, 10, None, None, 2);
@@ -81,7 +81,7 @@ async fn staff_and_diners_get_exactly_what_they_would_have_received() {
     assert_eq!(events_of(&body), vec![canonical(&session_78)]);
 
     // `since` after everything: nothing.
-    let later = wire::tokens::now_unix() as f64 + 5.0;
+    let later = wire::clock::now_unix() as f64 + 5.0;
     let (_, body) = gw
         .get_json(&format!("/ws/catchup?branch_id=10&since={later}&token={}", staff_token(4, 1, &[10], &["MANAGER"])))
         .await;
@@ -133,7 +133,7 @@ async fn bounded_by_the_configured_count() {
     let stack = Stack::start().await;
     let js = events_stream(&stack).await;
     let gw = stack.gateway_with(&[("GATEWAY_CATCHUP_MAX_EVENTS", "3")]).await;
-    let since = wire::tokens::now_unix() as f64 - 1.0;
+    let since = wire::clock::now_unix() as f64 - 1.0;
     for seq in 0..6 {
         store(&js, 1, 10, "waiters", &event("ROUND_PENDING", 1, 10, None, None, seq)).await;
     }
@@ -151,7 +151,7 @@ async fn bounded_in_bytes_and_in_requests_per_caller() {
     let stack = Stack::start().await;
     let js = events_stream(&stack).await;
     let gw = stack.gateway_with(&[("GATEWAY_CATCHUP_MAX_BYTES", "65536"), ("GATEWAY_CATCHUP_PER_CALLER", "1")]).await;
-    let since = wire::tokens::now_unix() as f64 - 1.0;
+    let since = wire::clock::now_unix() as f64 - 1.0;
     let padding = "x".repeat(1000);
     for seq in 0..300 {
         let mut event: Value = serde_json::from_str(&event("ROUND_PENDING", 1, 10, None, None, seq)).unwrap();

@@ -454,7 +454,7 @@ async fn catch_up_returns_exactly_the_missed_events() {
     let before = publish_batch(&stack, &layout, 1, 100).await;
     // `since` falls between two batches, so which events are "after since" is exact.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let since = wire::tokens::now_micros() as f64 / 1e6;
+    let since = wire::clock::now_micros() as f64 / 1e6;
     tokio::time::sleep(Duration::from_millis(200)).await;
     stack.kill_gateway(0);
     let published = publish_batch(&stack, &layout, before.len() as u64 + 1, 150).await;

@@ -41,7 +41,7 @@ async fn catch_up_answers_preflight_and_requests_from_allowed_origins_only() {
     let stack = Stack::start().await;
     let js = events_stream(&stack).await;
     let gw = stack.gateway_with(&[("ALLOWED_ORIGINS", &format!("{ORIGIN},{APP}"))]).await;
-    let since = wire::tokens::now_unix() as f64 - 1.0;
+    let since = wire::clock::now_unix() as f64 - 1.0;
     let missed = event("ROUND_PENDING", 1, 10, None, None, 1);
     store(&js, 1, 10, "waiters", &missed).await;
     let catchup = format!("/ws/catchup?branch_id=10&since={since}&token={}", staff_token(2, 1, &[10], &["WAITER"]));

@@ -64,7 +64,7 @@ fn b64url(bytes: &[u8]) -> String {
 type Edit<'a> = &'a dyn Fn(&mut Value);
 
 fn now() -> i64 {
-    wire::tokens::now_unix()
+    wire::clock::now_unix()
 }
 
 /// An ISO-8601 UTC time as the backend writes it into `auth:user:revoked:{user}`.

@@ -23,7 +23,7 @@ fn iso_now() -> String {
 /// A staff token as the backend mints it, issued `age` seconds ago with `jti`.
 fn token(user: u64, tenant: u64, roles: &[&str], jti: &str, age: i64) -> String {
     let jti = jti.to_string();
-    let iat = wire::tokens::now_unix() - age;
+    let iat = wire::clock::now_unix() - age;
     staff_token_with(user, tenant, &[10], roles, move |c| {
         c["jti"] = json!(jti);
         c["iat"] = json!(iat);

@@ -240,7 +240,7 @@ async fn rate_limit_is_configurable_and_a_new_window_admits_again() {
 async fn silent_staff_connections_are_closed_after_revocation() {
     let stack = Stack::start().await;
     let gw = stack.gateway_with(&[("WS_TOKEN_RECHECK_INTERVAL", "1s"), ("WS_HEARTBEAT_TIMEOUT", "60s")]).await;
-    let iat = wire::tokens::now_unix() - 100;
+    let iat = wire::clock::now_unix() - 100;
     let token = |user: u64, jti: &'static str| {
         staff_token_with(user, 1, &[10], &["WAITER", "MANAGER"], move |c| {
             c["jti"] = json!(jti);
@@ -278,7 +278,7 @@ async fn tokens_expiring_while_connected_are_closed() {
             ("WS_HEARTBEAT_TIMEOUT", "60s"),
         ])
         .await;
-    let exp = wire::tokens::now_unix() + 2;
+    let exp = wire::clock::now_unix() + 2;
     let mut staff = gw.staff("waiter", &staff_token_with(2, 1, &[10], &["WAITER"], |c| c["exp"] = json!(exp))).await;
     let mut claims = wire::tokens::table_claims(1, 10, 3, 77, 3600);
     claims["exp"] = json!(exp);
@@ -289,7 +289,7 @@ async fn tokens_expiring_while_connected_are_closed() {
     staff.expect_close(4001, "Token expired or revoked").await;
     diner.expect_close(4001, "Token expired").await;
     legacy_diner.expect_close(4001, "Token expired").await;
-    assert!(wire::tokens::now_unix() >= exp, "closed only once expired");
+    assert!(wire::clock::now_unix() >= exp, "closed only once expired");
     lasting.ping().await;
     gw.stop().await;
 }

@@ -50,7 +50,7 @@ async fn a_branch_listed_many_times_delivers_each_event_once() {
 async fn tokens_not_valid_yet_from_the_future_or_out_of_range_close_4001() {
     let stack = Stack::start().await;
     let gw = stack.gateway().await;
-    let now = wire::tokens::now_unix();
+    let now = wire::clock::now_unix();
     let staff = |edit: &dyn Fn(&mut serde_json::Value)| {
         let mut claims = wire::tokens::staff_claims(5, 1, &[10], &["WAITER"], 3600);
         edit(&mut claims);

@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
-use wire::tokens::now_micros;
+use wire::clock::now_micros;
 
 /// How long a closing client keeps reading for the server's close.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);

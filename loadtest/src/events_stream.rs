@@ -5,7 +5,7 @@
 use anyhow::Context;
 use async_nats::jetstream::stream::Stream;
 use std::time::{Duration, Instant};
-use wire::tokens::now_micros;
+use wire::clock::now_micros;
 
 pub async fn open(nats: &async_nats::Client, name: &str) -> anyhow::Result<Stream> {
     async_nats::jetstream::new(nats.clone()).get_stream(name).await.with_context(|| {

@@ -15,8 +15,8 @@ use jetstream_sink::JetStreamSink;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use wire::clock::now_micros;
 use wire::subject::{EventSubject, Role};
-use wire::tokens::now_micros;
 
 /// Redis streams are trimmed (approximately) to this length so long runs stay bounded.
 pub const STREAM_MAXLEN: u64 = 1_000_000;

@@ -108,7 +108,7 @@ fn without_secrets(argv: impl Iterator<Item = String>) -> Vec<String> {
 
 /// A run id that differs between runs, so a late event of an earlier run is never counted.
 pub fn run_id() -> u64 {
-    wire::tokens::now_micros() ^ ((std::process::id() as u64) << 40)
+    wire::clock::now_micros() ^ ((std::process::id() as u64) << 40)
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ pub fn table(
             branch_id,
             table_id,
             session_id,
-            tokens::now_unix() + ttl_secs,
+            wire::clock::now_unix() + ttl_secs,
         )
     } else {
         tokens::sign_jwt(secret.as_bytes(), &tokens::table_claims(tenant_id, branch_id, table_id, session_id, ttl_secs))

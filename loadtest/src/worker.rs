@@ -82,7 +82,7 @@ async fn run(out: mpsc::UnboundedSender<ToParent>) -> anyhow::Result<()> {
     for slot in slots.clone() {
         let (ctx2, out2, ready_sent) = (ctx.clone(), out.clone(), ready_sent.clone());
         let on_first = move |ok: bool| {
-            let done = ctx2.stats.first_attempt_done(ok, wire::tokens::now_micros());
+            let done = ctx2.stats.first_attempt_done(ok, wire::clock::now_micros());
             if done == total && !ready_sent.swap(true, Relaxed) {
                 let _ = out2.send(ToParent::Ready(ctx2.stats.connect_phase()));
             }

@@ -11,7 +11,7 @@
 //! flight. The payload bytes are never re-serialised. It does not read Redis.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::{HeaderMap, Message, Subscriber};
 use bytes::Bytes;
@@ -27,12 +27,12 @@ use wire::subject::{dlq_subject, EventSubject};
 use crate::health::Health;
 use crate::mapping::{self, Channel, DlqReason, Via};
 use crate::metrics::{Metrics, Source};
-use crate::retry::LogLimiter;
 use crate::sink::ack::{self, Refused, Stored};
 use crate::sink::inflight::InFlight;
 use crate::sink::jetstream::{token_of, Outcome, Outgoing, Publisher};
 use crate::source::budget::Charge;
 use crate::source::resp::Blob;
+use wire::throttle::Throttle;
 
 /// Header stating that a dead letter's payload was cut, with the original length in bytes.
 pub const DLQ_TRUNCATED: &str = "Dlq-Truncated-From";
@@ -111,7 +111,7 @@ pub struct Incoming {
 
 impl Incoming {
     pub fn new(payload: Bytes, origin: Origin) -> Incoming {
-        let received_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        let received_us = wire::clock::now_micros();
         let span = match &origin {
             _ if !wire::otel::enabled() => Span::none(),
             Origin::PubSub(channel) => crate::traces::receive("pubsub", &channel.to_string(), None),
@@ -148,7 +148,7 @@ pub struct Pipeline {
     /// How long a publish waits for its acknowledgement before it is retried.
     publish_timeout: Duration,
     /// Warnings about publishes refused for good.
-    refusals: LogLimiter,
+    refusals: Throttle,
 }
 
 /// A publish waiting for its acknowledgement, with everything needed to finish it.
@@ -229,7 +229,7 @@ impl Pipeline {
             taken: Mutex::new(Dedup::new(COPY_WINDOW, Instant::now())),
             in_flight: Mutex::new(InFlight::default()),
             publish_timeout,
-            refusals: LogLimiter::new(Duration::from_secs(5)),
+            refusals: Throttle::every(Duration::from_secs(5)),
         }
     }
 
@@ -308,7 +308,7 @@ impl Pipeline {
     ) {
         let mut sweep = tokio::time::interval(SWEEP);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let late = LogLimiter::new(Duration::from_secs(30));
+        let late = Throttle::every(Duration::from_secs(30));
         loop {
             tokio::select! {
                 biased;
@@ -331,11 +331,11 @@ impl Pipeline {
         }
     }
 
-    async fn acknowledged(self: &Arc<Self>, reply: Message, late: &LogLimiter) {
+    async fn acknowledged(self: &Arc<Self>, reply: Message, late: &Throttle) {
         let Some(token) = token_of(&reply.subject) else { return };
         let Some(pending) = self.in_flight.lock().expect("in-flight lock").take(token) else {
             // Its publish timed out and is being retried already.
-            if let Some(held_back) = late.allow() {
+            if let Some(held_back) = late.allow_with_count() {
                 tracing::debug!(token, held_back, "acknowledgement after the publish timeout");
             }
             return;
@@ -381,7 +381,7 @@ impl Pipeline {
     }
 
     fn warn_refused(&self, out: &Outgoing, why: &Refused, action: &str) {
-        if let Some(held_back) = self.refusals.allow() {
+        if let Some(held_back) = self.refusals.allow_with_count() {
             let source = out.headers.get(headers::SOURCE).map(|v| v.as_str().to_owned()).unwrap_or_default();
             tracing::warn!(subject = %out.subject, source, error = %why, held_back, "JetStream refused a publish for good; {action}");
         }

@@ -1,8 +1,6 @@
-//! Capped, jittered exponential backoff (reconnect loops and publish retries) and a warning
-//! limiter so that a failing dependency logs a few lines per interval instead of one per event.
-//! It owns no task and no I/O.
+//! Capped, jittered exponential backoff (reconnect loops and publish retries; warnings are kept
+//! to a few lines per interval by `wire::throttle`). It owns no task and no I/O.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Exponential backoff with ±50 % jitter, capped; [`Backoff::healthy`] resets it once the
@@ -50,38 +48,6 @@ impl Backoff {
     }
 }
 
-/// Lets one warning through per `every`, counting the ones it held back.
-pub struct LogLimiter {
-    every_ms: u64,
-    start: Instant,
-    last_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl LogLimiter {
-    pub fn new(every: Duration) -> LogLimiter {
-        LogLimiter {
-            every_ms: every.as_millis() as u64,
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(n)` when the caller should log now, `n` being how many warnings were held back.
-    pub fn allow(&self) -> Option<u64> {
-        let now = self.start.elapsed().as_millis() as u64 + self.every_ms;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= self.every_ms
-            && self.last_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            return Some(self.suppressed.swap(0, Ordering::Relaxed));
-        }
-        self.suppressed.fetch_add(1, Ordering::Relaxed);
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,17 +64,5 @@ mod tests {
         assert_eq!(b.attempts(), 101, "not healthy long enough");
         b.healthy(Instant::now() - Duration::from_secs(31));
         assert_eq!(b.attempts(), 0);
-    }
-
-    #[test]
-    fn limiter_lets_one_through_per_interval() {
-        let l = LogLimiter::new(Duration::from_secs(3600));
-        assert_eq!(l.allow(), Some(0));
-        assert_eq!(l.allow(), None);
-        assert_eq!(l.allow(), None);
-        let l = LogLimiter::new(Duration::from_millis(1));
-        assert_eq!(l.allow(), Some(0));
-        std::thread::sleep(Duration::from_millis(3));
-        assert!(l.allow().is_some());
     }
 }

@@ -15,12 +15,14 @@
 //!
 //! - The event contract: [`envelope`], [`event_types`], [`subject`], [`headers`], [`msg_id`],
 //!   [`dedup`].
-//! - Tokens and settings: [`tokens`], [`settings`] (typed environment, secrets masked).
+//! - Tokens, settings and time: [`tokens`], [`settings`] (typed environment, secrets masked),
+//!   [`clock`], [`throttle`] (one log line per interval).
 //! - Serving and telling: [`http_server`] (`server`), [`exposition`] (Prometheus text or
 //!   OpenMetrics), [`otel`] (`otel`), [`natsconn`] (`nats`).
 //! - `testkit` (feature `testkit`): nats-server, Redis, PostgreSQL, HAProxy/nginx and the
 //!   cluster fixture, as real processes on free loopback ports.
 
+pub mod clock;
 pub mod dedup;
 pub mod envelope;
 pub mod event_types;
@@ -35,6 +37,7 @@ pub mod natsconn;
 pub mod otel;
 pub mod settings;
 pub mod subject;
+pub mod throttle;
 pub mod tokens;
 
 #[cfg(feature = "testkit")]

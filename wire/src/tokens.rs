@@ -25,18 +25,9 @@ pub fn sign_jwt(secret: &[u8], claims: &Value) -> String {
     sign_jwt_with_alg(secret, "HS256", claims)
 }
 
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-/// Unix time in microseconds (the `Bridge-Received-Us` header's unit).
-pub fn now_micros() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
-}
-
 /// Claims of a staff access token as the backend issues them.
 pub fn staff_claims(user_id: u64, tenant_id: u64, branch_ids: &[u64], roles: &[&str], ttl_secs: i64) -> Value {
-    let now = now_unix();
+    let now = crate::clock::now_unix();
     json!({
         "sub": user_id.to_string(),
         "tenant_id": tenant_id,
@@ -54,7 +45,7 @@ pub fn staff_claims(user_id: u64, tenant_id: u64, branch_ids: &[u64], roles: &[&
 
 /// Claims of a table token in JWT form.
 pub fn table_claims(tenant_id: u64, branch_id: u64, table_id: u64, session_id: u64, ttl_secs: i64) -> Value {
-    let now = now_unix();
+    let now = crate::clock::now_unix();
     json!({
         "iss": "integrador:table",
         "aud": "integrador:diner",

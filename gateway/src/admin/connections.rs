@@ -93,7 +93,7 @@ pub async fn list(State(state): State<AdminState>, query: Result<Query<ListQuery
     let limit = query.limit.map_or(DEFAULT_LIMIT, |l| l.min(MAX_LIMIT as u64) as usize);
     let matching: Vec<_> =
         state.app.registry.snapshot().into_iter().filter(|c| selector.matches(c, endpoint)).collect();
-    let now_ms = wire::tokens::now_micros() / 1000;
+    let now_ms = wire::clock::now_micros() / 1000;
     let connections: Vec<Value> = matching.iter().take(limit).map(|c| describe(c, now_ms)).collect();
     Json(json!({
         "instance": state.app.config.instance_id,

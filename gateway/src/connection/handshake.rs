@@ -38,7 +38,7 @@ pub async fn upgrade(
     let info = ConnInfo {
         peer: peer.unwrap_or(ConnInfo::default().peer),
         forwarded_for: forwarded_for(&headers),
-        connected_at_ms: wire::tokens::now_micros() / 1000,
+        connected_at_ms: wire::clock::now_micros() / 1000,
         resume: query_param(query.as_deref().unwrap_or_default(), super::resume::PARAM).is_some(),
     };
     match admit(&app, endpoint, &headers, query.as_deref(), info).await {

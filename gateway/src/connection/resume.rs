@@ -74,7 +74,7 @@ impl Mark {
     pub fn after_replay(floor: u64, read: Option<(u64, u64)>) -> Mark {
         let stored_ns = match read {
             Some((sequence, stored_ns)) if sequence >= floor => stored_ns,
-            _ => wire::tokens::now_micros().saturating_mul(1000).saturating_add(SEAM_SLACK_NS),
+            _ => wire::clock::now_micros().saturating_mul(1000).saturating_add(SEAM_SLACK_NS),
         };
         Mark { sequence: floor, stored_ns }
     }
@@ -170,8 +170,8 @@ mod tests {
         assert!(resume.admit(1, Some(5_001)), "the first event of a stream created again");
         // The event at the floor was not read: the clock and its slack bound it.
         let mark = Mark::after_replay(100, Some((90, 5_000)));
-        assert!(mark.stored_ns > wire::tokens::now_micros() * 1000);
-        assert!(Mark::after_replay(0, None).stored_ns > wire::tokens::now_micros() * 1000);
+        assert!(mark.stored_ns > wire::clock::now_micros() * 1000);
+        assert!(Mark::after_replay(0, None).stored_ns > wire::clock::now_micros() * 1000);
     }
 
     #[test]

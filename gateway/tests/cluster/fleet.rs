@@ -594,7 +594,7 @@ pub type Cursor = (u64, Option<String>);
 
 /// Unix nanoseconds now.
 pub fn now_ns() -> u64 {
-    wire::tokens::now_micros().saturating_mul(1000)
+    wire::clock::now_micros().saturating_mul(1000)
 }
 
 fn record(text: &str, log: &Mutex<Log>, cursor: &mut Option<Cursor>) {

@@ -333,7 +333,7 @@ pub fn legacy_table_token(tenant: u64, branch: u64, table: u64, session: u64) ->
         branch,
         table,
         session,
-        wire::tokens::now_unix() + 3600,
+        wire::clock::now_unix() + 3600,
     )
 }
 

@@ -14,10 +14,10 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
+use wire::clock::now_micros;
 use wire::headers;
 use wire::msg_id::Digest;
 use wire::subject::{EventSubject, Role};
-use wire::tokens::now_micros;
 
 /// Publishes awaiting their acknowledgement, at most: the bridge's default
 /// `BRIDGE_MAX_IN_FLIGHT`.

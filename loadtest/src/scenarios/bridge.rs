@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use wire::tokens::now_micros;
+use wire::clock::now_micros;
 
 /// What the `live.>` subscriber saw.
 struct Seen {

@@ -36,7 +36,7 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
         );
     }
     let started = Instant::now();
-    let started_at = crate::events::iso8601_micros(wire::tokens::now_micros());
+    let started_at = crate::events::iso8601_micros(wire::clock::now_micros());
     let params = PopulationParams {
         connections: args.population.connections,
         tenants: args.population.tenants,

@@ -16,7 +16,7 @@ use anyhow::{bail, ensure, Context};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use std::time::{Duration, Instant};
-use wire::tokens::now_micros;
+use wire::clock::now_micros;
 
 /// How long the dead replica's clients get to be connected again after the traffic.
 const RECONNECT_BUDGET: Duration = Duration::from_secs(60);

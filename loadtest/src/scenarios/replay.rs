@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use wire::tokens::now_micros;
+use wire::clock::now_micros;
 
 /// The events are ROUND_SUBMITTED on branch channels only: nothing is XADDed to this stream.
 const STREAM_KEY: &str = "events:critical";

@@ -21,8 +21,9 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::retry::{Backoff, LogLimiter};
+use crate::retry::Backoff;
 use crate::sink::ack::{Refused, Stored};
+use wire::throttle::Throttle;
 
 /// One message to store.
 #[derive(Debug, Clone)]
@@ -50,7 +51,7 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     /// Fired when the shutdown budget is spent: stop retrying.
     abandon: CancellationToken,
-    warn: LogLimiter,
+    warn: Throttle,
 }
 
 impl Publisher {
@@ -63,7 +64,7 @@ impl Publisher {
             reply_prefix,
             metrics,
             abandon,
-            warn: LogLimiter::new(std::time::Duration::from_secs(5)),
+            warn: Throttle::every(std::time::Duration::from_secs(5)),
         }
     }
 
@@ -102,7 +103,7 @@ impl Publisher {
                 self.metrics.conflicts.inc();
             } else {
                 self.metrics.retries.inc();
-                if let Some(held_back) = self.warn.allow() {
+                if let Some(held_back) = self.warn.allow_with_count() {
                     tracing::warn!(subject = %out.subject, error = %failure, held_back, "JetStream publish failed; retrying");
                 }
             }

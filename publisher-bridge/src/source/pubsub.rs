@@ -25,10 +25,11 @@ use tokio_util::sync::CancellationToken;
 use crate::health::{Dependency, Health};
 use crate::mapping::PATTERNS;
 use crate::pipeline::{Incoming, Origin, Pipeline};
-use crate::retry::{Backoff, LogLimiter};
+use crate::retry::Backoff;
 use crate::source::conn::{Conn, Target};
 use crate::source::resp::Push;
 use crate::source::BULK_CAP;
+use wire::throttle::Throttle;
 
 /// A quiet connection is pinged after this long...
 const PING_EVERY: Duration = Duration::from_secs(10);
@@ -77,7 +78,7 @@ impl PubSubSource {
     pub async fn run(self, first: Subscribed, stop: CancellationToken) {
         let mut conn = Some(first);
         let mut backoff = Backoff::reconnect();
-        let warn = LogLimiter::new(Duration::from_secs(5));
+        let warn = Throttle::every(Duration::from_secs(5));
         loop {
             let subscribed = match conn.take() {
                 Some(c) => c,
@@ -87,7 +88,7 @@ impl PubSubSource {
                         c
                     }
                     Err(error) => {
-                        if let Some(held_back) = warn.allow() {
+                        if let Some(held_back) = warn.allow_with_count() {
                             tracing::warn!(%error, held_back, "Redis pub/sub connect failed; retrying");
                         }
                         tokio::select! {
@@ -105,7 +106,7 @@ impl PubSubSource {
             if stopped {
                 break;
             }
-            if let Some(held_back) = warn.allow() {
+            if let Some(held_back) = warn.allow_with_count() {
                 tracing::warn!(held_back, "Redis pub/sub connection lost; reconnecting");
             }
             backoff.healthy(since);

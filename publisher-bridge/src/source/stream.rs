@@ -38,11 +38,12 @@ use crate::health::{Dependency, Health};
 use crate::mapping::DlqReason;
 use crate::metrics::Metrics;
 use crate::pipeline::{Incoming, Origin, Pipeline};
-use crate::retry::{Backoff, LogLimiter};
+use crate::retry::Backoff;
 use crate::source::budget::ReadBudget;
 use crate::source::conn::{Conn, Target};
 use crate::source::entries::{self, Entry};
 use crate::source::BULK_CAP;
+use wire::throttle::Throttle;
 
 const BLOCK: Duration = Duration::from_secs(2);
 /// How long a reply may take beyond the read's own BLOCK time.
@@ -103,7 +104,7 @@ impl StreamSource {
         let claimer = tokio::spawn(self.clone().claimer(stop.clone(), ack_tx.clone()));
         let mut last_seen: Option<String> = None;
         let mut backoff = Backoff::reconnect();
-        let warn = LogLimiter::new(Duration::from_secs(5));
+        let warn = Throttle::every(Duration::from_secs(5));
         loop {
             let started = Instant::now();
             let result = tokio::select! {
@@ -113,7 +114,7 @@ impl StreamSource {
             };
             let Err(error) = result else { break };
             self.health.set(Dependency::RedisStream, false);
-            if let Some(held_back) = warn.allow() {
+            if let Some(held_back) = warn.allow_with_count() {
                 tracing::warn!(%error, held_back, key = %self.key, "Redis stream reader failed; reconnecting");
             }
             backoff.healthy(started);
@@ -221,7 +222,7 @@ impl StreamSource {
     async fn acker(self: Arc<Self>, mut ids: mpsc::Receiver<String>, abandon: CancellationToken) {
         let mut conn = self.ack_conn.clone();
         let mut batch = Vec::with_capacity(1024);
-        let warn = LogLimiter::new(Duration::from_secs(5));
+        let warn = Throttle::every(Duration::from_secs(5));
         while ids.recv_many(&mut batch, 1024).await > 0 {
             let mut backoff = Backoff::publish();
             loop {
@@ -238,7 +239,7 @@ impl StreamSource {
                         break;
                     }
                     Err(e) => {
-                        if let Some(held_back) = warn.allow() {
+                        if let Some(held_back) = warn.allow_with_count() {
                             tracing::warn!(error = %e, held_back, "XACK failed; retrying");
                         }
                         tokio::select! {
@@ -257,7 +258,7 @@ impl StreamSource {
     /// samples the group's pending count.
     async fn claimer(self: Arc<Self>, stop: CancellationToken, ack: mpsc::Sender<String>) {
         let mut conn: Option<Conn> = None;
-        let warn = LogLimiter::new(Duration::from_secs(30));
+        let warn = Throttle::every(Duration::from_secs(30));
         loop {
             tokio::select! {
                 biased;
@@ -271,7 +272,7 @@ impl StreamSource {
             };
             if let Err(error) = result {
                 conn = None;
-                if let Some(held_back) = warn.allow() {
+                if let Some(held_back) = warn.allow_with_count() {
                     tracing::warn!(%error, held_back, "XAUTOCLAIM round failed");
                 }
             }
