@@ -1,6 +1,6 @@
 # shellcheck shell=bash disable=SC2154
 # The `--cluster` mode of deploy/stack.sh (sourced, not run): the production topology on
-# loopback, as the cluster tests run it (wire/src/testkit/cluster.rs):
+# loopback, as the cluster tests run it (testkit/src/cluster.rs):
 #   nats-server n1..n3 (JetStream, routed)  clients :4222 :4223 :4224   STACK_CLUSTER_NATS_PORTS
 #                                           routes  :6222 :6223 :6224   STACK_CLUSTER_ROUTE_PORTS
 #                                           monitor :8222 :8223 :8224   STACK_CLUSTER_MONITOR_PORTS

@@ -16,7 +16,7 @@ const TOKEN: &str = "admin-token-0123456789abcdef";
 
 /// A gateway of `stack` with the admin API on a free port; returns it and the admin base URL.
 async fn admin_gateway(stack: &Stack) -> (Gateway, String) {
-    let addr = format!("127.0.0.1:{}", wire::testkit::free_port());
+    let addr = format!("127.0.0.1:{}", testkit::free_port());
     let gw = stack.gateway_with(&[("GATEWAY_ADMIN_TOKEN", TOKEN), ("GATEWAY_ADMIN_LISTEN_ADDR", &addr)]).await;
     (gw, format!("http://{addr}"))
 }
@@ -28,11 +28,10 @@ async fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>)
         headers.push(("Authorization", auth));
     }
     let body = body.map(|b| b.to_string());
-    let (status, text) =
-        tokio::time::timeout(SOON, wire::testkit::http_request(method, url, &headers, body.as_deref()))
-            .await
-            .expect("admin answer in time")
-            .expect("admin request");
+    let (status, text) = tokio::time::timeout(SOON, testkit::http_request(method, url, &headers, body.as_deref()))
+        .await
+        .expect("admin answer in time")
+        .expect("admin request");
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
@@ -65,7 +64,7 @@ async fn every_route_needs_the_token() {
         );
         let basic = [("Authorization", "Basic YWRtaW46YWRtaW4=")];
         assert_eq!(
-            wire::testkit::http_request(method, &url, &basic, None).await.unwrap().0,
+            testkit::http_request(method, &url, &basic, None).await.unwrap().0,
             401,
             "{method} {path}, not a bearer token"
         );
@@ -237,7 +236,7 @@ fn audit(lines: &Arc<Mutex<Vec<String>>>) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_writes_audit_lines_and_exits_0_after_a_drain_through_the_api() {
     let stack = Stack::start().await;
-    let (port, admin_port) = (wire::testkit::free_port(), wire::testkit::free_port());
+    let (port, admin_port) = (testkit::free_port(), testkit::free_port());
     let mut env = stack.env();
     env.insert("GATEWAY_LISTEN_ADDR".into(), format!("127.0.0.1:{port}"));
     env.insert("GATEWAY_ADMIN_LISTEN_ADDR".into(), format!("127.0.0.1:{admin_port}"));
@@ -256,7 +255,7 @@ async fn the_binary_writes_audit_lines_and_exits_0_after_a_drain_through_the_api
     let base = format!("127.0.0.1:{port}");
     let admin = format!("http://127.0.0.1:{admin_port}");
     wait_until("the binary is ready", || async {
-        matches!(wire::testkit::http_get(&format!("http://{base}/readyz")).await, Ok((200, _)))
+        matches!(testkit::http_get(&format!("http://{base}/readyz")).await, Ok((200, _)))
     })
     .await;
 
@@ -313,7 +312,7 @@ async fn the_binary_writes_audit_lines_and_exits_0_after_a_drain_through_the_api
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_the_admin_api_is_off_and_says_so() {
     let stack = Stack::start().await;
-    let (port, admin_port) = (wire::testkit::free_port(), wire::testkit::free_port());
+    let (port, admin_port) = (testkit::free_port(), testkit::free_port());
     let mut env = stack.env();
     env.insert("GATEWAY_LISTEN_ADDR".into(), format!("127.0.0.1:{port}"));
     env.insert("GATEWAY_ADMIN_LISTEN_ADDR".into(), format!("127.0.0.1:{admin_port}"));
@@ -328,12 +327,12 @@ async fn without_a_token_the_admin_api_is_off_and_says_so() {
         .unwrap();
     let lines = collect(child.stdout.take().unwrap());
     wait_until("the binary is ready", || async {
-        matches!(wire::testkit::http_get(&format!("http://127.0.0.1:{port}/readyz")).await, Ok((200, _)))
+        matches!(testkit::http_get(&format!("http://127.0.0.1:{port}/readyz")).await, Ok((200, _)))
     })
     .await;
     assert!(lines.lock().unwrap().iter().any(|l| l.contains("admin API disabled: GATEWAY_ADMIN_TOKEN is not set")));
     assert!(
-        wire::testkit::http_get(&format!("http://127.0.0.1:{admin_port}/admin/connections")).await.is_err(),
+        testkit::http_get(&format!("http://127.0.0.1:{admin_port}/admin/connections")).await.is_err(),
         "nothing listens on the admin port"
     );
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().unwrap() as i32), nix::sys::signal::Signal::SIGTERM)

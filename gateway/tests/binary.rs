@@ -53,7 +53,7 @@ async fn production_without_nats_credentials_exits_64_in_one_line() {
 async fn unreachable_nats_exits_69() {
     let stack = Stack::start().await;
     let mut env = stack.env();
-    env.insert("NATS_URL".into(), format!("nats://127.0.0.1:{}", wire::testkit::free_port()));
+    env.insert("NATS_URL".into(), format!("nats://127.0.0.1:{}", testkit::free_port()));
     let out = tokio::time::timeout(Duration::from_secs(30), command(&env).output()).await.unwrap().unwrap();
     assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stdout));
 }
@@ -61,7 +61,7 @@ async fn unreachable_nats_exits_69() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_every_client_with_1012_and_exits_0() {
     let stack = Stack::start().await;
-    let port = wire::testkit::free_port();
+    let port = testkit::free_port();
     let mut env = stack.env();
     env.insert("GATEWAY_LISTEN_ADDR".into(), format!("127.0.0.1:{port}"));
     env.insert("GATEWAY_DRAIN_WINDOW".into(), "1s".into());
@@ -70,7 +70,7 @@ async fn sigterm_closes_every_client_with_1012_and_exits_0() {
     let base = format!("127.0.0.1:{port}");
     let ready = tokio::time::timeout(SOON, async {
         loop {
-            if matches!(wire::testkit::http_get(&format!("http://{base}/readyz")).await, Ok((200, _))) {
+            if matches!(testkit::http_get(&format!("http://{base}/readyz")).await, Ok((200, _))) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -172,7 +172,7 @@ async fn bounded_in_bytes_and_in_requests_per_caller() {
     let url = gw.http(&ask);
     let answers = futures_util::future::join_all((0..30).map(|_| {
         let url = url.clone();
-        async move { wire::testkit::http_exchange("GET", &url, &[], None).await.expect("an answer") }
+        async move { testkit::http_exchange("GET", &url, &[], None).await.expect("an answer") }
     }))
     .await;
     let refused: Vec<_> = answers.iter().filter(|a| a.status == 429).collect();

@@ -1,4 +1,4 @@
-//! Zero loss across a real cluster (issue 4, "What must be shown"): `wire::testkit::ClusterStack`
+//! Zero loss across a real cluster (issue 4, "What must be shown"): `testkit::ClusterStack`
 //! runs a three-node NATS JetStream cluster, Redis, two real `publisher-bridge` processes, three
 //! real `gateway` processes and HAProxy in front, all on loopback. In each scenario 201
 //! resume-capable clients over 3 tenants, 6 branches and every role (waiters, cooks, managers
@@ -43,9 +43,9 @@ use harness::{JWT_SECRET, TABLE_SECRET};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::{http_get, ClusterOptions, ClusterStack};
 use tokio::time::Instant;
 use traffic::{Publisher, Verdict};
-use wire::testkit::{http_get, ClusterOptions, ClusterStack};
 
 /// Events per second published to Redis during a scenario.
 const RATE: u32 = 60;
@@ -362,7 +362,7 @@ async fn kill_9_a_nats_node_a_replica_uses() {
     if holding.iter().all(|(node, _)| *node == leader) {
         // Every replica uses the leader's node: move the leadership away first.
         let js = traffic::jetstream(&stack).await;
-        let subject = format!("STREAM.LEADER.STEPDOWN.{}", wire::testkit::EVENTS_STREAM);
+        let subject = format!("STREAM.LEADER.STEPDOWN.{}", testkit::EVENTS_STREAM);
         let answer: Result<Value, _> =
             tokio::time::timeout(Duration::from_secs(10), js.request(subject, &serde_json::json!({})))
                 .await

@@ -6,7 +6,7 @@
 #[path = "support/harness.rs"]
 mod harness;
 use harness::*;
-use wire::testkit::{http_exchange, HttpResponse};
+use testkit::{http_exchange, HttpResponse};
 
 const APP: &str = "https://waiter.example.com";
 const OTHER: &str = "https://evil.example.net";

@@ -37,7 +37,7 @@ async fn latency_is_observed_from_the_bridge_to_the_socket_write() {
     let stop = CancellationToken::new();
     let bridge = tokio::spawn(publisher_bridge::run(config, listener, stop.clone()));
     wait_until("the bridge is ready", || async {
-        matches!(wire::testkit::http_get(&format!("{bridge_http}/readyz")).await, Ok((200, _)))
+        matches!(testkit::http_get(&format!("{bridge_http}/readyz")).await, Ok((200, _)))
     })
     .await;
 
@@ -71,7 +71,7 @@ async fn latency_is_observed_from_the_bridge_to_the_socket_write() {
     assert!(text.contains(&format!("gateway_delivery_latency_seconds_bucket{{le=\"+Inf\"}} {expected}")), "{text}");
 
     let (_, bridge_text) =
-        tokio::time::timeout(SOON, wire::testkit::http_get(&format!("{bridge_http}/metrics"))).await.unwrap().unwrap();
+        tokio::time::timeout(SOON, testkit::http_get(&format!("{bridge_http}/metrics"))).await.unwrap().unwrap();
     let published = (EVENTS + 1) as f64;
     assert_eq!(
         histogram(&bridge_text, "bridge_publish_latency_seconds").0,

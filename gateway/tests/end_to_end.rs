@@ -24,7 +24,7 @@ async fn start_bridge(stack: &Stack) -> (CancellationToken, tokio::task::JoinHan
         async move { publisher_bridge::run(config, listener, stop).await.expect("bridge runs") }
     });
     let became_ready = tokio::time::timeout(SOON, async {
-        while !matches!(wire::testkit::http_get(&ready).await, Ok((200, _))) {
+        while !matches!(testkit::http_get(&ready).await, Ok((200, _))) {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     })

@@ -208,11 +208,10 @@ async fn metrics_are_prometheus_text_with_the_legacy_series() {
         ),
     ] {
         let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
-        let answer =
-            tokio::time::timeout(SOON, wire::testkit::http_exchange("GET", &gw.http("/ws/metrics"), &headers, None))
-                .await
-                .expect("metrics in time")
-                .expect("metrics");
+        let answer = tokio::time::timeout(SOON, testkit::http_exchange("GET", &gw.http("/ws/metrics"), &headers, None))
+            .await
+            .expect("metrics in time")
+            .expect("metrics");
         assert_eq!(answer.header("content-type"), Some(content_type), "Accept: {accept:?}");
         assert_eq!(answer.body.lines().last() == Some("# EOF"), last_line.is_some(), "Accept: {accept:?}");
     }

@@ -33,7 +33,7 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration, what: &str)
 }
 
 async fn bounded_gateway(stack: &Stack, extra: &[(&str, &str)]) -> (Gateway, String) {
-    let admin = format!("127.0.0.1:{}", wire::testkit::free_port());
+    let admin = format!("127.0.0.1:{}", testkit::free_port());
     let mut vars = vec![
         ("GATEWAY_HTTP_HEADER_TIMEOUT", "1s"),
         ("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN),
@@ -127,7 +127,7 @@ async fn oversized_heads_and_http2_are_refused_and_the_admin_bearer_is_case_inse
     for scheme in ["Bearer", "bearer", "BEARER"] {
         let auth = format!("{scheme} {ADMIN_TOKEN}");
         let (status, _) =
-            tokio::time::timeout(SOON, wire::testkit::http_request("GET", &url, &[("Authorization", &auth)], None))
+            tokio::time::timeout(SOON, testkit::http_request("GET", &url, &[("Authorization", &auth)], None))
                 .await
                 .expect("admin answer in time")
                 .expect("admin request");

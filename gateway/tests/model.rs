@@ -1,4 +1,4 @@
-//! A randomized, model-based delivery test (issue 13). `wire::testkit::ClusterStack` runs the
+//! A randomized, model-based delivery test (issue 13). `testkit::ClusterStack` runs the
 //! production shape on loopback (3 NATS nodes with an R3 `EVENTS`, Redis, 2 bridges, 3 gateways,
 //! HAProxy); a seeded schedule (`MODEL_SEED`, `MODEL_STEPS`) then drives it, with a CPU hog
 //! (one busy loop per core at `nice 5`) beside it:
@@ -46,10 +46,10 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::{http_get, ClusterOptions, ClusterStack, EVENTS_STREAM};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use traffic::Published;
-use wire::testkit::{http_get, ClusterOptions, ClusterStack, EVENTS_STREAM};
 
 const DEFAULT_SEED: u64 = 13;
 const DEFAULT_STEPS: usize = 40;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream::Stream};
 use async_nats::{Client, Event, ServerError};
 use futures_util::StreamExt;
+use testkit::{NatsServer, NatsUser};
 use tokio::sync::mpsc;
-use wire::testkit::{NatsServer, NatsUser};
 
 const SOON: Duration = Duration::from_secs(10);
 /// How long a request the server silently dropped (a refused publish) is waited for.

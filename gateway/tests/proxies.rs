@@ -1,6 +1,6 @@
 //! The gateway behind the load balancers of `deploy/`: real HAProxy and nginx (Debian packages)
 //! rendered from `deploy/haproxy/haproxy.cfg` and `deploy/nginx/nginx.conf` by
-//! `wire::testkit`, in front of two in-process replicas. For both: the WebSocket upgrade passes
+//! `testkit`, in front of two in-process replicas. For both: the WebSocket upgrade passes
 //! and events flow; the proxies' idle limits exceed the heartbeat (read from the configuration,
 //! plus a live check with a short heartbeat); connections spread over both replicas. HAProxy
 //! only (nginx open source has no active health checks): a draining replica leaves rotation.
@@ -11,7 +11,7 @@ use harness::*;
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
-use wire::testkit::{http_get, Haproxy, Nginx};
+use testkit::{http_get, Haproxy, Nginx};
 
 /// Either proxy, for the scenarios both must pass.
 enum Proxy {

@@ -9,7 +9,7 @@ mod harness;
 use harness::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
-use wire::testkit::{NatsServer, Redis};
+use testkit::{NatsServer, Redis};
 
 const REVOKED: (u16, &str) = (4001, "Token expired or revoked");
 /// What "within a second" is asserted as on a shared 2-core machine; the measured time is printed.

@@ -311,7 +311,7 @@ async fn refresh_sectors_reads_the_table_bypassing_the_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_reachable_database_waiters_get_branch_wide_events() {
     let stack = Stack::start().await;
-    let dead = format!("postgresql+psycopg://nobody@127.0.0.1:{}/menu", wire::testkit::free_port());
+    let dead = format!("postgresql+psycopg://nobody@127.0.0.1:{}/menu", testkit::free_port());
     let gw = stack.gateway_with(&[("DATABASE_URL", &dead)]).await;
     let mut waiter = gw.staff("waiter", &staff_token(2, 1, &[10], &["WAITER"])).await;
     waiter.send("refresh_sectors").await;

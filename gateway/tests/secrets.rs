@@ -41,12 +41,12 @@ async fn redis_require_password(stack: &Stack) {
 async fn passwords_in_urls_never_reach_the_output() {
     let stack = Stack::start().await;
     redis_require_password(&stack).await;
-    let port = wire::testkit::free_port();
+    let port = testkit::free_port();
     let mut env = stack.env();
     env.insert("GATEWAY_LISTEN_ADDR".into(), format!("127.0.0.1:{port}"));
     env.insert("REDIS_URL".into(), format!("redis://:{REDIS_PW}@127.0.0.1:{}/0", stack.redis.port()));
     // Nothing listens there: every sector look-up fails and is logged.
-    let db_port = wire::testkit::free_port();
+    let db_port = testkit::free_port();
     env.insert("DATABASE_URL".into(), format!("postgresql+psycopg://app:{DB_PW}@127.0.0.1:{db_port}/menu"));
     let mut child = command(&env).spawn().unwrap();
     // Read both pipes from the start: a full pipe would block the gateway's logging.
@@ -60,7 +60,7 @@ async fn passwords_in_urls_never_reach_the_output() {
     let stderr = read(Box::new(child.stderr.take().unwrap()));
     let base = format!("http://127.0.0.1:{port}");
     let ready = tokio::time::timeout(SOON, async {
-        while !matches!(wire::testkit::http_get(&format!("{base}/readyz")).await, Ok((200, _))) {
+        while !matches!(testkit::http_get(&format!("{base}/readyz")).await, Ok((200, _))) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -75,8 +75,7 @@ async fn passwords_in_urls_never_reach_the_output() {
     waiter.send("refresh_sectors").await;
     assert_eq!(waiter.text().await, "sectors_updated:", "no database: no sectors");
     for path in ["/ws/health/detailed", "/ws/health", "/ws/metrics"] {
-        let (_, body) =
-            tokio::time::timeout(SOON, wire::testkit::http_get(&format!("{base}{path}"))).await.unwrap().unwrap();
+        let (_, body) = tokio::time::timeout(SOON, testkit::http_get(&format!("{base}{path}"))).await.unwrap().unwrap();
         assert_no_password(path, &body);
         if path == "/ws/health/detailed" {
             let health: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -106,7 +105,7 @@ async fn passwords_in_urls_never_reach_the_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_failures_name_urls_without_their_passwords() {
     let stack = Stack::start().await;
-    let free = wire::testkit::free_port();
+    let free = testkit::free_port();
     let nats = format!("nats://gateway:{NATS_PW}@127.0.0.1:{free}");
     let cases = [
         // async-nats logs the server address, password included, at debug level.

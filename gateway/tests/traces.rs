@@ -45,13 +45,11 @@ async fn one_event_is_one_trace_across_bridge_and_gateway() {
     let bridge_ready = format!("http://{}/readyz", listener.local_addr().unwrap());
     let stop_bridge = CancellationToken::new();
     let bridge = tokio::spawn(publisher_bridge::run(bridge_config, listener, stop_bridge.clone()));
-    wait_until("the bridge is ready", || async {
-        matches!(wire::testkit::http_get(&bridge_ready).await, Ok((200, _)))
-    })
-    .await;
+    wait_until("the bridge is ready", || async { matches!(testkit::http_get(&bridge_ready).await, Ok((200, _))) })
+        .await;
 
     // The gateway binary: roots sampled at ratio 1, children follow their parent's decision.
-    let port = wire::testkit::free_port();
+    let port = testkit::free_port();
     let mut env = stack.env();
     env.insert("GATEWAY_LISTEN_ADDR".into(), format!("127.0.0.1:{port}"));
     env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.url.clone());
@@ -69,7 +67,7 @@ async fn one_event_is_one_trace_across_bridge_and_gateway() {
         .unwrap();
     let base = format!("127.0.0.1:{port}");
     wait_until("the gateway is ready", || async {
-        matches!(wire::testkit::http_get(&format!("http://{base}/readyz")).await, Ok((200, _)))
+        matches!(testkit::http_get(&format!("http://{base}/readyz")).await, Ok((200, _)))
     })
     .await;
 
@@ -95,7 +93,7 @@ async fn one_event_is_one_trace_across_bridge_and_gateway() {
     let bye = CloseFrame { code: CloseCode::Normal, reason: "bye".into() };
     tokio::time::timeout(SOON, waiter.ws.close(Some(bye))).await.unwrap().unwrap();
     wait_until("the gateway saw the close", || async {
-        let (_, text) = wire::testkit::http_get(&format!("http://{base}/ws/health")).await.unwrap();
+        let (_, text) = testkit::http_get(&format!("http://{base}/ws/health")).await.unwrap();
         text.contains("\"total_connections\":0")
     })
     .await;

@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use wire::testkit::{free_port, http_get, NatsServer, NatsUser, Redis};
+use testkit::{free_port, http_get, NatsServer, NatsUser, Redis};
 
 const JWT_SECRET: &str = "smoke-jwt-secret-0123456789abcdef";
 const TABLE_SECRET: &str = "smoke-table-secret-0123456789abcdef";
@@ -70,7 +70,7 @@ fn workspace_bin(name: &str, package: &str) -> PathBuf {
         let cargo = option_env!("CARGO").unwrap_or("cargo");
         let status = Command::new(cargo)
             .args(["build", "-p", package])
-            .current_dir(wire::testkit::repo_root())
+            .current_dir(testkit::repo_root())
             .status()
             .expect("run cargo");
         assert!(

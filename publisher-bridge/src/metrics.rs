@@ -270,7 +270,7 @@ mod tests {
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md");
         let text = Metrics::default().encode();
         assert!(text.matches("# TYPE ").count() >= 10, "{text}");
-        let missing = wire::testkit::undocumented_series(&text, &readme);
+        let missing = testkit::undocumented_series(&text, &readme);
         assert!(missing.is_empty(), "README's metrics table lacks {missing:?}");
     }
 }

@@ -13,7 +13,7 @@ use async_nats::jetstream::AckKind;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use support::*;
-use wire::testkit::{NatsServer, NatsUser, Redis};
+use testkit::{NatsServer, NatsUser, Redis};
 
 #[tokio::test]
 async fn max_deliveries_and_terminated_messages_are_copied_to_the_dlq_once() -> Result<()> {

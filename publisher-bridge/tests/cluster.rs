@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use support::*;
-use wire::testkit::{NatsCluster, NatsUser, Redis};
+use testkit::{NatsCluster, NatsUser, Redis};
 
 const STREAM_ENTRIES: u64 = 3_000;
 const PUBSUB_EVENTS: u64 = 300;
@@ -95,7 +95,7 @@ async fn starts_before_jetstream_can_answer_and_waits_for_it() -> Result<()> {
 
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(!task.is_finished(), "the bridge gave up: {:?}", task.await);
-    let (status, _) = wire::testkit::http_get(&format!("http://{addr}/readyz")).await?;
+    let (status, _) = testkit::http_get(&format!("http://{addr}/readyz")).await?;
     assert_eq!(status, 503, "not ready without its streams");
 
     cluster.nodes[1].restart().await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use support::*;
-use wire::testkit::{NatsServer, NatsUser, Redis};
+use testkit::{NatsServer, NatsUser, Redis};
 
 const ENTRIES: u64 = 10_000;
 

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use sha2::{Digest, Sha256};
 use support::*;
-use wire::testkit::{http_get, NatsServer, NatsUser, Redis};
+use testkit::{http_get, NatsServer, NatsUser, Redis};
 
 #[tokio::test]
 async fn channels_and_stream_map_to_subjects_with_bytes_unchanged() -> Result<()> {
@@ -240,8 +240,7 @@ async fn http_endpoints_and_graceful_stop() -> Result<()> {
     let read = within(15, "an idle connection closed", tokio::io::AsyncReadExt::read(&mut idle, &mut buf)).await?;
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     bridge.wait_metric("bridge_http_header_timeouts_total", 1.0).await?;
-    let answer =
-        within(5, "metrics", wire::testkit::http_exchange("GET", &format!("{base}/metrics"), &[], None)).await??;
+    let answer = within(5, "metrics", testkit::http_exchange("GET", &format!("{base}/metrics"), &[], None)).await??;
     assert_eq!(answer.header("content-type"), Some(wire::exposition::PROMETHEUS_TEXT), "Prometheus text by default");
     assert_eq!(within(5, "livez", http_get(&format!("{base}/livez"))).await??.0, 200);
     let (status, body) = within(5, "readyz", http_get(&format!("{base}/readyz"))).await??;
@@ -277,7 +276,7 @@ async fn http_endpoints_and_graceful_stop() -> Result<()> {
 #[tokio::test]
 async fn redis_down_at_start_fails_fast() -> Result<()> {
     let nats = NatsServer::start().await;
-    let port = wire::testkit::free_port();
+    let port = testkit::free_port();
     let env = env(
         &format!("redis://127.0.0.1:{port}"),
         &nats.env(NatsUser::Bridge),

@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use wire::testkit::{NatsServer, Redis};
+use testkit::{NatsServer, Redis};
 
 async fn run(env: &[(&str, String)]) -> (Option<i32>, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_publisher-bridge"));

@@ -8,7 +8,7 @@ mod support;
 use anyhow::Result;
 use redis::AsyncCommands;
 use support::*;
-use wire::testkit::{NatsServer, NatsUser, Redis};
+use testkit::{NatsServer, NatsUser, Redis};
 
 async fn publish_range(conn: &mut redis::aio::MultiplexedConnection, range: std::ops::Range<u64>) -> Result<()> {
     for n in range {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use support::*;
-use wire::testkit::{NatsServer, NatsUser, Redis};
+use testkit::{NatsServer, NatsUser, Redis};
 
 const STREAM_ENTRIES: u64 = 5_000;
 const PUBSUB_EVENTS: u64 = 500;

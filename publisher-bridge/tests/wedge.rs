@@ -11,7 +11,7 @@ mod support;
 use anyhow::{anyhow, Result};
 use redis::AsyncCommands;
 use support::*;
-use wire::testkit::{http_get, NatsServer, NatsUser, Redis};
+use testkit::{http_get, NatsServer, NatsUser, Redis};
 
 /// Header names a stored message must never carry (they could only come from an injection).
 const INJECTED: [&str; 2] = ["X-Injected", "Nats-Expected-Last-Sequence"];

@@ -8,8 +8,8 @@
 //!
 //! It owns no I/O of its own. The `nats` feature adds the shared NATS connection settings
 //! ([`natsconn`]); the `otel` feature adds the logging and OTLP trace set-up both services use
-//! ([`otel`]); the `server` feature the bounded HTTP/1.1 listener loop ([`http_server`]); the
-//! `testkit` feature adds real-process fixtures for integration tests.
+//! ([`otel`]); the `server` feature the bounded HTTP/1.1 listener loop ([`http_server`]). The
+//! test fixtures are a crate of their own, `testkit`, a dev-dependency only.
 //!
 //! # Layout
 //!
@@ -19,8 +19,6 @@
 //!   [`clock`], [`throttle`] (one log line per interval).
 //! - Serving and telling: [`http_server`] (`server`), [`exposition`] (Prometheus text or
 //!   OpenMetrics), [`otel`] (`otel`), [`natsconn`] (`nats`).
-//! - `testkit` (feature `testkit`): nats-server, Redis, PostgreSQL, HAProxy/nginx and the
-//!   cluster fixture, as real processes on free loopback ports.
 
 pub mod clock;
 pub mod dedup;
@@ -39,6 +37,3 @@ pub mod settings;
 pub mod subject;
 pub mod throttle;
 pub mod tokens;
-
-#[cfg(feature = "testkit")]
-pub mod testkit;

@@ -1,6 +1,6 @@
 """The real processes behind the browser test, each on free loopback ports: nats-server with
 JetStream, redis-server, the publisher bridge, two gateway replicas and HAProxy in front of them
-(rendered from deploy/haproxy/haproxy.cfg as wire/src/testkit/proxy.rs does), and the backend's
+(rendered from deploy/haproxy/haproxy.cfg as testkit/src/proxy.rs does), and the backend's
 side: tokens minted by deploy/mint-token.py, events published to Redis. Every wait is bounded;
 every process gets SIGKILL when the test process dies (parent-death signal) and is stopped at
 teardown. It knows nothing about browsers or pages.
@@ -229,7 +229,7 @@ def cargo_binaries() -> dict[str, Path]:
 
 def render_haproxy(port: int, stats_port: int, backends: list[int]) -> str:
     """deploy/haproxy/haproxy.cfg with the placeholders filled and one `server` line per backend
-    (the convention at the top of that file; wire/src/testkit/proxy.rs does the same in Rust)."""
+    (the convention at the top of that file; testkit/src/proxy.rs does the same in Rust)."""
     text = (ROOT / "deploy/haproxy/haproxy.cfg").read_text()
     values = {"FRONTEND_ADDR": "127.0.0.1", "FRONTEND_PORT": port, "STATS_ADDR": "127.0.0.1", "STATS_PORT": stats_port}
     for name, value in values.items():

@@ -11,9 +11,9 @@ use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::Deliv
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::time::Duration;
+use testkit::{ClusterStack, NatsUser};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wire::testkit::{ClusterStack, NatsUser};
 
 /// One published event and the fields routing depends on.
 #[derive(Debug, Clone)]
@@ -230,7 +230,7 @@ pub async fn jetstream(stack: &ClusterStack) -> jetstream::Context {
 /// Messages in `EVENTS`, 0 while it cannot be asked.
 pub async fn stored_count(js: &jetstream::Context) -> u64 {
     let info = async {
-        let mut stream = js.get_stream(wire::testkit::EVENTS_STREAM).await.ok()?;
+        let mut stream = js.get_stream(testkit::EVENTS_STREAM).await.ok()?;
         Some(stream.info().await.ok()?.state.messages)
     };
     tokio::time::timeout(Duration::from_secs(5), info).await.ok().flatten().unwrap_or(0)
@@ -251,7 +251,7 @@ pub async fn wait_stored(js: &jetstream::Context, n: u64, within: Duration) -> u
 /// Every message of `EVENTS` as (sequence, payload), in stream order.
 pub async fn read_stored(js: &jetstream::Context) -> Vec<(u64, String)> {
     let n = stored_count(js).await;
-    let stream = js.get_stream(wire::testkit::EVENTS_STREAM).await.expect("EVENTS exists");
+    let stream = js.get_stream(testkit::EVENTS_STREAM).await.expect("EVENTS exists");
     let consumer = stream
         .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
         .await

@@ -1,5 +1,5 @@
 //! Integration-test harness: real nats-server, redis-server and (when asked) PostgreSQL from
-//! `wire::testkit`, gateways run in-process through `gateway::run` on 127.0.0.1:0, and a
+//! `testkit`, gateways run in-process through `gateway::run` on 127.0.0.1:0, and a
 //! WebSocket client with timeouts on every read. Included by each test file with
 //! `#[path = "support/harness.rs"] mod harness;`.
 #![allow(dead_code)]
@@ -9,13 +9,13 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
+use testkit::{NatsServer, NatsUser, Postgres, Redis};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use wire::testkit::{NatsServer, NatsUser, Postgres, Redis};
 
 pub const JWT_SECRET: &str = "test-jwt-secret";
 pub const TABLE_SECRET: &str = "test-table-secret";
@@ -131,7 +131,7 @@ impl Gateway {
         let url = self.http("/readyz");
         let ready = tokio::time::timeout(SOON, async {
             loop {
-                if matches!(wire::testkit::http_get(&url).await, Ok((200, _))) {
+                if matches!(testkit::http_get(&url).await, Ok((200, _))) {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -150,7 +150,7 @@ impl Gateway {
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
-        tokio::time::timeout(SOON, wire::testkit::http_get(&self.http(path)))
+        tokio::time::timeout(SOON, testkit::http_get(&self.http(path)))
             .await
             .expect("HTTP answer in time")
             .expect("HTTP GET")
@@ -176,7 +176,7 @@ impl Gateway {
         let name = series.split('{').next().unwrap_or(series);
         let declared =
             text.lines().any(|l| l.strip_prefix("# TYPE ").is_some_and(|t| t.split(' ').next() == Some(name)));
-        let readme = std::fs::read_to_string(wire::testkit::repo_root().join("README.md")).expect("README.md");
+        let readme = std::fs::read_to_string(testkit::repo_root().join("README.md")).expect("README.md");
         let documented = series.contains('{') && readme.contains(&format!("| `{name}` |"));
         assert!(declared || documented, "no metric {name} in /ws/metrics nor in README's metrics table");
         0.0

@@ -1,5 +1,5 @@
 //! Shared helpers of the bridge's integration tests: running the bridge in-process or as the real
-//! binary against `wire::testkit` servers, reading what JetStream stored, polling conditions
+//! binary against `testkit` servers, reading what JetStream stored, polling conditions
 //! with a deadline. Every wait here is bounded.
 #![allow(dead_code)]
 
@@ -130,7 +130,7 @@ pub struct Binary {
 impl Binary {
     /// Spawns `publisher-bridge` with `env` (plus a free listen port) and waits until ready.
     pub async fn start(mut env: HashMap<String, String>, log: PathBuf) -> Result<Binary> {
-        let addr: SocketAddr = format!("127.0.0.1:{}", wire::testkit::free_port()).parse()?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", testkit::free_port()).parse()?;
         env.insert("BRIDGE_LISTEN_ADDR".into(), addr.to_string());
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_publisher-bridge"))
@@ -184,14 +184,14 @@ pub async fn wait_ready(addr: SocketAddr, secs: u64) -> Result<()> {
     let url = format!("http://{addr}/readyz");
     eventually(secs, "bridge /readyz answers 200", || {
         let url = url.clone();
-        async move { matches!(wire::testkit::http_get(&url).await, Ok((200, _))).then_some(()) }
+        async move { matches!(testkit::http_get(&url).await, Ok((200, _))).then_some(()) }
     })
     .await
 }
 
 /// The value of one exact series (`name{labels}`) from `/metrics`.
 pub async fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
-    let (_, body) = wire::testkit::http_get(&format!("http://{addr}/metrics")).await.ok()?;
+    let (_, body) = testkit::http_get(&format!("http://{addr}/metrics")).await.ok()?;
     body.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 

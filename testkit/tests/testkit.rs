@@ -4,9 +4,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
+use testkit::{free_port, http_get, repo_root, NatsCluster, NatsServer, NatsUser, Postgres, Redis};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use wire::testkit::{free_port, http_get, repo_root, NatsCluster, NatsServer, NatsUser, Postgres, Redis};
 
 /// Every await in these tests goes through here.
 async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
@@ -169,7 +169,7 @@ fn undocumented_series_names_what_the_table_lacks() {
     let exposition = "# HELP a_x A.\n# TYPE a_x counter\na_x_total 1\n# TYPE b_y gauge\nb_y 0\n# TYPE c histogram\n";
     let readme = "| series | type |\n|---|---|\n| `a_x_total` | counter |\n| `c` | histogram |\n| `b_y` | counter |\n";
     assert_eq!(
-        wire::testkit::undocumented_series(exposition, readme),
+        testkit::undocumented_series(exposition, readme),
         vec!["b_y (gauge)".to_string()],
         "a wrong type does not count"
     );

@@ -300,7 +300,7 @@ impl ClusterStack {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
             .unwrap_or_else(|| panic!("testkit: no {name}"));
-        crate::settings::parse_duration(value).unwrap_or_else(|| panic!("testkit: {name}={value} is not a duration"))
+        wire::settings::parse_duration(value).unwrap_or_else(|| panic!("testkit: {name}={value} is not a duration"))
     }
 }
 

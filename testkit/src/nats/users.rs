@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::natsconn::{BRIDGE_INBOX_PREFIX, GATEWAY_INBOX_PREFIX, LOADTEST_INBOX_PREFIX};
+use wire::natsconn::{BRIDGE_INBOX_PREFIX, GATEWAY_INBOX_PREFIX, LOADTEST_INBOX_PREFIX};
 
 /// One user of `deploy/nats/auth.conf`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
