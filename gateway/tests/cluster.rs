@@ -478,16 +478,7 @@ async fn catch_up_returns_exactly_the_missed_events() {
 
     let mut checked = 0;
     for member in sample {
-        let asks: Vec<(String, Option<u64>)> = match member.session {
-            Some(session) => {
-                vec![(format!("/ws/catchup/session?session_id={session}&since={since}&{}", member.credential), None)]
-            }
-            None => member
-                .branches
-                .iter()
-                .map(|b| (format!("/ws/catchup?branch_id={b}&since={since}&{}", member.credential), Some(*b)))
-                .collect(),
-        };
+        let asks = member.catchup_paths(since);
         for (path, branch) in asks {
             let (status, body) = get_json(&stack, &path).await;
             assert_eq!(status, 200, "{}: {body}", member.label());

@@ -37,9 +37,9 @@ mod oracle;
 #[allow(dead_code)]
 mod traffic;
 
-use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
+use async_nats::jetstream;
 use fleet::{now_ns, Layout, Member, Role, Steered, Tenant};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use harness::{JWT_SECRET, TABLE_SECRET};
 use oracle::{Incarnation, Stored};
 use serde_json::Value;
@@ -573,16 +573,7 @@ impl Model {
         };
         let via = self.target();
         let member = self.clients[i].member.clone();
-        let asks: Vec<(String, Option<u64>)> = match member.session {
-            Some(session) => {
-                vec![(format!("/ws/catchup/session?session_id={session}&since={since}&{}", member.credential), None)]
-            }
-            None => member
-                .branches
-                .iter()
-                .map(|b| (format!("/ws/catchup?branch_id={b}&since={since}&{}", member.credential), Some(*b)))
-                .collect(),
-        };
+        let asks = member.catchup_paths(&since);
         let mut answers = Vec::new();
         for (path, branch) in asks {
             let url = match via {
@@ -777,31 +768,8 @@ impl Model {
 
 /// Every message of `EVENTS` with the time it was stored, in stream order.
 async fn read_stream(js: &jetstream::Context) -> Vec<Stored> {
-    let n = traffic::stored_count(js).await;
-    if n == 0 {
-        return Vec::new();
-    }
-    let stream = js.get_stream(EVENTS_STREAM).await.expect("EVENTS exists");
-    let consumer = stream
-        .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
-        .await
-        .expect("ordered consumer");
-    let mut messages = consumer.messages().await.expect("messages");
-    let mut out = Vec::with_capacity(n as usize);
-    while (out.len() as u64) < n {
-        let message = tokio::time::timeout(Duration::from_secs(20), messages.next())
-            .await
-            .expect("stream read in time")
-            .expect("stream open")
-            .expect("message");
-        let info = message.info().expect("JetStream message");
-        out.push(Stored {
-            seq: info.stream_sequence,
-            ns: info.published.unix_timestamp_nanos() as u64,
-            payload: String::from_utf8(message.payload.to_vec()).expect("UTF-8 payload"),
-        });
-    }
-    out
+    let stored = traffic::read_stored_timed(js).await;
+    stored.into_iter().map(|(seq, ns, payload)| Stored { seq, ns, payload }).collect()
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

@@ -105,6 +105,21 @@ pub struct Member {
 }
 
 impl Member {
+    /// The catch-up requests this member makes for events after `since` (unix seconds, written
+    /// as given): its session's, or one per branch (with the branch).
+    pub fn catchup_paths(&self, since: impl std::fmt::Display) -> Vec<(String, Option<u64>)> {
+        match self.session {
+            Some(session) => {
+                vec![(format!("/ws/catchup/session?session_id={session}&since={since}&{}", self.credential), None)]
+            }
+            None => self
+                .branches
+                .iter()
+                .map(|b| (format!("/ws/catchup?branch_id={b}&since={since}&{}", self.credential), Some(*b)))
+                .collect(),
+        }
+    }
+
     pub fn staff(user: u64, tenant: u64, branches: &[u64], role: Role) -> Member {
         let (endpoint, roles): (&str, &[&str]) = match role {
             Role::Waiter => ("waiter", &["WAITER"]),
@@ -244,6 +259,26 @@ pub struct Log {
     pub connected: bool,
 }
 
+impl Log {
+    /// Records a successful handshake to `target` with `resume`, started at `started_ns`.
+    fn opened(&mut self, started_ns: u64, target: &str, resume: &str) -> Instant {
+        let opened = Instant::now();
+        self.connects.push(opened);
+        self.connections.push(Connection {
+            opened,
+            started_ns,
+            opened_ns: now_ns(),
+            target: target.to_string(),
+            resume: resume.to_string(),
+            received: 0,
+            first: None,
+            last: None,
+        });
+        self.connected = true;
+        opened
+    }
+}
+
 /// The running clients.
 pub struct Fleet {
     pub members: Vec<Member>,
@@ -332,22 +367,7 @@ async fn run_client(base: String, log: Arc<Mutex<Log>>, stop: CancellationToken)
             Ok(ws) => {
                 ever_connected = true;
                 failures = 0;
-                let opened = Instant::now();
-                {
-                    let mut log = log.lock().unwrap();
-                    log.connects.push(opened);
-                    log.connections.push(Connection {
-                        opened,
-                        started_ns,
-                        opened_ns: now_ns(),
-                        target: base.clone(),
-                        resume: resume.clone(),
-                        received: 0,
-                        first: None,
-                        last: None,
-                    });
-                    log.connected = true;
-                }
+                let opened = log.lock().unwrap().opened(started_ns, &base, &resume);
                 let end = read_until_closed(ws, &log, &mut cursor, &stop).await;
                 let mut log = log.lock().unwrap();
                 log.connected = false;
@@ -467,22 +487,7 @@ async fn run_steered(
         match handshake(&format!("{base}{path}&resume={resume}")).await {
             Ok(ws) => {
                 failures = 0;
-                let opened = Instant::now();
-                {
-                    let mut log = log.lock().unwrap();
-                    log.connects.push(opened);
-                    log.connections.push(Connection {
-                        opened,
-                        started_ns,
-                        opened_ns: now_ns(),
-                        target: base.clone(),
-                        resume: resume.clone(),
-                        received: 0,
-                        first: None,
-                        last: None,
-                    });
-                    log.connected = true;
-                }
+                let opened = log.lock().unwrap().opened(started_ns, &base, &resume);
                 // Leaving (or moving) closes the connection from this side.
                 let leave = stop.child_token();
                 let watcher = tokio::spawn({

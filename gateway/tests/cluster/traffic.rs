@@ -250,7 +250,16 @@ pub async fn wait_stored(js: &jetstream::Context, n: u64, within: Duration) -> u
 
 /// Every message of `EVENTS` as (sequence, payload), in stream order.
 pub async fn read_stored(js: &jetstream::Context) -> Vec<(u64, String)> {
+    read_stored_timed(js).await.into_iter().map(|(sequence, _, payload)| (sequence, payload)).collect()
+}
+
+/// Every message of `EVENTS` as (sequence, when it was stored in unix nanoseconds, payload), in
+/// stream order.
+pub async fn read_stored_timed(js: &jetstream::Context) -> Vec<(u64, u64, String)> {
     let n = stored_count(js).await;
+    if n == 0 {
+        return Vec::new();
+    }
     let stream = js.get_stream(testkit::EVENTS_STREAM).await.expect("EVENTS exists");
     let consumer = stream
         .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
@@ -264,8 +273,9 @@ pub async fn read_stored(js: &jetstream::Context) -> Vec<(u64, String)> {
             .expect("stream read in time")
             .expect("stream open")
             .expect("message");
-        let sequence = message.info().expect("JetStream message").stream_sequence;
-        out.push((sequence, String::from_utf8(message.payload.to_vec()).expect("UTF-8 payload")));
+        let info = message.info().expect("JetStream message");
+        let payload = String::from_utf8(message.payload.to_vec()).expect("UTF-8 payload");
+        out.push((info.stream_sequence, info.published.unix_timestamp_nanos() as u64, payload));
     }
     out
 }
