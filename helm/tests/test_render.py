@@ -315,7 +315,9 @@ def test_network_policy(render):
     gateway = rendered.get("NetworkPolicy", GATEWAY)
     bridge = rendered.get("NetworkPolicy", BRIDGE)
     assert gateway["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    rule, admin = gateway["spec"]["ingress"]
+    rule, test_pod, admin = gateway["spec"]["ingress"]
+    assert test_pod["ports"] == [{"port": 8001, "protocol": "TCP"}], "the helm test pod (test_tls.py)"
+    assert [set(peer) for peer in test_pod["from"]] == [{"podSelector"}]
     assert rule["ports"] == [{"port": 8001, "protocol": "TCP"}]
     namespaces = [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in rule["from"]]
     assert namespaces == ["ingress-nginx", "monitoring"]
@@ -327,8 +329,8 @@ def test_network_policy(render):
     egress_ports = {p["port"] for r in gateway["spec"]["egress"] for p in r["ports"]}
     assert egress_ports == {53, 4222, 6379, 5432, 4318}, "the OTLP collector's port is added"
     no_admin_peers = render(merged(load_values("observability"), {"networkPolicy": {"adminFrom": []}}))
-    (rule,) = no_admin_peers.get("NetworkPolicy", GATEWAY)["spec"]["ingress"]
-    assert rule["ports"] == [{"port": 8001, "protocol": "TCP"}], "without adminFrom no peer reaches the admin port"
+    rules = no_admin_peers.get("NetworkPolicy", GATEWAY)["spec"]["ingress"]
+    assert [r["ports"] for r in rules] == [[{"port": 8001, "protocol": "TCP"}]] * 2, "without adminFrom no peer reaches the admin port"
 
 
 def test_admin_api_has_its_own_port_service_and_token(render):

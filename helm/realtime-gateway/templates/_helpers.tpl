@@ -110,6 +110,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- else }}
 {{ include "rg.secretEnv" (dict "ctx" . "name" "REDIS_URL" "key" "redisUrl") }}
 {{- end }}
+{{- include "rg.redisTlsEnv" . }}
 {{ include "rg.env" (list "NATS_URL" $v.nats.url) }}
 {{- $auth := $v.nats.auth }}
 {{- if eq $auth.method "userPassword" }}
@@ -125,10 +126,26 @@ app.kubernetes.io/component: {{ .component }}
 {{- if or $v.nats.tls.ca.secretName $v.nats.tls.ca.configMapName }}
 {{ include "rg.env" (list "NATS_TLS_CA_FILE" (printf "/etc/realtime-gateway/nats-ca/%s" $v.nats.tls.ca.key)) }}
 {{- end }}
+{{- if index $v.nats.tls.clientCert (printf "%sSecretName" $component) }}
+{{ include "rg.env" (list "NATS_TLS_CERT_FILE" "/etc/realtime-gateway/nats-client/tls.crt") }}
+{{ include "rg.env" (list "NATS_TLS_KEY_FILE" "/etc/realtime-gateway/nats-client/tls.key") }}
+{{- end }}
 {{- if $v.nats.tls.required }}
 {{ include "rg.env" (list "NATS_TLS_REQUIRED" "true") }}
 {{- end }}
 {{- include "rg.otelEnv" . }}
+{{- end }}
+{{- end }}
+
+{{/* REDIS_TLS_*: the files of redis.tls, mounted by rg.volumes. */}}
+{{- define "rg.redisTlsEnv" -}}
+{{- $tls := .Values.redis.tls }}
+{{- if or $tls.ca.secretName $tls.ca.configMapName }}
+{{ include "rg.env" (list "REDIS_TLS_CA_FILE" (printf "/etc/realtime-gateway/redis-ca/%s" $tls.ca.key)) }}
+{{- end }}
+{{- if $tls.clientCert.secretName }}
+{{ include "rg.env" (list "REDIS_TLS_CERT_FILE" "/etc/realtime-gateway/redis-client/tls.crt") }}
+{{ include "rg.env" (list "REDIS_TLS_KEY_FILE" "/etc/realtime-gateway/redis-client/tls.key") }}
 {{- end }}
 {{- end }}
 
@@ -137,6 +154,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- $o := .Values.otel }}
 {{- if $o.endpoint }}
 {{ include "rg.env" (list "OTEL_EXPORTER_OTLP_ENDPOINT" $o.endpoint) }}
+{{ include "rg.env" (list "OTEL_EXPORTER_OTLP_PROTOCOL" $o.protocol) }}
+{{- if or $o.tls.ca.secretName $o.tls.ca.configMapName }}
+{{ include "rg.env" (list "OTEL_EXPORTER_OTLP_CERTIFICATE" (printf "/etc/realtime-gateway/otel-ca/%s" $o.tls.ca.key)) }}
+{{- end }}
+{{- if $o.tls.clientCert.secretName }}
+{{ include "rg.env" (list "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE" "/etc/realtime-gateway/otel-client/tls.crt") }}
+{{ include "rg.env" (list "OTEL_EXPORTER_OTLP_CLIENT_KEY" "/etc/realtime-gateway/otel-client/tls.key") }}
+{{- end }}
 {{ include "rg.env" (list "OTEL_TRACES_SAMPLER" $o.sampler) }}
 {{ include "rg.env" (list "OTEL_TRACES_SAMPLER_ARG" $o.samplerArg) }}
 {{- $attributes := list (printf "k8s.namespace.name=%s" .Release.Namespace) }}
@@ -150,10 +175,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* The TCP port of otel.endpoint (80 when the URL names none). */}}
+{{/* The TCP port of otel.endpoint (80 for http://, 443 for https:// when the URL names none). */}}
 {{- define "rg.otelPort" -}}
-{{- $port := regexFind ":[0-9]+" (trimPrefix "http://" .Values.otel.endpoint) | trimPrefix ":" }}
-{{- default "80" $port }}
+{{- $endpoint := .Values.otel.endpoint }}
+{{- $port := regexFind ":[0-9]+" (regexReplaceAll "^https?://" $endpoint "") | trimPrefix ":" }}
+{{- default (ternary "443" "80" (hasPrefix "https://" $endpoint)) $port }}
 {{- end }}
 
 {{/* `env` map entries, sorted by name. */}}
@@ -163,8 +189,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Volumes for NATS files and a writable /tmp (the root filesystem is read-only); call with
-(dict "ctx" $ "component" "gateway"|"bridge"). */}}
+{{/* Volumes for the NATS, Redis and OTLP files (credentials, CA bundles, client certificates) and a
+writable /tmp (the root filesystem is read-only); call with (dict "ctx" $ "component"
+"gateway"|"bridge"). Every file is mounted read-only; private keys and .creds files 0440 (the
+pods' fsGroup reads them), CA bundles 0444. */}}
 {{- define "rg.volumes" -}}
 {{- $component := .component }}
 {{- with .ctx }}
@@ -181,41 +209,80 @@ app.kubernetes.io/component: {{ .component }}
       - key: {{ $nats.auth.credentialsKey | quote }}
         path: {{ $nats.auth.credentialsKey | quote }}
 {{- end }}
-{{- if $nats.tls.ca.secretName }}
-- name: nats-ca
-  secret:
-    secretName: {{ $nats.tls.ca.secretName }}
-    defaultMode: 0444
-    items:
-      - key: {{ $nats.tls.ca.key | quote }}
-        path: {{ $nats.tls.ca.key | quote }}
-{{- else if $nats.tls.ca.configMapName }}
-- name: nats-ca
-  configMap:
-    name: {{ $nats.tls.ca.configMapName }}
-    defaultMode: 0444
-    items:
-      - key: {{ $nats.tls.ca.key | quote }}
-        path: {{ $nats.tls.ca.key | quote }}
+{{- include "rg.caVolume" (dict "name" "nats-ca" "ca" $nats.tls.ca) }}
+{{- include "rg.clientCertVolume" (dict "name" "nats-client" "secretName" (index $nats.tls.clientCert (printf "%sSecretName" $component)) "cert" $nats.tls.clientCert) }}
+{{- include "rg.caVolume" (dict "name" "redis-ca" "ca" .Values.redis.tls.ca) }}
+{{- include "rg.clientCertVolume" (dict "name" "redis-client" "secretName" .Values.redis.tls.clientCert.secretName "cert" .Values.redis.tls.clientCert) }}
+{{- if .Values.otel.endpoint }}
+{{- include "rg.caVolume" (dict "name" "otel-ca" "ca" .Values.otel.tls.ca) }}
+{{- include "rg.clientCertVolume" (dict "name" "otel-client" "secretName" .Values.otel.tls.clientCert.secretName "cert" .Values.otel.tls.clientCert) }}
 {{- end }}
 {{- end }}
 {{- end }}
 
-{{/* Mounts of rg.volumes; call with (dict "ctx" $ "component" "gateway"|"bridge"). */}}
+{{/* A CA bundle from a Secret or a ConfigMap, the file named as its key; nothing when neither is
+set. Call with (dict "name" "nats-ca" "ca" .Values.nats.tls.ca). */}}
+{{- define "rg.caVolume" -}}
+{{- if .ca.secretName }}
+- name: {{ .name }}
+  secret:
+    secretName: {{ .ca.secretName }}
+    defaultMode: 0444
+    items:
+      - key: {{ .ca.key | quote }}
+        path: {{ .ca.key | quote }}
+{{- else if .ca.configMapName }}
+- name: {{ .name }}
+  configMap:
+    name: {{ .ca.configMapName }}
+    defaultMode: 0444
+    items:
+      - key: {{ .ca.key | quote }}
+        path: {{ .ca.key | quote }}
+{{- end }}
+{{- end }}
+
+{{/* A client certificate and its key from one Secret, as tls.crt and tls.key whatever their keys;
+nothing without a Secret. Call with (dict "name" "redis-client" "secretName" ... "cert" <the
+clientCert values: certKey, keyKey>). */}}
+{{- define "rg.clientCertVolume" -}}
+{{- if .secretName }}
+- name: {{ .name }}
+  secret:
+    secretName: {{ .secretName }}
+    defaultMode: 0440
+    items:
+      - key: {{ .cert.certKey | quote }}
+        path: tls.crt
+      - key: {{ .cert.keyKey | quote }}
+        path: tls.key
+{{- end }}
+{{- end }}
+
+{{/* Mounts of rg.volumes, under /etc/realtime-gateway/<volume>; call with (dict "ctx" $
+"component" "gateway"|"bridge"). */}}
 {{- define "rg.volumeMounts" -}}
+{{- $component := .component }}
 {{- with .ctx }}
 - name: tmp
   mountPath: /tmp
 {{- $nats := .Values.nats }}
-{{- if eq $nats.auth.method "credentials" }}
-- name: nats-creds
-  mountPath: /etc/realtime-gateway/nats-creds
+{{- $redis := .Values.redis.tls }}
+{{- $otel := .Values.otel }}
+{{- $mounted := dict
+  "nats-creds" (eq $nats.auth.method "credentials")
+  "nats-ca" (or $nats.tls.ca.secretName $nats.tls.ca.configMapName)
+  "nats-client" (index $nats.tls.clientCert (printf "%sSecretName" $component))
+  "redis-ca" (or $redis.ca.secretName $redis.ca.configMapName)
+  "redis-client" $redis.clientCert.secretName
+  "otel-ca" (and $otel.endpoint (or $otel.tls.ca.secretName $otel.tls.ca.configMapName))
+  "otel-client" (and $otel.endpoint $otel.tls.clientCert.secretName) }}
+{{- range $name := list "nats-creds" "nats-ca" "nats-client" "redis-ca" "redis-client" "otel-ca" "otel-client" }}
+{{- if index $mounted $name }}
+- name: {{ $name }}
+  mountPath: /etc/realtime-gateway/{{ $name }}
   readOnly: true
 {{- end }}
-{{- if or $nats.tls.ca.secretName $nats.tls.ca.configMapName }}
-- name: nats-ca
-  mountPath: /etc/realtime-gateway/nats-ca
-  readOnly: true
 {{- end }}
 {{- end }}
 {{- end }}
@@ -238,5 +305,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- add $g.preStopSleepSeconds $g.shutdownTimeoutSeconds 5 }}
 {{- else }}
 {{- $g.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* The bridge pod's grace period: shutdown timeout + 10 s unless set (the bridge has no preStop:
+it takes no client traffic). */}}
+{{- define "rg.bridge.grace" -}}
+{{- $b := .Values.bridge }}
+{{- if kindIs "invalid" $b.terminationGracePeriodSeconds }}
+{{- add $b.shutdownTimeoutSeconds 10 }}
+{{- else }}
+{{- $b.terminationGracePeriodSeconds }}
 {{- end }}
 {{- end }}
