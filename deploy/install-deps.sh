@@ -6,6 +6,9 @@
 #   - the Python packages of the chart tests into ./.tools/chart-py;
 #   - the browser test's: Debian's chromium and chromium-driver (apt) and selenium from PyPI into
 #     ./.tools/browser-py (deploy/tests/browser);
+#   - the container tooling of deploy/images and the image test (deploy/tests/images): Debian's
+#     podman, buildah, runc and debootstrap (apt; podman's settings for this host are
+#     deploy/images/env.sh's, not the system's);
 #   - cargo-nextest (crates.io), which runs the Rust tests with .config/nextest.toml's groups
 #     (one cluster at a time);
 #   - the fuzz smoke run's: the nightly toolchain (rustup) and cargo-fuzz (crates.io).
@@ -26,6 +29,14 @@ command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
 # The browser test (deploy/tests/browser) drives Debian's Chromium through its matching driver.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+# Container images (deploy/images, deploy/tests/images): podman and buildah build and run them,
+# debootstrap makes the local base images. runc explicitly: apt would otherwise pick crun, which
+# fails on hosts with hybrid cgroups. Rootful: no slirp4netns or fuse-overlayfs needed (uidmap
+# comes with podman).
+command -v podman >/dev/null 2>&1 || need_apt+=(podman)
+command -v buildah >/dev/null 2>&1 || need_apt+=(buildah)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+[ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
 
 if ((${#need_apt[@]})); then
   echo "install-deps: apt-get install ${need_apt[*]}"

@@ -6,7 +6,10 @@
 #      .config/nextest.toml), else `cargo test`;
 #   3. the chart, deploy-file and browser tests (pytest: helm/tests, deploy/tests; the browser
 #      test, deploy/tests/browser, drives headless Chromium against the real binaries);
-#   4. a fuzz smoke run: every cargo-fuzz target (fuzz/) for FUZZ_SECONDS (default 10) from its
+#   4. the container images (deploy/tests/images): both built with podman from the Dockerfiles
+#      on local base images (deploy/images; from the binaries step 2 built, no release build), the
+#      bridge and two gateways run hardened as containers, an event through them, SIGTERM drains;
+#   5. a fuzz smoke run: every cargo-fuzz target (fuzz/) for FUZZ_SECONDS (default 10) from its
 #      committed seeds, with a fixed libFuzzer seed.
 # Every step runs even if an earlier test step failed; the exit status is non-zero if any failed.
 # Extra arguments go to the Rust test runner (for example a test name filter).
@@ -54,7 +57,11 @@ fi
 
 run "chart, deploy-file and browser tests (pytest)" \
   env PYTHONPATH="$root/.tools/chart-py:$root/.tools/browser-py" PYTHONDONTWRITEBYTECODE=1 \
-  python3 -m pytest -q -p no:cacheprovider helm/tests deploy/tests
+  python3 -m pytest -q -p no:cacheprovider helm/tests deploy/tests --ignore=deploy/tests/images
+
+run "container images (podman)" \
+  env PYTHONPATH="$root/.tools/chart-py:$root/.tools/browser-py" PYTHONDONTWRITEBYTECODE=1 \
+  python3 -m pytest -q -p no:cacheprovider deploy/tests/images
 
 run "fuzz smoke (every target ${FUZZ_SECONDS:-10} s)" ./fuzz/run.sh "${FUZZ_SECONDS:-10}"
 
