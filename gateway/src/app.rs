@@ -80,7 +80,7 @@ impl App {
             .await?;
         metrics.nats_connected.set(1);
         tokio::spawn(link.clone().follow_leaders(nats.clone()));
-        let revocation = Revocation::connect(config.redis_url.expose()).await.map_err(StartError::Redis)?;
+        let revocation = Revocation::connect(&config.redis).await.map_err(StartError::Redis)?;
         let push = Push::start(revocation.clone(), metrics.clone());
         let limits = &config.limits;
         let capacity = Capacity {

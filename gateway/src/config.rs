@@ -9,6 +9,7 @@ use std::time::Duration;
 use wire::http_server::HttpLimits;
 use wire::natsconn::NatsSettings;
 use wire::otel::OtelSettings;
+pub use wire::redisconn::RedisSettings;
 use wire::settings::Parser;
 pub use wire::settings::{ConfigError, LogFormat, Secret, SecretUrl};
 
@@ -24,8 +25,8 @@ pub struct Config {
     pub worker_threads: usize,
     pub auth: AuthConfig,
     pub limits: Limits,
-    /// Printed masked (`redis://:***@host`), as every URL that may carry a password.
-    pub redis_url: SecretUrl,
+    /// `REDIS_URL` and the `REDIS_TLS_*` files: revocation look-ups and their push channel.
+    pub redis: RedisSettings,
     /// Admit staff when Redis cannot answer the revocation check (default: refuse).
     pub revocation_fail_open: bool,
     pub database_url: Option<SecretUrl>,
@@ -143,7 +144,7 @@ impl Config {
                 read_buffer_size: p.number(WS_READ_BUFFER_SIZE, 1024, 512..=1 << 20),
                 write_buffer_size: p.number(WS_WRITE_BUFFER_SIZE, 0, 0..=1 << 20),
             },
-            redis_url: redis_url(&mut p),
+            redis: RedisSettings::read(&mut p, "redis://localhost:6380"),
             revocation_fail_open: p.bool(REVOCATION_FAIL_OPEN, false),
             database_url: p.string(DATABASE_URL).and_then(|url| {
                 let checked = database_url(&url);
@@ -204,16 +205,6 @@ fn cross_check<F: Fn(&str) -> Option<String>>(p: &mut Parser<F>, config: &Config
     if config.dedup_window < Duration::from_secs(60) {
         p.problem(GATEWAY_DEDUP_WINDOW, "must be at least 60 s (protocol section 6)");
     }
-}
-
-/// `REDIS_URL`, checked by the client library (the message never repeats the URL: it may hold
-/// a password).
-fn redis_url<F: Fn(&str) -> Option<String>>(p: &mut Parser<F>) -> SecretUrl {
-    let url = p.string_or(REDIS_URL, "redis://localhost:6380");
-    if redis::Client::open(url.as_str()).is_err() {
-        p.problem(REDIS_URL, "is not a Redis URL like redis://:password@host:6379/0");
-    }
-    SecretUrl::new(url)
 }
 
 /// Accepts the backend's SQLAlchemy form (`postgresql+psycopg://...`) and plain `postgres://`.

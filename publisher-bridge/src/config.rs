@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use wire::natsconn::NatsSettings;
 use wire::otel::OtelSettings;
-use wire::settings::{ConfigError, LogFormat, Parser, Secret};
+use wire::settings::{ConfigError, LogFormat, Parser};
 
-pub const REDIS_URL: &str = "REDIS_URL";
+pub use wire::redisconn::{RedisSettings, REDIS_TLS_CA_FILE, REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE, REDIS_URL};
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
 pub const BRIDGE_LISTEN_ADDR: &str = "BRIDGE_LISTEN_ADDR";
 pub const BRIDGE_INSTANCE_ID: &str = "BRIDGE_INSTANCE_ID";
@@ -51,6 +51,9 @@ pub const HTTP_VARS: wire::http_server::HttpVars = wire::http_server::HttpVars {
 /// chart; see `wire::natsconn::VARS` and `wire::otel::VARS`).
 pub const VARS: &[&str] = &[
     REDIS_URL,
+    REDIS_TLS_CA_FILE,
+    REDIS_TLS_CERT_FILE,
+    REDIS_TLS_KEY_FILE,
     LOG_FORMAT,
     BRIDGE_LISTEN_ADDR,
     BRIDGE_INSTANCE_ID,
@@ -144,7 +147,8 @@ impl Default for StreamSettings {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub redis_url: Secret,
+    /// `REDIS_URL` and the `REDIS_TLS_*` files: the pub/sub reader, the stream reader, the acks.
+    pub redis: RedisSettings,
     pub log_format: LogFormat,
     pub nats: NatsSettings,
     pub listen_addr: SocketAddr,
@@ -182,10 +186,7 @@ impl Config {
     /// Reads variables through `lookup` (tests pass a map).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut p = Parser::new(lookup);
-        let redis_url = p.string_or(REDIS_URL, "redis://localhost:6380");
-        if redis::Client::open(redis_url.as_str()).is_err() {
-            p.problem(REDIS_URL, "is not a Redis URL like redis://host:6379/0");
-        }
+        let redis = RedisSettings::read(&mut p, "redis://localhost:6380");
         let nats = NatsSettings::read(&mut p, wire::natsconn::BRIDGE_INBOX_PREFIX);
         let default_instance = p.string("HOSTNAME").unwrap_or_else(|| format!("bridge-{}", std::process::id()));
         let instance_id = p.string_or(BRIDGE_INSTANCE_ID, &default_instance);
@@ -227,7 +228,7 @@ impl Config {
         };
         let claim_idle = p.duration(BRIDGE_CLAIM_IDLE, Duration::from_secs(15));
         let config = Config {
-            redis_url: Secret::new(redis_url),
+            redis,
             log_format: p.log_format(LOG_FORMAT),
             nats,
             listen_addr: p.socket_addr(BRIDGE_LISTEN_ADDR, "0.0.0.0:9100"),
@@ -295,7 +296,7 @@ impl Config {
              claim_interval={:?} max_in_flight={} publish_timeout={:?} replicas={} storage={:?} events_max_age={:?} \
              events_max_bytes={} events_max_msg_size={} duplicate_window={:?} dlq_max_age={:?} dlq_max_bytes={} \
              dlq_max_msg_size={} advisory_dlq={} shutdown_timeout={:?} traces={}",
-            mask_url(self.redis_url.expose_str()),
+            mask_url(self.redis.url.expose()),
             mask_url(&self.nats.urls.join(",")),
             self.listen_addr,
             self.instance_id,
@@ -362,7 +363,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = read(&[("HOSTNAME", "pod-7")]).unwrap();
-        assert_eq!(c.redis_url.expose_str(), "redis://localhost:6380");
+        assert_eq!(c.redis.url.expose(), "redis://localhost:6380");
         assert_eq!(c.listen_addr.to_string(), "0.0.0.0:9100");
         assert_eq!(c.instance_id, "pod-7");
         assert_eq!(c.stream_key, "events:critical");

@@ -32,6 +32,10 @@ pub enum BridgeError {
     Streams(#[from] StreamsError),
     #[error("cannot connect to Redis ({what}): {source}")]
     Redis { what: &'static str, source: redis::RedisError },
+    #[error("{0}")]
+    RedisSettings(wire::redisconn::RedisConnError),
+    #[error("Redis TLS: {0}")]
+    RedisTls(wire::tls::TlsError),
     #[error("cannot subscribe to JetStream advisories: {0}")]
     Advisories(#[source] async_nats::SubscribeError),
     #[error("cannot subscribe to the bridge's publish acknowledgements: {0}")]
@@ -94,10 +98,9 @@ async fn run_connected(
     }
     health.set(Dependency::Streams, true);
 
-    let redis_client = redis::Client::open(config.redis_url.expose_str())
-        .map_err(|source| BridgeError::Redis { what: "REDIS_URL", source })?;
-    let pubsub_target =
-        Target::of(&redis_client).map_err(|e| BridgeError::Redis { what: "REDIS_URL", source: e.into() })?;
+    let redis_client = config.redis.client().map_err(BridgeError::RedisSettings)?;
+    let pubsub_target = Target::of(&redis_client, config.redis.tls_config().map_err(BridgeError::RedisTls)?)
+        .map_err(|e| BridgeError::Redis { what: "REDIS_URL", source: e.into() })?;
     let first_pubsub = pubsub::subscribe(&pubsub_target, config.startup_timeout)
         .await
         .map_err(|e| BridgeError::Redis { what: "pub/sub", source: e.into() })?;

@@ -1,6 +1,6 @@
 //! Real-process fixtures for integration tests: `nats-server` (single node and cluster),
-//! `redis-server`, PostgreSQL, HAProxy and nginx, each on free loopback ports, in its own
-//! tempdir, killed on drop.
+//! `redis-server` (plain and TLS), PostgreSQL, HAProxy and nginx, each on free loopback ports, in
+//! its own tempdir, killed on drop; and the certificates a TLS test needs ([`Pki`]).
 //! It owns process lifetimes and readiness checks; it does not own any client of these servers.
 //!
 //! Every server is spawned with `PR_SET_PDEATHSIG=SIGKILL`, so a crashed test process leaves no
@@ -16,6 +16,7 @@ mod postgres;
 mod process;
 mod proxy;
 mod redis;
+mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,8 @@ pub use http::{http_exchange, http_get, http_request, HttpResponse};
 pub use nats::{auth_conf, NatsAuth, NatsCluster, NatsServer, NatsUser};
 pub use postgres::Postgres;
 pub use proxy::{Haproxy, Nginx};
-pub use redis::Redis;
+pub use redis::{Redis, RedisTls};
+pub use tls::Pki;
 
 /// The workspace root: the first directory holding `Cargo.lock`, searched upwards from the
 /// running test's `CARGO_MANIFEST_DIR`, then from the current executable, then from this crate.

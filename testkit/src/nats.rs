@@ -29,8 +29,17 @@ pub struct NatsServer {
     monitor_port: u16,
     server_name: Option<String>,
     auth: NatsAuth,
+    tls: Option<NatsTls>,
     // Last: removed after `Drop::drop` has killed the process.
     _dir: TempDir,
+}
+
+/// The client side of a TLS server ([`NatsServer::start_tls`]): the CA, and the client
+/// certificate when the server verifies clients.
+#[derive(Clone)]
+struct NatsTls {
+    ca: std::path::PathBuf,
+    client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Client, monitoring and cluster ports of one node.
@@ -56,8 +65,19 @@ fn fresh_ports(n: usize) -> Vec<Ports> {
 impl NatsServer {
     /// A single node; waits until `/healthz?js-enabled-only=true` answers 200.
     pub async fn start() -> NatsServer {
+        NatsServer::start_inner(None).await
+    }
+
+    /// A single node that accepts only TLS clients, with `pki`'s server certificate; with
+    /// `verify_clients`, only clients whose certificate `pki`'s CA signed (mutual TLS).
+    /// [`NatsServer::env`] then names the CA (and the client certificate).
+    pub async fn start_tls(pki: &super::Pki, verify_clients: bool) -> NatsServer {
+        NatsServer::start_inner(Some((pki, verify_clients))).await
+    }
+
+    async fn start_inner(tls: Option<(&super::Pki, bool)>) -> NatsServer {
         for attempt in 1..=START_ATTEMPTS {
-            let mut server = NatsServer::spawn(fresh_ports(1)[0], None, &[], NatsAuth::generate());
+            let mut server = NatsServer::spawn(fresh_ports(1)[0], None, &[], NatsAuth::generate(), tls);
             match server.wait_healthy(Instant::now() + START_TIMEOUT).await {
                 Wait::Ready => return server,
                 Wait::Exited(_) if attempt < START_ATTEMPTS => continue,
@@ -68,7 +88,13 @@ impl NatsServer {
     }
 
     /// Spawns without waiting; `routes` are the cluster ports of the other nodes.
-    fn spawn(ports: Ports, name: Option<String>, routes: &[u16], auth: NatsAuth) -> NatsServer {
+    fn spawn(
+        ports: Ports,
+        name: Option<String>,
+        routes: &[u16],
+        auth: NatsAuth,
+        tls: Option<(&super::Pki, bool)>,
+    ) -> NatsServer {
         let dir = fixture_dir("nats");
         let mut spec = Spec::new(nats_server_bin(), dir.path().join("nats-server.log"))
             .env(auth.server_env())
@@ -95,8 +121,25 @@ impl NatsServer {
                 .arg("--routes")
                 .arg(routes.join(","));
         }
+        if let Some((pki, verify)) = tls {
+            let (cert, key) = pki.server();
+            spec = spec.arg("--tls").arg("--tlscert").arg(cert.display()).arg("--tlskey").arg(key.display());
+            spec = spec.arg("--tlscacert").arg(pki.ca().display());
+            if verify {
+                spec = spec.arg("--tlsverify");
+            }
+        }
         let child = Some(spec.spawn());
-        NatsServer { child, spec, port: ports.client, monitor_port: ports.monitor, server_name: name, auth, _dir: dir }
+        NatsServer {
+            child,
+            spec,
+            port: ports.client,
+            monitor_port: ports.monitor,
+            server_name: name,
+            auth,
+            tls: tls.map(|(pki, verify)| NatsTls { ca: pki.ca(), client: verify.then(|| pki.client()) }),
+            _dir: dir,
+        }
     }
 
     async fn wait_healthy(&mut self, deadline: Instant) -> Wait {
@@ -107,7 +150,8 @@ impl NatsServer {
 
     /// The client URL (no credentials in it: see [`NatsServer::auth`]).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The users' passwords of this server.
@@ -117,13 +161,30 @@ impl NatsServer {
 
     /// A client logged in as `user`; panics after 10 s.
     pub async fn connect(&self, user: NatsUser) -> async_nats::Client {
-        self.auth.connect(&self.url(), user).await
+        let Some(tls) = &self.tls else { return self.auth.connect(&self.url(), user).await };
+        let mut options = self.auth.options(user).add_root_certificates(tls.ca.clone()).require_tls(true);
+        if let Some((cert, key)) = &tls.client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        let url = self.url();
+        tokio::time::timeout(Duration::from_secs(10), options.connect(url.as_str()))
+            .await
+            .unwrap_or_else(|_| panic!("testkit: connecting to NATS at {url} timed out"))
+            .unwrap_or_else(|e| panic!("testkit: cannot connect to NATS at {url}: {e}"))
     }
 
-    /// `NATS_URL`, `NATS_USER` and `NATS_PASSWORD` of a gateway or bridge logged in as `user`.
+    /// `NATS_URL`, `NATS_USER` and `NATS_PASSWORD` of a gateway or bridge logged in as `user`;
+    /// for a TLS server also `NATS_TLS_CA_FILE` (and the client certificate's variables).
     pub fn env(&self, user: NatsUser) -> Vec<(String, String)> {
         let mut env = vec![("NATS_URL".to_string(), self.url())];
         env.extend(self.auth.env(user));
+        if let Some(tls) = &self.tls {
+            env.push(("NATS_TLS_CA_FILE".to_string(), tls.ca.display().to_string()));
+            if let Some((cert, key)) = &tls.client {
+                env.push(("NATS_TLS_CERT_FILE".to_string(), cert.display().to_string()));
+                env.push(("NATS_TLS_KEY_FILE".to_string(), key.display().to_string()));
+            }
+        }
         env
     }
 
@@ -194,7 +255,7 @@ impl NatsCluster {
                 .map(|i| {
                     let routes: Vec<u16> =
                         ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| p.cluster).collect();
-                    NatsServer::spawn(ports[i], Some(format!("n{i}")), &routes, auth.clone())
+                    NatsServer::spawn(ports[i], Some(format!("n{i}")), &routes, auth.clone(), None)
                 })
                 .collect();
             for (i, node) in nodes.iter_mut().enumerate() {

@@ -1,5 +1,7 @@
 //! `redis-server` fixture without persistence (unless asked), keyspace notifications of string
 //! commands on (`K$`, as the local stack), readiness by a raw `PING`. It owns no Redis client.
+//! With [`Redis::start_tls`] it also listens with TLS on a second port, for the services under
+//! test, while the plain port stays for the test's own commands (the backend is unchanged).
 
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -18,8 +20,16 @@ pub struct Redis {
     child: Option<Child>,
     spec: Spec,
     port: u16,
+    tls_port: Option<u16>,
     // Last: removed after `Drop::drop` has killed the process.
     _dir: TempDir,
+}
+
+/// How [`Redis::start_tls`] serves TLS.
+pub struct RedisTls<'a> {
+    pub pki: &'a super::Pki,
+    /// `--tls-auth-clients yes`: a client must present a certificate signed by the CA.
+    pub verify_clients: bool,
 }
 
 impl Redis {
@@ -32,8 +42,36 @@ impl Redis {
     /// for example `&["--appendonly", "yes"]` keeps data across [`Redis::restart`] (the append
     /// file lives in the fixture's tempdir).
     pub async fn start_with_args(extra: &[&str]) -> Redis {
+        Redis::start_inner(extra, None).await
+    }
+
+    /// Plain on [`Redis::port`] and TLS on [`Redis::tls_port`] with the server certificate of
+    /// `tls.pki` ([`Redis::tls_url`]).
+    pub async fn start_tls(tls: RedisTls<'_>) -> Redis {
+        Redis::start_inner(&[], Some(tls)).await
+    }
+
+    async fn start_inner(extra: &[&str], tls: Option<RedisTls<'_>>) -> Redis {
         for attempt in 1..=START_ATTEMPTS {
-            let mut redis = Redis::spawn(free_port(), extra);
+            let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+            let tls_port = tls.as_ref().map(|tls| {
+                let port = free_port();
+                let (cert, key) = tls.pki.server();
+                let verify = if tls.verify_clients { "yes" } else { "no" };
+                for (flag, value) in [
+                    ("--tls-port", port.to_string()),
+                    ("--tls-cert-file", cert.display().to_string()),
+                    ("--tls-key-file", key.display().to_string()),
+                    ("--tls-ca-cert-file", tls.pki.ca().display().to_string()),
+                    ("--tls-auth-clients", verify.to_string()),
+                ] {
+                    args.extend([flag.to_string(), value]);
+                }
+                port
+            });
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut redis = Redis::spawn(free_port(), &args);
+            redis.tls_port = tls_port;
             match redis.wait_ready(Instant::now() + START_TIMEOUT).await {
                 Wait::Ready => return redis,
                 Wait::Exited(_) if attempt < START_ATTEMPTS => continue,
@@ -64,7 +102,7 @@ impl Redis {
             .arg("K$");
         spec.args.extend(extra.iter().map(|a| a.to_string()));
         let child = Some(spec.spawn());
-        Redis { child, spec, port, _dir: dir }
+        Redis { child, spec, port, tls_port: None, _dir: dir }
     }
 
     async fn wait_ready(&mut self, deadline: Instant) -> Wait {
@@ -79,6 +117,16 @@ impl Redis {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The TLS port of a [`Redis::start_tls`] server.
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port.expect("testkit: this redis-server was started without TLS")
+    }
+
+    /// `rediss://127.0.0.1:<tls port>`.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port())
     }
 
     /// SIGKILL and reap; idempotent.

@@ -33,7 +33,11 @@ pub mod msg_id;
 pub mod natsconn;
 #[cfg(feature = "otel")]
 pub mod otel;
+#[cfg(feature = "redis")]
+pub mod redisconn;
 pub mod settings;
 pub mod subject;
 pub mod throttle;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod tokens;

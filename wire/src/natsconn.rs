@@ -5,6 +5,7 @@
 //! subjects its NATS user may use is `deploy/nats/auth.conf`'s.
 
 use crate::settings::{Parser, Secret};
+use crate::tls::{TlsError, TlsFiles, TlsVars};
 use std::time::Duration;
 
 pub const NATS_URL: &str = "NATS_URL";
@@ -13,7 +14,13 @@ pub const NATS_USER: &str = "NATS_USER";
 pub const NATS_PASSWORD: &str = "NATS_PASSWORD";
 pub const NATS_TOKEN: &str = "NATS_TOKEN";
 pub const NATS_TLS_CA_FILE: &str = "NATS_TLS_CA_FILE";
+pub const NATS_TLS_CERT_FILE: &str = "NATS_TLS_CERT_FILE";
+pub const NATS_TLS_KEY_FILE: &str = "NATS_TLS_KEY_FILE";
 pub const NATS_TLS_REQUIRED: &str = "NATS_TLS_REQUIRED";
+
+/// The CA bundle that signed the servers' certificates, and a client certificate for servers
+/// that verify clients (mutual TLS).
+pub const TLS_VARS: TlsVars = TlsVars { ca: NATS_TLS_CA_FILE, cert: NATS_TLS_CERT_FILE, key: NATS_TLS_KEY_FILE };
 pub const NATS_SUBSCRIPTION_CAPACITY: &str = "NATS_SUBSCRIPTION_CAPACITY";
 pub const NATS_INBOX_PREFIX: &str = "NATS_INBOX_PREFIX";
 pub const NATS_ALLOW_ANONYMOUS: &str = "NATS_ALLOW_ANONYMOUS";
@@ -34,6 +41,8 @@ pub const VARS: &[&str] = &[
     NATS_PASSWORD,
     NATS_TOKEN,
     NATS_TLS_CA_FILE,
+    NATS_TLS_CERT_FILE,
+    NATS_TLS_KEY_FILE,
     NATS_TLS_REQUIRED,
     NATS_SUBSCRIPTION_CAPACITY,
     NATS_INBOX_PREFIX,
@@ -49,7 +58,9 @@ pub struct NatsSettings {
     pub user: Option<String>,
     pub password: Option<Secret>,
     pub token: Option<Secret>,
-    pub tls_ca_file: Option<String>,
+    /// CA and client certificate files; TLS is used when a URL says `tls://`, when
+    /// `NATS_TLS_REQUIRED` is set or when the server asks for it.
+    pub tls: TlsFiles,
     pub tls_required: bool,
     /// Messages buffered per subscription before the client reports a slow consumer and drops.
     pub subscription_capacity: usize,
@@ -75,7 +86,7 @@ impl NatsSettings {
             user: p.string(NATS_USER),
             password: p.optional_secret(NATS_PASSWORD),
             token: p.optional_secret(NATS_TOKEN),
-            tls_ca_file: p.string(NATS_TLS_CA_FILE),
+            tls: TlsFiles::read(p, TLS_VARS),
             tls_required: p.bool(NATS_TLS_REQUIRED, false),
             subscription_capacity: p.number(NATS_SUBSCRIPTION_CAPACITY, 65_536, 64..=16 << 20),
             inbox_prefix: p.string_or(NATS_INBOX_PREFIX, default_inbox_prefix),
@@ -88,7 +99,7 @@ impl NatsSettings {
         if production && !settings.has_credentials() && !settings.allow_anonymous {
             p.problem(
                 NATS_USER,
-                "no NATS credentials: set NATS_USER/NATS_PASSWORD, NATS_CREDS_FILE or NATS_TOKEN (ENVIRONMENT=production \
+                "no NATS credentials: set NATS_USER/NATS_PASSWORD, NATS_CREDS_FILE, NATS_TOKEN or a client certificate (NATS_TLS_CERT_FILE) (ENVIRONMENT=production \
                  refuses an anonymous NATS connection, since a NATS that admits one lets anyone read and forge every \
                  tenant's events; NATS_ALLOW_ANONYMOUS=true waives this)",
             );
@@ -100,20 +111,23 @@ impl NatsSettings {
         if methods.iter().filter(|m| **m).count() > 1 {
             p.problem(NATS_CREDS_FILE, "choose one of NATS_CREDS_FILE, NATS_USER/NATS_PASSWORD or NATS_TOKEN");
         }
-        for (var, file) in [(NATS_CREDS_FILE, &settings.creds_file), (NATS_TLS_CA_FILE, &settings.tls_ca_file)] {
-            if let Some(file) = file {
-                if !std::path::Path::new(file).is_file() {
-                    p.problem(var, format!("'{file}' is not a readable file"));
-                }
+        if let Some(file) = &settings.creds_file {
+            if !std::path::Path::new(file).is_file() {
+                p.problem(NATS_CREDS_FILE, format!("'{file}' is not a readable file"));
             }
         }
         settings
     }
 
     /// Whether any credentials are configured (a half user/password pair counts; it is refused
-    /// on its own).
+    /// on its own). A client certificate counts: a server with `verify_and_map` takes the
+    /// certificate as the user.
     pub fn has_credentials(&self) -> bool {
-        self.creds_file.is_some() || self.user.is_some() || self.password.is_some() || self.token.is_some()
+        self.creds_file.is_some()
+            || self.user.is_some()
+            || self.password.is_some()
+            || self.token.is_some()
+            || self.tls.cert_file.is_some()
     }
 
     /// Connects with `name` (shown in the server's `/connz`). Fails if the first connection
@@ -136,8 +150,8 @@ impl NatsSettings {
         if let Some(token) = &self.token {
             options = options.token(token.expose_str().to_string());
         }
-        if let Some(ca) = &self.tls_ca_file {
-            options = options.add_root_certificates(ca.into());
+        if self.tls.is_set() {
+            options = options.tls_client_config(self.tls.client_config().map_err(NatsConnectError::Tls)?);
         }
         let on_event = std::sync::Arc::new(on_event);
         options = options
@@ -185,6 +199,8 @@ fn nanos_noise() -> u64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsConnectError {
+    #[error("NATS TLS: {0}")]
+    Tls(TlsError),
     #[error("cannot read NATS credentials file {0}: {1}")]
     Credentials(String, std::io::Error),
     #[error("cannot connect to NATS at {0} within {1:?}: is nats-server running and NATS_URL right?")]

@@ -1,6 +1,8 @@
 //! Logging and OpenTelemetry traces, shared by the gateway and the bridge: the standard `OTEL_*`
 //! variables (read through [`Parser`] like every other setting), the `tracing` subscriber set-up
-//! (text or JSON logs, plus an OTLP/HTTP exporter when an endpoint is set), and the W3C trace
+//! (text or JSON logs, plus an OTLP exporter when an endpoint is set: HTTP with protobuf bodies or
+//! gRPC, each over `http://` or `https://` with the CA and client certificate of the standard
+//! variables), and the W3C trace
 //! context carried in NATS headers ([`propagation`]). Export is off unless
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set; while it is
 //! off, [`enabled`] is false and services create no spans at all. Which spans exist is each
@@ -11,6 +13,7 @@ pub mod propagation;
 mod subscriber;
 
 use crate::settings::{Parser, Secret};
+use crate::tls::{TlsFiles, TlsVars};
 use std::time::Duration;
 
 pub use export::OtelError;
@@ -25,6 +28,12 @@ pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
 pub const OTEL_EXPORTER_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
 pub const OTEL_EXPORTER_OTLP_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+pub const OTEL_EXPORTER_OTLP_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+pub const OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE";
+pub const OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE";
+pub const OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE";
+pub const OTEL_EXPORTER_OTLP_CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_CLIENT_KEY";
+pub const OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY";
 pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 pub const OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 pub const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
@@ -39,6 +48,12 @@ pub const VARS: &[&str] = &[
     OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
     OTEL_EXPORTER_OTLP_HEADERS,
     OTEL_EXPORTER_OTLP_TIMEOUT,
+    OTEL_EXPORTER_OTLP_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_CLIENT_KEY,
+    OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY,
     OTEL_SERVICE_NAME,
     OTEL_RESOURCE_ATTRIBUTES,
     OTEL_TRACES_SAMPLER,
@@ -49,8 +64,19 @@ pub const VARS: &[&str] = &[
 /// exporter sees nothing else, whatever `RUST_LOG` says.
 pub const TARGET: &str = "otel";
 
-/// The only protocol built in: OTLP over HTTP with protobuf bodies (collector port 4318).
+/// OTLP over HTTP with protobuf bodies (collector port 4318), the default.
 pub const HTTP_PROTOBUF: &str = "http/protobuf";
+/// OTLP over gRPC (collector port 4317).
+pub const GRPC: &str = "grpc";
+
+/// How spans travel to the collector (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `http/protobuf`: POST to the endpoint (`<base>/v1/traces`).
+    HttpProtobuf,
+    /// `grpc`: the collector's `TraceService/Export` at the endpoint's host and port.
+    Grpc,
+}
 
 /// `OTEL_TRACES_SAMPLER` values (the spec's, without the Jaeger and X-Ray remote samplers).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,8 +99,13 @@ pub enum RootSampler {
 /// The `OTEL_*` settings. `endpoint` is `None` when export is off.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OtelSettings {
-    /// The full URL spans are POSTed to (`.../v1/traces`).
+    /// For `http/protobuf`, the full URL spans are POSTed to (`.../v1/traces`); for `grpc`, the
+    /// collector's URL.
     pub endpoint: Option<String>,
+    pub protocol: Protocol,
+    /// CA and client certificate for an `https://` endpoint (the `*_CERTIFICATE` and
+    /// `*_CLIENT_KEY` variables; the `TRACES_` ones win).
+    pub tls: TlsFiles,
     pub headers: Vec<(String, Secret)>,
     pub timeout: Duration,
     /// `None`: the service's own name.
@@ -87,6 +118,8 @@ impl Default for OtelSettings {
     fn default() -> Self {
         OtelSettings {
             endpoint: None,
+            protocol: Protocol::HttpProtobuf,
+            tls: TlsFiles::default(),
             headers: Vec::new(),
             timeout: Duration::from_secs(10),
             service_name: None,
@@ -100,23 +133,23 @@ impl OtelSettings {
     pub fn read<F: Fn(&str) -> Option<String>>(p: &mut Parser<F>) -> OtelSettings {
         let mut s = OtelSettings::default();
         let disabled = p.bool(OTEL_SDK_DISABLED, false);
+        s.protocol = read_protocol(p);
         s.endpoint = match (p.string(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), p.string(OTEL_EXPORTER_OTLP_ENDPOINT)) {
             (Some(url), _) => check_url(p, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, url),
             (None, Some(base)) => {
-                check_url(p, OTEL_EXPORTER_OTLP_ENDPOINT, format!("{}/v1/traces", base.trim_end_matches('/')))
+                let url = match s.protocol {
+                    Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+                    Protocol::Grpc => base,
+                };
+                check_url(p, OTEL_EXPORTER_OTLP_ENDPOINT, url)
             }
             (None, None) => None,
         }
         .filter(|_| !disabled);
-        for var in [OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL] {
-            if let Some(protocol) = p.string(var).filter(|v| v != HTTP_PROTOBUF) {
-                p.problem(
-                    var,
-                    format!(
-                        "'{protocol}' is not supported: only {HTTP_PROTOBUF} is built in (the collector's port 4318)"
-                    ),
-                );
-            }
+        let tls_vars = signal_vars(p);
+        s.tls = TlsFiles::read(p, tls_vars);
+        if s.tls.is_set() && s.endpoint.as_deref().is_some_and(|url| !url.starts_with("https://")) {
+            p.problem(tls_vars.ca, "certificate files are given but the OTLP endpoint is not https://");
         }
         if let Some(raw) = p.raw(OTEL_EXPORTER_OTLP_HEADERS) {
             let parsed = key_values(&raw).map(|pairs| pairs.into_iter().map(|(k, v)| (k, Secret::new(v))).collect());
@@ -136,18 +169,46 @@ impl OtelSettings {
     pub fn summary(&self) -> String {
         match &self.endpoint {
             None => "off".to_string(),
-            Some(url) => format!("{url} sampler={:?} headers={}", self.sampler, self.headers.len()),
+            Some(url) => {
+                format!("{url} protocol={:?} sampler={:?} headers={}", self.protocol, self.sampler, self.headers.len())
+            }
         }
     }
 }
 
+fn read_protocol<F: Fn(&str) -> Option<String>>(p: &mut Parser<F>) -> Protocol {
+    let (var, value) = match (p.string(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL), p.string(OTEL_EXPORTER_OTLP_PROTOCOL)) {
+        (Some(v), _) => (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, v),
+        (None, Some(v)) => (OTEL_EXPORTER_OTLP_PROTOCOL, v),
+        (None, None) => return Protocol::HttpProtobuf,
+    };
+    match value.as_str() {
+        HTTP_PROTOBUF => Protocol::HttpProtobuf,
+        GRPC => Protocol::Grpc,
+        other => {
+            p.problem(var, format!("'{other}' is not supported: {HTTP_PROTOBUF} (port 4318) or {GRPC} (port 4317)"));
+            Protocol::HttpProtobuf
+        }
+    }
+}
+
+/// The certificate variables in effect: each `TRACES_` one when set, else the general one.
+fn signal_vars<F: Fn(&str) -> Option<String>>(p: &Parser<F>) -> TlsVars {
+    let pick = |signal: &'static str, general: &'static str| if p.raw(signal).is_some() { signal } else { general };
+    TlsVars {
+        ca: pick(OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE, OTEL_EXPORTER_OTLP_CERTIFICATE),
+        cert: pick(OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE, OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE),
+        key: pick(OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY, OTEL_EXPORTER_OTLP_CLIENT_KEY),
+    }
+}
+
 fn check_url<F: Fn(&str) -> Option<String>>(p: &mut Parser<F>, var: &'static str, url: String) -> Option<String> {
-    let result = if url.starts_with("https://") {
-        Err("https is not built in: send to a collector (agent or in-cluster Service) over http://".to_string())
-    } else if !url.starts_with("http://") || url.len() <= "http://".len() || url.contains(char::is_whitespace) {
-        Err(format!("'{url}' is not a URL like http://otel-collector:4318"))
-    } else {
-        Ok(url)
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    let result = match rest {
+        Some(rest) if !rest.is_empty() && !url.contains(char::is_whitespace) && url.parse::<http::Uri>().is_ok() => {
+            Ok(url)
+        }
+        _ => Err(format!("'{url}' is not a URL like http://otel-collector:4318 or https://collector.example:4317")),
     };
     p.check(var, result)
 }
@@ -258,8 +319,8 @@ mod tests {
     #[test]
     fn reports_every_problem() {
         let err = read(&[
-            (OTEL_EXPORTER_OTLP_ENDPOINT, "https://c:4318"),
-            (OTEL_EXPORTER_OTLP_PROTOCOL, "grpc"),
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "ftp://c:4318"),
+            (OTEL_EXPORTER_OTLP_PROTOCOL, "http/json"),
             (OTEL_TRACES_SAMPLER, "jaeger_remote"),
             (OTEL_TRACES_SAMPLER_ARG, "2"),
             (OTEL_RESOURCE_ATTRIBUTES, "novalue"),
@@ -277,5 +338,39 @@ mod tests {
             assert!(err.names(var), "{var} missing from {err}");
         }
         assert!(read(&[(OTEL_EXPORTER_OTLP_PROTOCOL, "http/protobuf")]).is_ok());
+    }
+
+    #[test]
+    fn grpc_and_https() {
+        let grpc =
+            read(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "https://vendor.example:443"), (OTEL_EXPORTER_OTLP_PROTOCOL, GRPC)])
+                .unwrap();
+        assert_eq!(grpc.protocol, Protocol::Grpc);
+        assert_eq!(grpc.endpoint.as_deref(), Some("https://vendor.example:443"), "gRPC takes the base URL as it is");
+        let per_signal = read(&[
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "https://c:4318"),
+            (OTEL_EXPORTER_OTLP_PROTOCOL, GRPC),
+            (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, HTTP_PROTOBUF),
+        ])
+        .unwrap();
+        assert_eq!(per_signal.protocol, Protocol::HttpProtobuf);
+        assert_eq!(per_signal.endpoint.as_deref(), Some("https://c:4318/v1/traces"));
+    }
+
+    #[test]
+    fn certificates_need_an_https_endpoint_and_follow_the_traces_variables() {
+        let err = read(&[
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "http://c:4318"),
+            (OTEL_EXPORTER_OTLP_CERTIFICATE, "/nonexistent/general.pem"),
+            (OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE, "/nonexistent/traces.pem"),
+        ])
+        .unwrap_err();
+        assert!(err.names(OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE), "{err}");
+        assert!(!err.names(OTEL_EXPORTER_OTLP_CERTIFICATE), "the TRACES_ variable wins: {err}");
+        assert!(err.to_string().contains("not https://"), "{err}");
+        let err =
+            read(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "https://c"), (OTEL_EXPORTER_OTLP_CLIENT_KEY, "/nonexistent/k")])
+                .unwrap_err();
+        assert!(err.names(OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE), "a key needs its certificate: {err}");
     }
 }

@@ -21,6 +21,8 @@ pub enum RevocationError {
     Timeout,
     #[error("Redis error: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("{0}")]
+    Settings(#[from] wire::redisconn::RedisConnError),
 }
 
 /// Whether `e` says the connection is broken, rather than that Redis answered with an error:
@@ -52,8 +54,16 @@ pub struct Revocation {
 
 impl Revocation {
     /// Connects to Redis; fails if the first connection cannot be made, then reconnects by itself.
-    pub async fn connect(url: &str) -> Result<Revocation, RevocationError> {
-        let client = redis::Client::open(url)?;
+    pub async fn connect(settings: &wire::redisconn::RedisSettings) -> Result<Revocation, RevocationError> {
+        let client = settings.client()?;
+        // One plain attempt first: the manager retries a refused connection (a wrong CA, a
+        // missing client certificate, a wrong password) until the timeout and reports only that.
+        let first = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT));
+        tokio::time::timeout(TIMEOUT * 2, client.get_multiplexed_async_connection_with_config(&first))
+            .await
+            .map_err(|_| RevocationError::Timeout)??;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))

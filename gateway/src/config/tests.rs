@@ -23,7 +23,7 @@ fn defaults_match_the_contract() {
     assert!(!c.auth.allow_missing_origin, "ENVIRONMENT defaults to production");
     assert_eq!(c.auth.allowed_origins.len(), 12);
     assert!(c.auth.allowed_origins.contains(&"http://127.0.0.1:5178".to_string()));
-    assert_eq!(c.redis_url.expose(), "redis://localhost:6380");
+    assert_eq!(c.redis.url.expose(), "redis://localhost:6380");
     assert_eq!(c.limits.max_connections_per_user, 3);
     assert_eq!(c.limits.message_rate_limit, 30);
     assert_eq!(c.limits.message_rate_window, Duration::from_secs(1));

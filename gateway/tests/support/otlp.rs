@@ -1,7 +1,8 @@
-//! An OTLP/HTTP trace receiver for tests: axum on 127.0.0.1:0 answering `POST /v1/traces`,
-//! decoding the protobuf `ExportTraceServiceRequest` with `opentelemetry-proto` and keeping every
-//! span with its service name, ids and attributes. Included with
-//! `#[path = "support/otlp.rs"] mod otlp;`.
+//! An OTLP trace receiver for tests on 127.0.0.1:0, keeping every span with its service name, ids
+//! and attributes: OTLP/HTTP (axum answering `POST /v1/traces`, the protobuf
+//! `ExportTraceServiceRequest` decoded with `opentelemetry-proto`) in plain text or over TLS, or
+//! OTLP/gRPC (tonic's `TraceService`) in plain text or over TLS, where TLS may require a client
+//! certificate. Included with `#[path = "support/otlp.rs"] mod otlp;`.
 #![allow(dead_code)]
 
 use axum::body::Bytes;
@@ -47,13 +48,75 @@ impl Drop for Receiver {
     }
 }
 
+/// TLS of a receiver: the server certificate of `pki`, and whether clients must present one
+/// signed by `pki`'s CA.
+pub struct Tls<'a> {
+    pub pki: &'a testkit::Pki,
+    pub verify_clients: bool,
+}
+
 impl Receiver {
+    /// OTLP/HTTP on `http://`.
     pub async fn start() -> Receiver {
         let spans = Arc::new(Mutex::new(Vec::new()));
         let app = axum::Router::new().route("/v1/traces", post(receive)).with_state(spans.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { url, spans, task }
+    }
+
+    /// OTLP/HTTP on `https://localhost:<port>`.
+    pub async fn start_https(tls: Tls<'_>) -> Receiver {
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let app = axum::Router::new().route("/v1/traces", post(receive)).with_state(spans.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(&tls)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://localhost:{}", listener.local_addr().unwrap().port());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // A refused handshake (wrong CA, no client certificate) just ends here.
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Receiver { url, spans, task }
+    }
+
+    /// OTLP/gRPC on `http://` (no `tls`) or `https://localhost:<port>`.
+    pub async fn start_grpc(tls: Option<Tls<'_>>) -> Receiver {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut server = tonic::transport::Server::builder();
+        let url = match &tls {
+            None => format!("http://127.0.0.1:{port}"),
+            Some(tls) => {
+                let (cert, key) = tls.pki.server();
+                let identity =
+                    tonic::transport::Identity::from_pem(std::fs::read(cert).unwrap(), std::fs::read(key).unwrap());
+                let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+                if tls.verify_clients {
+                    let ca = tonic::transport::Certificate::from_pem(std::fs::read(tls.pki.ca()).unwrap());
+                    config = config.client_ca_root(ca);
+                }
+                server = server.tls_config(config).unwrap();
+                format!("https://localhost:{port}")
+            }
+        };
+        let router = server.add_service(TraceServiceServer::new(Grpc { spans: spans.clone() }));
+        let incoming = tokio_stream_of(listener);
+        let task = tokio::spawn(async move {
+            let _ = router.serve_with_incoming(incoming).await;
+        });
         Receiver { url, spans, task }
     }
 
@@ -67,10 +130,65 @@ impl Receiver {
     }
 }
 
+/// Accepted connections as the stream tonic serves.
+fn tokio_stream_of(
+    listener: tokio::net::TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(tcp, _)| tcp);
+        Some((accepted, listener))
+    })
+}
+
+fn server_config(tls: &Tls<'_>) -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (cert, key) = tls.pki.server();
+    let chain = CertificateDer::pem_file_iter(cert).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().unwrap();
+    let builder = if tls.verify_clients {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(tls.pki.ca()).unwrap() {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder.with_single_cert(chain, key).unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
+
+struct Grpc {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        record(&self.spans, request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
 async fn receive(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: Bytes) -> (StatusCode, Vec<u8>) {
     let Ok(request) = ExportTraceServiceRequest::decode(body) else {
         return (StatusCode::BAD_REQUEST, Vec::new());
     };
+    record(&spans, request);
+    (StatusCode::OK, ExportTraceServiceResponse::default().encode_to_vec())
+}
+
+fn record(spans: &Mutex<Vec<Span>>, request: ExportTraceServiceRequest) {
     let mut out = spans.lock().unwrap();
     for resource_spans in request.resource_spans {
         let resource = resource_spans.resource.map(|r| attributes(&r.attributes)).unwrap_or_default();
@@ -88,7 +206,6 @@ async fn receive(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: Bytes) -> (St
             }
         }
     }
-    (StatusCode::OK, ExportTraceServiceResponse::default().encode_to_vec())
 }
 
 fn attributes(kvs: &[KeyValue]) -> HashMap<String, String> {

@@ -1,14 +1,19 @@
 //! A raw Redis connection for the bridge's own readers (pub/sub and the stream reads): where it
 //! goes ([`Target`], from `REDIS_URL`), connecting with AUTH and SELECT, sending commands, and
 //! decoding replies with [`crate::source::resp::Decoder`], so that no reply costs more than its
-//! cut strings ([`crate::source::BULK_CAP`]). It does not reconnect: its users do, with backoff.
+//! cut strings ([`crate::source::BULK_CAP`]). With a `rediss://` URL it speaks TLS, with the
+//! same CA and client certificate as the client library's connections. It does not reconnect:
+//! its users do, with backoff.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 use crate::source::resp::{self, Decoder, Frame};
 
@@ -23,19 +28,35 @@ pub struct Target {
     db: i64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Addr {
     Tcp(String, u16),
+    Tls(String, u16, TlsConnector),
     Unix(PathBuf),
 }
 
+impl std::fmt::Debug for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addr::Tcp(host, port) => write!(f, "{host}:{port}"),
+            Addr::Tls(host, port, _) => write!(f, "{host}:{port} (TLS)"),
+            Addr::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 impl Target {
-    pub fn of(client: &redis::Client) -> std::io::Result<Target> {
+    /// Where `client` connects; `tls` is the configuration for a `rediss://` URL
+    /// ([`wire::redisconn::RedisSettings::tls_config`]).
+    pub fn of(client: &redis::Client, tls: Option<rustls::ClientConfig>) -> std::io::Result<Target> {
         let info = client.get_connection_info();
-        let addr = match info.addr() {
-            redis::ConnectionAddr::Tcp(host, port) => Addr::Tcp(host.clone(), *port),
-            redis::ConnectionAddr::Unix(path) => Addr::Unix(path.clone()),
-            _ => return Err(std::io::Error::other("TLS connections to Redis (rediss://) are not supported")),
+        let addr = match (info.addr(), tls) {
+            (redis::ConnectionAddr::Tcp(host, port), _) => Addr::Tcp(host.clone(), *port),
+            (redis::ConnectionAddr::TcpTls { host, port, .. }, Some(tls)) => {
+                Addr::Tls(host.clone(), *port, TlsConnector::from(Arc::new(tls)))
+            }
+            (redis::ConnectionAddr::Unix(path), _) => Addr::Unix(path.clone()),
+            _ => return Err(std::io::Error::other("a rediss:// URL needs its TLS configuration")),
         };
         let settings = info.redis_settings();
         Ok(Target {
@@ -49,6 +70,7 @@ impl Target {
 
 enum Stream {
     Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
     Unix(UnixStream),
 }
 
@@ -69,6 +91,13 @@ impl Conn {
                     let stream = TcpStream::connect((host.as_str(), *port)).await?;
                     stream.set_nodelay(true)?;
                     Stream::Tcp(stream)
+                }
+                Addr::Tls(host, port, connector) => {
+                    let stream = TcpStream::connect((host.as_str(), *port)).await?;
+                    stream.set_nodelay(true)?;
+                    let name = rustls_pki_types::ServerName::try_from(host.clone())
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                    Stream::Tls(Box::new(connector.connect(name, stream).await?))
                 }
                 Addr::Unix(path) => Stream::Unix(UnixStream::connect(path).await?),
             };
@@ -110,6 +139,10 @@ impl Conn {
     pub async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match &mut self.stream {
             Stream::Tcp(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
             Stream::Unix(s) => s.write_all(bytes).await,
         }
     }
@@ -122,6 +155,7 @@ impl Conn {
         }
         let read = match &mut self.stream {
             Stream::Tcp(s) => s.read_buf(&mut self.buf).await?,
+            Stream::Tls(s) => s.read_buf(&mut self.buf).await?,
             Stream::Unix(s) => s.read_buf(&mut self.buf).await?,
         };
         match read {
