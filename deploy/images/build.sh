@@ -15,7 +15,7 @@
 #       (the rust stand-in), the repository as the context. Its cargo reaches crates.io with the
 #       host's CA certificates mounted read-only (BUILD_CA_DIR, default /etc/ssl/certs; empty: none)
 #       and the host's network; the registry and target/ stay in buildah's cache mounts
-#       (/var/tmp/buildah-cache-*) between builds. A cold build takes minutes (README,
+#       (/var/tmp/buildah-cache) between builds. A cold build takes minutes (README,
 #       "Container images").
 # TAG_SUFFIX changes the tag (default local). Prints each image's size and build time.
 set -euo pipefail

@@ -7,11 +7,12 @@
 #                               (v1 controllers plus a v2 mount), as on the reference machine;
 #   cgroup_manager = "cgroupfs" no systemd is needed (rootful podman; rootless on cgroup v2 with
 #                               systemd would want "systemd");
-#   default_ulimits             podman's defaults for root (nofile 1048576, nproc 4194304) exceed
-#                               hosts whose hard limits are lower (nofile 20000 and nproc 96363 on
-#                               the reference machine): runc cannot set them and no container
-#                               starts. Here: the host's hard limits (nofile at most 65536,
-#                               compose's value; nproc at most kernel.pid_max);
+#   default_ulimits             podman's default nofile for root (1048576) exceeds hosts whose
+#                               hard limit is lower (20000 on the reference machine), and with
+#                               any ulimit given its nproc becomes 1048576, beyond what runc can
+#                               set (32768 there): no container starts. Here: the host's hard
+#                               limits (nofile at most 65536, compose's value; nproc at most
+#                               kernel.pid_max). A `--ulimit` flag replaces this whole list;
 #   stop_timeout = 30           `podman stop` waits 10 s by default, less than the gateway's drain
 #                               (GATEWAY_SHUTDOWN_TIMEOUT, 15 s by default): the drain would be cut
 #                               by SIGKILL.

@@ -125,8 +125,11 @@ def binaries_dir() -> tuple[Path, str]:
     names = ("gateway", "publisher-bridge")
     if all((release / n).is_file() and (release / n).stat().st_mtime >= newest_source() for n in names):
         return release, "release build, newer than the sources"
+    debug = target_directory() / "debug"
+    stale = [n for n in names if not (debug / n).is_file() or (debug / n).stat().st_mtime < newest_source()]
     bins = cargo_binaries()  # target/debug, built first when missing or stale
-    return bins["gateway"].parent, "debug build (what nextest built)"
+    how = f"rebuilt first, {', '.join(stale)} older than the sources" if stale else "as the Rust tests left them"
+    return bins["gateway"].parent, f"debug build, {how}"
 
 
 def image_size(tag: str) -> str:
