@@ -57,8 +57,8 @@ def test_nats_nodes_form_one_jetstream_cluster():
 
 
 def test_services_read_only_variables_the_binaries_know():
-    gateway_reads = rust_env_names("gateway/src/config/vars.rs", "wire/src/natsconn.rs", "wire/src/otel.rs")
-    bridge_reads = rust_env_names("publisher-bridge/src/config.rs", "wire/src/natsconn.rs", "wire/src/otel.rs")
+    gateway_reads = rust_env_names("gateway/src/config/vars.rs", "wire/src/natsconn.rs", "wire/src/otel.rs", "wire/src/redisconn.rs")
+    bridge_reads = rust_env_names("publisher-bridge/src/config.rs", "wire/src/natsconn.rs", "wire/src/otel.rs", "wire/src/redisconn.rs")
     for name, svc in by_prefix("gateway-").items():
         env = svc["environment"]
         assert set(env) <= gateway_reads, f"{name}: {set(env) - gateway_reads}"
