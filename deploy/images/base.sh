@@ -19,7 +19,14 @@
 #       and CARGO_HOME=/usr/local/cargo with /usr/local/cargo/bin first in PATH, as in the official
 #       image.
 #
-# Usage: deploy/images/base.sh [--force] [runtime] [rust]      (no name: both)
+#   nats:2-alpine, redis:7-alpine, haproxy:2.8-alpine (docker.io/library/...), only with the
+#       argument `compose`: stand-ins for the third-party images deploy/compose.yaml runs, one
+#       bookworm image with Debian's redis-server, haproxy and wget plus .tools/bin/nats-server,
+#       tagged three times with the official images' entrypoints and commands (redis-server
+#       without protected mode, as the official entrypoint does; haproxy -f
+#       /usr/local/etc/haproxy/haproxy.cfg; nats-server). Debian, not Alpine, inside.
+#
+# Usage: deploy/images/base.sh [--force] [runtime] [rust] [compose]   (no name: runtime and rust)
 #   An image whose tag exists already is kept (--force builds it again). The debootstrapped root
 #   filesystem is cached as .tools/images/bookworm-<hash>.tar (the hash covers suite and package
 #   list), so building again takes seconds, not a download; delete it to re-bootstrap.
@@ -44,8 +51,8 @@ want=()
 for arg in "$@"; do
   case "$arg" in
     --force) force=1 ;;
-    runtime | rust) want+=("$arg") ;;
-    *) echo "usage: $0 [--force] [runtime] [rust]" >&2; exit 2 ;;
+    runtime | rust | compose) want+=("$arg") ;;
+    *) echo "usage: $0 [--force] [runtime] [rust] [compose]" >&2; exit 2 ;;
   esac
 done
 ((${#want[@]})) || want=(runtime rust)
@@ -171,6 +178,49 @@ build_rust() {
   rm -rf "$full"
 }
 
+COMPOSE_IMAGES=(docker.io/library/nats:2-alpine docker.io/library/redis:7-alpine docker.io/library/haproxy:2.8-alpine)
+
+build_compose() {
+  local full="$work/compose-root" ctx="$work/compose-context" base=localhost/realtime-gateway-standin/bookworm:build
+  local nats="$root/.tools/bin/nats-server"
+  [ -x "$nats" ] || { echo "base.sh: $nats missing: run deploy/install-deps.sh" >&2; exit 1; }
+  rootfs "$full"
+  tar --numeric-owner -C "$full" -cf - . | podman import -q - "$base" >/dev/null
+  rm -rf "$full"
+  mkdir -p "$ctx"
+  cp -L "$nats" "$ctx/nats-server"
+  cat >"$ctx/redis-entrypoint.sh" <<'ENTRY'
+#!/bin/sh
+# As the official redis image's entrypoint does when no config file is given: no protected mode.
+if [ "$1" = redis-server ]; then shift; exec redis-server "$@" --protected-mode no; fi
+exec "$@"
+ENTRY
+  chmod 0755 "$ctx/redis-entrypoint.sh"
+  cat >"$ctx/Containerfile" <<CONTAINERFILE
+FROM $base AS base
+RUN export DEBIAN_FRONTEND=noninteractive && apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server haproxy wget >/dev/null \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc/* /usr/share/man/*
+COPY nats-server /usr/local/bin/nats-server
+LABEL org.opencontainers.image.description="LOCAL STAND-IN for a compose image, built by deploy/images/base.sh from Debian bookworm"
+FROM base AS nats
+ENTRYPOINT ["nats-server"]
+FROM base AS redis
+COPY redis-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]
+CMD ["redis-server"]
+FROM base AS haproxy
+STOPSIGNAL SIGUSR1
+CMD ["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]
+CONTAINERFILE
+  local image
+  for image in "${COMPOSE_IMAGES[@]}"; do
+    # apt inside the build: the host's network.
+    podman build -q --pull=never --network host --target "$(basename "${image%%:*}")" -t "$image" "$ctx" >/dev/null
+  done
+  podman rmi "$base" >/dev/null 2>&1 || true
+  rm -rf "$ctx"
+}
+
 # drop_replaced ID: the image a rebuild untagged, unless something still uses it.
 drop_replaced() {
   if [ -n "$1" ] && [ -z "$(podman image inspect --format '{{.RepoTags}}' "$1" 2>/dev/null | tr -d '[]')" ]; then
@@ -190,6 +240,17 @@ for which in "${want[@]}"; do
       old="$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
       build_runtime
       ;;
+    compose)
+      missing=0
+      for image in "${COMPOSE_IMAGES[@]}"; do exists "$image" || missing=1; done
+      if [ "$missing" = 0 ] && [ "$force" = 0 ]; then
+        echo "base.sh: ${COMPOSE_IMAGES[*]} exist (--force builds them again)"
+        continue
+      fi
+      old=
+      build_compose
+      tag="${COMPOSE_IMAGES[*]}"
+      ;;
     rust)
       command -v rustup >/dev/null 2>&1 || { echo "base.sh: rustup not found: the rust image copies the host's toolchain" >&2; exit 1; }
       toolchain="${RUST_TOOLCHAIN:-stable}"
@@ -207,5 +268,5 @@ for which in "${want[@]}"; do
       ;;
   esac
   drop_replaced "$old"
-  echo "base.sh: built $tag ($((SECONDS - started)) s, $(podman image inspect --format '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1 / 1e6}'))"
+  echo "base.sh: built $tag ($((SECONDS - started)) s, $(podman image inspect --format '{{.Size}}' "${tag%% *}" | awk '{printf "%.0f MB", $1 / 1e6}'))"
 done

@@ -15,7 +15,11 @@
 #                               kernel.pid_max). A `--ulimit` flag replaces this whole list;
 #   stop_timeout = 30           `podman stop` waits 10 s by default, less than the gateway's drain
 #                               (GATEWAY_SHUTDOWN_TIMEOUT, 15 s by default): the drain would be cut
-#                               by SIGKILL.
+#                               by SIGKILL;
+#   network_backend = "netavark" only where netavark is installed (apt: netavark aardvark-dns):
+#                               its DNS lets compose services find each other by name, which
+#                               Debian 12's CNI setup cannot (no dnsname plugin). The image test
+#                               uses the host network and needs neither.
 # Without this file, pass the same as flags: --runtime runc --cgroup-manager cgroupfs (global
 # flags of podman), --ulimit nofile=N:N --ulimit nproc=M:M on `podman run`, -t 30 on `podman stop`.
 # shellcheck shell=bash
@@ -38,6 +42,12 @@ runtime = \"runc\"
 cgroup_manager = \"cgroupfs\"
 events_logger = \"file\"
 stop_timeout = 30"
+if [ -x /usr/lib/podman/netavark ] && [ -x /usr/lib/podman/aardvark-dns ]; then
+  _conf_text="$_conf_text
+
+[network]
+network_backend = \"netavark\""
+fi
 if [ "$(cat "$CONTAINERS_CONF" 2>/dev/null)" != "$_conf_text" ]; then
   mkdir -p "$(dirname "$CONTAINERS_CONF")"
   printf '%s\n' "$_conf_text" >"$CONTAINERS_CONF"
