@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# LOCAL STAND-INS for the two registry images that deploy/docker/*.Dockerfile start FROM, for
-# hosts with podman but no reachable container registry (the reference machine and CI). They are
+# LOCAL STAND-INS for the two registry images that deploy/docker/*.Dockerfile start FROM (and, on
+# request, the three deploy/compose.yaml runs), for hosts with podman but no reachable container
+# registry (the reference machine and CI). They are
 # tagged with the SAME NAMES as the registry images, so that the Dockerfiles build unchanged with
 # `podman build --pull=never` (deploy/images/build.sh), but they are NOT those images: they are
 # built here from Debian bookworm packages (debootstrap, from deb.debian.org) and this machine's
