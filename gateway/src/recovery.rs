@@ -205,16 +205,16 @@ impl Recovery<'_> {
         let js = async_nats::jetstream::new(client.clone());
         let give_up = tokio::time::Instant::now() + GIVE_UP;
         let mut recovered = 0;
-        let mut attempt = 0;
+        let mut backoff = wire::backoff::Backoff::reconnect();
         let mut floor = None;
         let result = loop {
             match self.read(&js, position, &mut recovered, &mut floor).await {
                 Ok(()) => break Ok(recovered),
                 Err(error) if tokio::time::Instant::now() >= give_up => break Err(error),
                 Err(error) => {
-                    attempt += 1;
+                    let attempt = backoff.attempts() + 1;
                     tracing::debug!(tenant_id, attempt, %error, "re-reading the stream after a reconnect failed; retrying");
-                    tokio::time::sleep(wire::natsconn::reconnect_delay(attempt + 1)).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         };

@@ -130,19 +130,18 @@ impl Subscriptions {
         let mut leaders = self.link.watch_leaders();
         let mut position = Position::new(&self.client);
         let started = (tokio::time::Instant::now(), SystemTime::now());
-        let mut attempt = 0;
+        let mut backoff = wire::backoff::Backoff::reconnect();
         let mut subscriber = loop {
             match self.client.subscribe(subject.clone()).await {
                 Ok(s) => break s,
                 Err(error) => {
-                    attempt += 1;
                     tracing::error!(tenant_id, %error, "cannot subscribe to {subject}; retrying");
                     tokio::select! {
                         _ = stop.cancelled() => {
                             self.metrics.nats_subscriptions.dec();
                             return;
                         }
-                        _ = tokio::time::sleep(wire::natsconn::reconnect_delay(attempt + 1)) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                     }
                 }
             }
@@ -152,7 +151,6 @@ impl Subscriptions {
             match recovery::round_trip(&self.client).await {
                 Ok(last) => break last,
                 Err(error) => {
-                    attempt += 1;
                     tracing::warn!(tenant_id, %error, "NATS has not confirmed the subscription to {subject}; asking again");
                     tokio::select! {
                         _ = stop.cancelled() => {
@@ -160,7 +158,7 @@ impl Subscriptions {
                             self.metrics.nats_subscriptions.dec();
                             return;
                         }
-                        _ = tokio::time::sleep(wire::natsconn::reconnect_delay(attempt + 1)) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                     }
                 }
             }

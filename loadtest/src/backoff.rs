@@ -20,44 +20,40 @@ pub enum Policy {
     Browser { base_ms: u64 },
 }
 
+/// One slot's reconnect delays: [`wire::backoff::Backoff`] with the policy's numbers.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     policy: Policy,
-    attempt: u32,
-    /// Jitter source (splitmix64 state), seeded per slot so runs are reproducible.
-    jitter: u64,
+    delays: wire::backoff::Backoff,
 }
 
 impl Backoff {
+    /// `seed` makes the browser policy's jitter reproducible per slot.
     pub fn new(policy: Policy, seed: u64) -> Backoff {
-        Backoff { policy, attempt: 0, jitter: seed }
+        let delays = match policy {
+            Policy::Load => wire::backoff::Backoff::new(LOAD_MIN, LOAD_MAX).with_jitter(0.0),
+            Policy::Browser { base_ms } => {
+                wire::backoff::Backoff::new(Duration::from_millis(base_ms), BROWSER_CAP).with_jitter(0.5).seeded(seed)
+            }
+        };
+        Backoff { policy, delays }
     }
 
     /// The next wait, and one step further for the one after.
     pub fn next_delay(&mut self) -> Duration {
-        let doubled = |base: Duration, cap: Duration| base.saturating_mul(1u32 << self.attempt.min(16)).min(cap);
-        let wait = match self.policy {
-            Policy::Load => doubled(LOAD_MIN, LOAD_MAX),
-            Policy::Browser { base_ms } => {
-                self.jitter = crate::events::splitmix(self.jitter);
-                let unit = (self.jitter >> 11) as f64 / (1u64 << 53) as f64;
-                doubled(Duration::from_millis(base_ms), BROWSER_CAP).mul_f64(0.5 + unit)
-            }
-        };
-        self.attempt = self.attempt.saturating_add(1);
-        wait
+        self.delays.next_delay()
     }
 
     /// A connection opened.
     pub fn opened(&mut self) {
         if matches!(self.policy, Policy::Browser { .. }) {
-            self.attempt = 0;
+            self.delays.reset();
         }
     }
 
     /// The client closed its connection itself: the next wait is the first again.
     pub fn recycled(&mut self) {
-        self.attempt = 0;
+        self.delays.reset();
     }
 }
 

@@ -251,7 +251,7 @@ fn sector(branch_id: u64, k: u64) -> u64 {
     branch_id * 10 + k
 }
 
-/// One step of splitmix64: event ids to well-spread numbers (and the reconnect jitter).
+/// One step of splitmix64: event ids to well-spread numbers.
 pub fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

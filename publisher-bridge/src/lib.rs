@@ -6,7 +6,7 @@
 //! (environment), [`source`] (Redis readers), [`mapping`] (event → subject / reason),
 //! [`pipeline`] (in-flight bound, headers, acknowledgement flow), [`sink`] (JetStream publishing
 //! and stream layout), [`advisory`] (durable consumers' dead letters), [`http`], [`metrics`],
-//! [`health`], [`header`] (safe header values), [`shutdown`], [`telemetry`] and [`traces`] (logs and OTLP spans), [`retry`].
+//! [`health`], [`header`] (safe header values), [`shutdown`], [`telemetry`] and [`traces`] (logs and OTLP spans).
 
 pub mod advisory;
 pub mod config;
@@ -16,7 +16,6 @@ pub mod http;
 pub mod mapping;
 pub mod metrics;
 pub mod pipeline;
-pub mod retry;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

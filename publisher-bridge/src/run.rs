@@ -81,16 +81,16 @@ async fn run_connected(
         .timeout(config.publish_timeout)
         .max_ack_inflight(config.max_in_flight + 1024)
         .build(client.clone());
-    let mut attempt = 0;
+    let mut backoff = wire::backoff::Backoff::reconnect();
     loop {
         match ensure_streams(&js, &config.streams).await {
             Ok(()) => break,
             Err(error) if error.is_transient() => {
-                attempt += 1;
+                let attempt = backoff.attempts() + 1;
                 tracing::warn!(%error, attempt, "JetStream is not answering yet; not ready, asking again");
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(wire::natsconn::reconnect_delay(attempt + 1)) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
             }
             Err(error) => return Err(error.into()),

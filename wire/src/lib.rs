@@ -16,10 +16,11 @@
 //! - The event contract: [`envelope`], [`event_types`], [`subject`], [`headers`], [`msg_id`],
 //!   [`dedup`].
 //! - Tokens, settings and time: [`tokens`], [`settings`] (typed environment, secrets masked),
-//!   [`clock`], [`throttle`] (one log line per interval).
+//!   [`clock`], [`throttle`] (one log line per interval), [`backoff`] (every retry loop's delays).
 //! - Serving and telling: [`http_server`] (`server`), [`exposition`] (Prometheus text or
 //!   OpenMetrics), [`otel`] (`otel`), [`natsconn`] (`nats`).
 
+pub mod backoff;
 pub mod clock;
 pub mod dedup;
 pub mod envelope;

@@ -183,18 +183,13 @@ fn check_inbox_prefix(prefix: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Capped exponential backoff with jitter: 100 ms, 200 ms, ... up to 5 s, each ±25 %.
+/// The client library's reconnect delays ([`crate::backoff::Backoff::reconnect`]): the first
+/// attempt at once, then 100 ms doubling to 5 s, ±50 %.
 pub fn reconnect_delay(attempt: usize) -> Duration {
-    if attempt <= 1 {
-        return Duration::ZERO;
+    match attempt {
+        0 | 1 => Duration::ZERO,
+        n => crate::backoff::Backoff::reconnect().after((n - 2).min(32) as u32).next_delay(),
     }
-    let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
-    let jitter = (nanos_noise() % (base / 2 + 1)) as i64 - (base / 4) as i64;
-    Duration::from_millis((base as i64 + jitter).max(10) as u64)
-}
-
-fn nanos_noise() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(7)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -283,9 +278,12 @@ mod tests {
     }
 
     #[test]
-    fn backoff_is_capped() {
+    fn backoff_starts_at_once_and_is_capped() {
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        let second = reconnect_delay(2);
+        assert!(second >= Duration::from_millis(50) && second <= Duration::from_millis(150), "{second:?}");
         for attempt in 0..100 {
-            assert!(reconnect_delay(attempt) <= Duration::from_millis(6_250));
+            assert!(reconnect_delay(attempt) <= Duration::from_millis(7_500));
         }
     }
 }

@@ -226,7 +226,7 @@ async fn subscribe_forever(shared: Arc<Shared>, stop: CancellationToken) {
     let db = client.get_connection_info().redis_settings().db();
     let patterns =
         [format!("__keyspace@{db}__:{BLACKLIST_PREFIX}*"), format!("__keyspace@{db}__:{USER_REVOKED_PREFIX}*")];
-    let mut attempt = 0;
+    let mut backoff = wire::backoff::Backoff::reconnect().reset_after(HEALTHY_AFTER);
     loop {
         let started = Instant::now();
         let error = tokio::select! {
@@ -235,11 +235,11 @@ async fn subscribe_forever(shared: Arc<Shared>, stop: CancellationToken) {
             error = serve_once(&shared, &client, &patterns, db) => error,
         };
         shared.set_state(State::Disconnected { error: Some(error) });
-        attempt = if started.elapsed() >= HEALTHY_AFTER { 1 } else { attempt + 1 };
+        backoff.healthy(started.into_std());
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wire::natsconn::reconnect_delay(attempt + 1)) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
 }

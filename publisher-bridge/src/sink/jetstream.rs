@@ -21,8 +21,8 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::retry::Backoff;
 use crate::sink::ack::{Refused, Stored};
+use wire::backoff::Backoff;
 use wire::throttle::Throttle;
 
 /// One message to store.

@@ -25,10 +25,10 @@ use tokio_util::sync::CancellationToken;
 use crate::health::{Dependency, Health};
 use crate::mapping::PATTERNS;
 use crate::pipeline::{Incoming, Origin, Pipeline};
-use crate::retry::Backoff;
 use crate::source::conn::{Conn, Target};
 use crate::source::resp::Push;
 use crate::source::BULK_CAP;
+use wire::backoff::Backoff;
 use wire::throttle::Throttle;
 
 /// A quiet connection is pinged after this long...

@@ -38,11 +38,11 @@ use crate::health::{Dependency, Health};
 use crate::mapping::DlqReason;
 use crate::metrics::Metrics;
 use crate::pipeline::{Incoming, Origin, Pipeline};
-use crate::retry::Backoff;
 use crate::source::budget::ReadBudget;
 use crate::source::conn::{Conn, Target};
 use crate::source::entries::{self, Entry};
 use crate::source::BULK_CAP;
+use wire::backoff::Backoff;
 use wire::throttle::Throttle;
 
 const BLOCK: Duration = Duration::from_secs(2);
