@@ -69,7 +69,11 @@ fn now() -> i64 {
 
 /// An ISO-8601 UTC time as the backend writes it into `auth:user:revoked:{user}`.
 fn iso(unix: i64) -> String {
-    chrono::DateTime::from_timestamp(unix, 0).unwrap().format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    let t = time::OffsetDateTime::from_unix_timestamp(unix).unwrap();
+    t.format(time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]+00:00"
+    ))
+    .unwrap()
 }
 
 /// Role lists tried on every staff endpoint: exact members only, no substrings, no case folding.

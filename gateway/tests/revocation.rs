@@ -17,7 +17,11 @@ const PUSH_BOUND: Duration = Duration::from_secs(5);
 
 /// An ISO-8601 UTC time with microseconds, as the backend writes `auth:user:revoked:{user}`.
 fn iso_now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]+00:00"
+        ))
+        .unwrap()
 }
 
 /// A staff token as the backend mints it, issued `age` seconds ago with `jti`.

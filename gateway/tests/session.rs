@@ -265,7 +265,9 @@ async fn silent_staff_connections_are_closed_after_revocation() {
 }
 
 fn iso(unix: i64) -> String {
-    chrono::DateTime::from_timestamp(unix, 0).unwrap().format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
+    let t = time::OffsetDateTime::from_unix_timestamp(unix).unwrap();
+    t.format(time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]"))
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,6 +105,13 @@ pub async fn list(State(state): State<AdminState>, query: Result<Query<ListQuery
     .into_response()
 }
 
+/// `2026-01-01T00:00:00.500Z`: UTC, milliseconds.
+fn rfc3339_millis(unix_ms: u64) -> Option<String> {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000).ok()?.format(&format).ok()
+}
+
 fn describe(conn: &Conn, now_ms: u64) -> Value {
     let info = &conn.info;
     let mut out = json!({
@@ -112,8 +119,7 @@ fn describe(conn: &Conn, now_ms: u64) -> Value {
         "endpoint": conn.endpoint.as_str(),
         "peer": info.peer.to_string(),
         "forwarded_for": info.forwarded_for.map(|ip| ip.to_string()),
-        "connected_since": chrono::DateTime::from_timestamp_millis(info.connected_at_ms as i64)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        "connected_since": rfc3339_millis(info.connected_at_ms),
         "connected_seconds": now_ms.saturating_sub(info.connected_at_ms) as f64 / 1000.0,
         "resume": info.resume,
         "closing": conn.control.is_closing(),

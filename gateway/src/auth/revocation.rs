@@ -4,7 +4,6 @@
 //! counts as revoked is the caller's policy (`REVOCATION_FAIL_OPEN`).
 
 use super::Staff;
-use chrono::{DateTime, NaiveDateTime};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use std::time::Duration;
 
@@ -168,14 +167,17 @@ fn verdict(token: &TokenRef, (blacklisted, revoked_at): (bool, Option<String>)) 
 /// Unix seconds of an ISO-8601 time: with an offset (`Z`, `+00:00`) or naive (taken as UTC, as
 /// Python's `datetime.utcnow().isoformat()` writes it).
 pub fn parse_utc(text: &str) -> Option<f64> {
+    use time::macros::format_description;
     let text = text.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(t.timestamp_micros() as f64 / 1e6);
+    let unix = |t: time::OffsetDateTime| (t.unix_timestamp_nanos() / 1_000) as f64 / 1e6;
+    if let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
+        return Some(unix(t));
     }
-    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
-        .iter()
-        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
-        .map(|t| t.and_utc().timestamp_micros() as f64 / 1e6)
+    let naive = [
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]"),
+        format_description!("[year]-[month]-[day] [hour]:[minute]:[second][optional [.[subsecond]]]"),
+    ];
+    naive.iter().find_map(|format| time::PrimitiveDateTime::parse(text, format).ok()).map(|t| unix(t.assume_utc()))
 }
 
 #[cfg(test)]
@@ -194,6 +196,9 @@ mod tests {
             assert_eq!(parse_utc(text), Some(expected), "{text}");
         }
         assert_eq!(parse_utc("2026-01-01T01:00:00+01:00"), Some(1_767_225_600.0));
+        assert_eq!(parse_utc("2026-01-01T00:00:00"), Some(1_767_225_600.0));
+        assert_eq!(parse_utc("2026-01-01 00:00:00.000001"), Some(1_767_225_600.000001));
         assert_eq!(parse_utc("yesterday"), None);
+        assert_eq!(parse_utc("2026-01-01"), None);
     }
 }
