@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use wire::headers;
 use wire::subject::{dlq_subject, EVENTS_STREAM};
 
+use crate::header::now_rfc3339;
 use crate::mapping::DlqReason;
 use crate::metrics::Metrics;
-use crate::pipeline::now_rfc3339;
 use crate::sink::jetstream::{Outcome, Outgoing, Publisher};
 
 pub const MAX_DELIVERIES_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES";

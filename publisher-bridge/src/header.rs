@@ -52,6 +52,13 @@ pub fn is_escaped(value: &str) -> bool {
     value.bytes().all(|b| matches!(b, 0x21..=0x7e))
 }
 
+/// Now, for `Dlq-At`: RFC 3339, UTC, microseconds.
+pub fn now_rfc3339() -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+    time::OffsetDateTime::now_utc().format(&format).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

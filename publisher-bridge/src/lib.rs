@@ -4,9 +4,10 @@
 //!
 //! [`run`] is the one entry point (the binary and the tests call it). Modules: [`config`]
 //! (environment), [`source`] (Redis readers), [`mapping`] (event → subject / reason),
-//! [`pipeline`] (in-flight bound, headers, acknowledgement flow), [`sink`] (JetStream publishing
-//! and stream layout), [`advisory`] (durable consumers' dead letters), [`http`], [`metrics`],
-//! [`health`], [`header`] (safe header values), [`shutdown`], [`telemetry`] and [`traces`] (logs and OTLP spans).
+//! [`pipeline`] (mapping, copy window, in-flight bound, headers), [`sink`] (JetStream publishing,
+//! the acknowledgements and retries of what is in flight, stream layout), [`advisory`] (durable
+//! consumers' dead letters), [`http`], [`metrics`], [`health`], [`header`] (safe header values),
+//! [`shutdown`], [`telemetry`] and [`traces`] (logs and OTLP spans).
 
 pub mod advisory;
 pub mod config;

@@ -2,23 +2,17 @@
 //! ([`crate::mapping`]), skips a pub/sub copy of an event this bridge already took within
 //! [`COPY_WINDOW`] (the backend publishes one event on several channels: each extra copy would
 //! cost a publish for JetStream to refuse), takes an in-flight slot (bounding memory and
-//! backpressuring the sources), builds
-//! the headers (the trace context of the event's publish span among them) and enqueues the
-//! publish in arrival order, keeping it in [`InFlight`] under its reply token. One task,
-//! [`Pipeline::confirm`], reads the acknowledgements: it records the metrics and hands a stream
-//! entry's id to the Redis acker, hands whatever was refused or not acknowledged within the
-//! publish timeout to a retrying task, and ends once the sources have stopped and nothing is in
-//! flight. The payload bytes are never re-serialised. It does not read Redis.
+//! backpressuring the sources), builds the headers (the trace context of the event's publish
+//! span among them) and hands the publish, in arrival order, to the sink's [`Deliveries`], which
+//! sees it acknowledged, retried or dead-lettered. The payload bytes are never re-serialised. It
+//! reads no Redis and no acknowledgement.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::{HeaderMap, Message, Subscriber};
+use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::sync::{mpsc, Semaphore};
 use tracing::Span;
 use wire::dedup::Dedup;
 use wire::headers;
@@ -27,29 +21,15 @@ use wire::subject::{dlq_subject, EventSubject};
 use crate::health::Health;
 use crate::mapping::{self, Channel, DlqReason, Via};
 use crate::metrics::{Metrics, Source};
-use crate::sink::ack::{self, Refused, Stored};
-use crate::sink::inflight::InFlight;
-use crate::sink::jetstream::{token_of, Outcome, Outgoing, Publisher};
+use crate::sink::deliveries::{Deliveries, Delivery, Slot, DLQ_TRUNCATED};
+use crate::sink::jetstream::Outgoing;
 use crate::source::budget::Charge;
 use crate::source::resp::Blob;
-use wire::throttle::Throttle;
 
-/// Header stating that a dead letter's payload was cut, with the original length in bytes.
-pub const DLQ_TRUNCATED: &str = "Dlq-Truncated-From";
-/// Header of a `publish_refused` dead letter: why JetStream refused the original publish
-/// (`<reason>: <JetStream's words>`, escaped, at most [`crate::header::MAX_VALUE`] bytes).
-pub const DLQ_ERROR: &str = "Dlq-Error";
-/// Header of a `publish_refused` dead letter: the subject the event was refused on.
-pub const DLQ_ORIGINAL_SUBJECT: &str = "Dlq-Original-Subject";
-/// Room left for headers when sizing a dead letter against the stream's message limit.
-const HEADER_ROOM: usize = 4096;
 /// How long this bridge remembers the events it took, to skip their further pub/sub copies
 /// (remembered between one and two windows). The copies of one event arrive within
 /// milliseconds; JetStream's own duplicate window still covers anything later.
 pub const COPY_WINDOW: Duration = Duration::from_secs(2);
-/// How often [`Pipeline::confirm`] looks for publishes older than the publish timeout.
-const SWEEP: Duration = Duration::from_millis(100);
-
 /// Where an event was read.
 #[derive(Debug, Clone)]
 pub enum Origin {
@@ -136,100 +116,28 @@ impl Incoming {
 }
 
 pub struct Pipeline {
-    publisher: Arc<Publisher>,
+    deliveries: Arc<Deliveries>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     permits: Arc<Semaphore>,
-    tracker: TaskTracker,
-    dlq_payload_limit: usize,
     /// Digests of the valid events taken recently, from either source.
     taken: Mutex<Dedup>,
-    in_flight: Mutex<InFlight<Pending>>,
-    /// How long a publish waits for its acknowledgement before it is retried.
-    publish_timeout: Duration,
-    /// Warnings about publishes refused for good.
-    refusals: Throttle,
-}
-
-/// A publish waiting for its acknowledgement, with everything needed to finish it.
-struct Pending {
-    out: Outgoing,
-    /// The publish span, ended when this is dropped.
-    publish: Span,
-    refused: Option<DlqReason>,
-    received: Instant,
-    /// The acker and the stream entry id to acknowledge in Redis once stored.
-    xack: Option<(mpsc::Sender<String>, String)>,
-    _charge: Option<Charge>,
-    _slot: Slot,
-}
-
-/// An in-flight slot: frees the permit and lowers the gauge when dropped.
-struct Slot {
-    _permit: OwnedSemaphorePermit,
-    metrics: Arc<Metrics>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.metrics.in_flight.dec();
-    }
-}
-
-impl Pending {
-    /// Records what JetStream did with it and hands a stream entry to the Redis acker.
-    async fn stored(self, stored: Stored, metrics: &Metrics, health: &Health) {
-        crate::traces::stored(&self.publish, &stored);
-        if stored.duplicate {
-            metrics.duplicates.inc();
-        } else if let Some(reason) = self.refused {
-            metrics.dead_lettered(reason);
-        } else {
-            metrics.published.inc();
-        }
-        metrics.observe_latency(self.received.elapsed());
-        self.finish(health).await;
-    }
-
-    /// Gives up on it: counted, and a stream entry acknowledged all the same (re-reading it
-    /// could only be refused again).
-    async fn dropped(self, reason: &'static str, metrics: &Metrics, health: &Health) {
-        metrics.dropped(reason);
-        self.finish(health).await;
-    }
-
-    async fn finish(self, health: &Health) {
-        health.progressed();
-        if let Some((ack, id)) = self.xack {
-            // The acker only stops after every sender is gone, so this cannot fail except at
-            // the very end of a timed-out shutdown.
-            let _ = ack.send(id).await;
-        }
-    }
 }
 
 impl Pipeline {
-    /// `dlq_max_msg_size` is the smaller of the DLQ stream's and the server's message limits.
+    /// At most `max_in_flight` publishes wait for their acknowledgement at once.
     pub fn new(
-        publisher: Arc<Publisher>,
+        deliveries: Arc<Deliveries>,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         max_in_flight: usize,
-        publish_timeout: Duration,
-        tracker: TaskTracker,
-        dlq_max_msg_size: usize,
     ) -> Pipeline {
         Pipeline {
-            publisher,
+            deliveries,
             metrics,
             health,
             permits: Arc::new(Semaphore::new(max_in_flight)),
-            tracker,
-            dlq_payload_limit: dlq_max_msg_size.saturating_sub(HEADER_ROOM).max(1024),
             taken: Mutex::new(Dedup::new(COPY_WINDOW, Instant::now())),
-            in_flight: Mutex::new(InFlight::default()),
-            publish_timeout,
-            refusals: Throttle::every(Duration::from_secs(5)),
         }
     }
 
@@ -264,7 +172,7 @@ impl Pipeline {
             // Idle until now: the stall clock starts here, not at the last acknowledgement.
             self.health.progressed();
         }
-        let slot = Slot { _permit: permit, metrics: self.metrics.clone() };
+        let slot = Slot { permit, metrics: self.metrics.clone() };
         let receive = std::mem::replace(&mut event.span, Span::none());
         let refused = routed.as_ref().err().copied();
         let (out, publish) = self.outgoing(&event, routed, &digest, &receive);
@@ -272,150 +180,10 @@ impl Pipeline {
             (Some(ack), Origin::Stream { id, .. }) => Some((ack, id)),
             _ => None,
         };
-        // The copy kept in flight for a retry; `out` itself goes to the connection.
-        let pending = Pending {
-            out: out.clone(),
-            publish,
-            refused,
-            received: event.received,
-            xack,
-            _charge: event.charge.take(),
-            _slot: slot,
-        };
-        let token = self.in_flight.lock().expect("in-flight lock").push(Instant::now(), pending);
-        if let Err(error) = self.publisher.send(out, token).await {
-            if error.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded {
-                // Never sent: nats-server would have closed the connection over it.
-                if let Some(pending) = self.in_flight.lock().expect("in-flight lock").take(token) {
-                    self.retry(pending, Refused::MaxPayload);
-                }
-            } else {
-                // Only when the connection is closed for good (at the very end of a shutdown):
-                // the publish stays in flight and is retried when it times out.
-                tracing::debug!(%error, "publish not sent");
-            }
-        }
+        let delivery =
+            Delivery { out, publish, refused, received: event.received, xack, charge: event.charge.take(), slot };
+        self.deliveries.send(delivery).await;
         drop(receive);
-    }
-
-    /// Reads the acknowledgements of [`Pipeline::submit`]'s publishes from `acks` until
-    /// `sources_stopped` has fired and nothing is left in flight, or `abandon` fires.
-    pub async fn confirm(
-        self: Arc<Self>,
-        mut acks: Subscriber,
-        sources_stopped: CancellationToken,
-        abandon: CancellationToken,
-    ) {
-        let mut sweep = tokio::time::interval(SWEEP);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let late = Throttle::every(Duration::from_secs(30));
-        loop {
-            tokio::select! {
-                biased;
-                _ = abandon.cancelled() => return,
-                reply = acks.next() => match reply {
-                    Some(reply) => self.acknowledged(reply, &late).await,
-                    None => {
-                        tracing::warn!("the acknowledgement subscription ended; the remaining publishes are retried");
-                        self.expire(Duration::ZERO);
-                        return;
-                    }
-                },
-                _ = sweep.tick() => {
-                    self.expire(self.publish_timeout);
-                    if sources_stopped.is_cancelled() && self.in_flight.lock().expect("in-flight lock").is_empty() {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn acknowledged(self: &Arc<Self>, reply: Message, late: &Throttle) {
-        let Some(token) = token_of(&reply.subject) else { return };
-        let Some(pending) = self.in_flight.lock().expect("in-flight lock").take(token) else {
-            // Its publish timed out and is being retried already.
-            if let Some(held_back) = late.allow_with_count() {
-                tracing::debug!(token, held_back, "acknowledgement after the publish timeout");
-            }
-            return;
-        };
-        match ack::read(&reply) {
-            Ok(stored) => pending.stored(stored, &self.metrics, &self.health).await,
-            Err(refused) => self.retry(pending, refused),
-        }
-    }
-
-    /// Hands every publish older than `timeout` to a retrying task.
-    fn expire(self: &Arc<Self>, timeout: Duration) {
-        let expired = self.in_flight.lock().expect("in-flight lock").expired(Instant::now(), timeout);
-        for pending in expired {
-            self.retry(pending, Refused::TimedOut);
-        }
-    }
-
-    /// Retries a failed publish in a task of its own until it is stored; one refused for good
-    /// becomes a `publish_refused` dead letter, and a dead letter refused for good is dropped.
-    fn retry(self: &Arc<Self>, mut pending: Pending, failure: Refused) {
-        let this = self.clone();
-        self.tracker.spawn(async move {
-            let mut outcome = this.publisher.retry(&pending.out, failure).await;
-            if let Outcome::Refused(why) = &outcome {
-                if pending.refused.is_none() {
-                    this.warn_refused(&pending.out, why, "storing it as a publish_refused dead letter");
-                    pending.out = this.refused_dead_letter(&pending.out, why);
-                    pending.refused = Some(DlqReason::PublishRefused);
-                    outcome = this.publisher.publish(&pending.out).await;
-                }
-            }
-            match outcome {
-                Outcome::Stored(stored) => pending.stored(stored, &this.metrics, &this.health).await,
-                Outcome::Refused(why) => {
-                    this.warn_refused(&pending.out, &why, "dropping it");
-                    let reason = why.permanent().unwrap_or("other");
-                    pending.dropped(reason, &this.metrics, &this.health).await
-                }
-                Outcome::Abandoned => {}
-            }
-        });
-    }
-
-    fn warn_refused(&self, out: &Outgoing, why: &Refused, action: &str) {
-        if let Some(held_back) = self.refusals.allow_with_count() {
-            let source = out.headers.get(headers::SOURCE).map(|v| v.as_str().to_owned()).unwrap_or_default();
-            tracing::warn!(subject = %out.subject, source, error = %why, held_back, "JetStream refused a publish for good; {action}");
-        }
-    }
-
-    /// The dead letter of a publish JetStream refused for good: the original's source, receipt
-    /// time and (possibly cut) payload on `dlq.publish_refused`, with the refusal and the
-    /// original subject in headers.
-    fn refused_dead_letter(&self, original: &Outgoing, why: &Refused) -> Outgoing {
-        let reason = DlqReason::PublishRefused;
-        let mut h = HeaderMap::new();
-        let msg_id = original.headers.get(headers::MSG_ID).map(|v| v.as_str()).unwrap_or_default();
-        h.insert(headers::MSG_ID, format!("{}:{msg_id}", reason.as_str()));
-        for name in [headers::SOURCE, headers::RECEIVED_AT, headers::TRACEPARENT] {
-            if let Some(value) = original.headers.get(name) {
-                h.insert(name, value.as_str());
-            }
-        }
-        h.insert(headers::DLQ_REASON, reason.as_str());
-        h.insert(headers::DLQ_AT, now_rfc3339());
-        let error = format!("{}: {why}", why.permanent().unwrap_or("other"));
-        h.insert(DLQ_ERROR, crate::header::escape(error.as_bytes(), error.len(), crate::header::MAX_VALUE));
-        let subject = original.subject.as_str();
-        h.insert(
-            DLQ_ORIGINAL_SUBJECT,
-            crate::header::escape(subject.as_bytes(), subject.len(), crate::header::MAX_VALUE),
-        );
-        let limit = self.dlq_payload_limit.min(self.publisher.max_payload().saturating_sub(HEADER_ROOM));
-        let mut payload = original.payload.clone();
-        if payload.len() > limit {
-            h.insert(DLQ_TRUNCATED, payload.len().to_string());
-            payload.truncate(limit);
-        }
-        Outgoing { subject: dlq_subject(reason.as_str()).into(), headers: h, payload }
     }
 
     /// The message to publish and the publish span (a child of `receive`) whose trace context
@@ -446,27 +214,22 @@ impl Pipeline {
             Err(reason) => {
                 h.insert(headers::MSG_ID, mapping::dlq_msg_id(reason, digest));
                 h.insert(headers::DLQ_REASON, reason.as_str());
-                h.insert(headers::DLQ_AT, now_rfc3339());
+                h.insert(headers::DLQ_AT, crate::header::now_rfc3339());
                 let mut payload = event.payload.clone();
                 if let Some(len) = event.cut_from {
                     h.insert(DLQ_TRUNCATED, len.to_string());
                 }
-                if payload.len() > self.dlq_payload_limit {
+                let limit = self.deliveries.dlq_payload_limit();
+                if payload.len() > limit {
                     if event.cut_from.is_none() {
                         h.insert(DLQ_TRUNCATED, payload.len().to_string());
                     }
-                    payload.truncate(self.dlq_payload_limit);
+                    payload.truncate(limit);
                 }
                 (Outgoing { subject, headers: h, payload }, publish)
             }
         }
     }
-}
-
-pub fn now_rfc3339() -> String {
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
-    time::OffsetDateTime::now_utc().format(&format).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -481,7 +244,7 @@ mod tests {
             Origin::Stream { key: "events:critical".into(), id: "1-2".into() }.header(),
             "stream:events:critical:1-2"
         );
-        assert!(now_rfc3339().ends_with('Z'));
+        assert!(crate::header::now_rfc3339().ends_with('Z'));
     }
 
     #[test]

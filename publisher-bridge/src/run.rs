@@ -18,6 +18,7 @@ use crate::health::{Dependency, Health};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::sink::deliveries::Deliveries;
 use crate::sink::jetstream::Publisher;
 use crate::sink::streams::{ensure_streams, StreamsError};
 use crate::source::conn::Target;
@@ -110,18 +111,18 @@ async fn run_connected(
     let tracker = TaskTracker::new();
     let publisher = Arc::new(Publisher::new(js, metrics.clone(), abandon.clone()));
     let dlq_limit = (config.streams.dlq_max_msg_size as usize).min(client.server_info().max_payload.max(1024));
-    let pipeline = Arc::new(Pipeline::new(
+    let deliveries = Arc::new(Deliveries::new(
         publisher.clone(),
         metrics.clone(),
         health.clone(),
-        config.max_in_flight,
         config.publish_timeout,
         tracker.clone(),
         dlq_limit,
     ));
+    let pipeline = Arc::new(Pipeline::new(deliveries.clone(), metrics.clone(), health.clone(), config.max_in_flight));
     let acks = publisher.acknowledgements().await.map_err(BridgeError::Acknowledgements)?;
     let sources_stopped = CancellationToken::new();
-    tracker.spawn(pipeline.clone().confirm(acks, sources_stopped.clone(), abandon.clone()));
+    tracker.spawn(deliveries.confirm(acks, sources_stopped.clone(), abandon.clone()));
 
     let advisories = if config.advisory_dlq {
         let dlq = AdvisoryDlq { client: client.clone(), publisher: publisher.clone(), metrics: metrics.clone() };

@@ -1,8 +1,10 @@
 //! JetStream as the bridge's destination: publishing with retries ([`jetstream`]), the publishes
-//! awaiting their acknowledgement ([`inflight`]), reading an acknowledgement ([`ack`]) and the
+//! awaiting their acknowledgement and the task that reads the acknowledgements ([`deliveries`],
+//! over the token-keyed table of [`inflight`]), reading one acknowledgement ([`ack`]) and the
 //! stream layout the bridge creates or updates at start ([`streams`]).
 
 pub mod ack;
+pub mod deliveries;
 pub mod inflight;
 pub mod jetstream;
 pub mod streams;
