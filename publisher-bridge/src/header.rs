@@ -48,6 +48,7 @@ fn escaped_len(bytes: &[u8]) -> usize {
 }
 
 /// Whether a string [`escape`] produced is fit for a header: visible ASCII only.
+#[cfg(test)]
 pub fn is_escaped(value: &str) -> bool {
     value.bytes().all(|b| matches!(b, 0x21..=0x7e))
 }

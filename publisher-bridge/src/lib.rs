@@ -9,19 +9,19 @@
 //! consumers' dead letters), [`http`], [`metrics`], [`health`], [`header`] (safe header values),
 //! [`shutdown`], [`telemetry`] and [`traces`] (logs and OTLP spans).
 
-pub mod advisory;
+pub(crate) mod advisory;
 pub mod config;
-pub mod header;
-pub mod health;
-pub mod http;
+pub(crate) mod header;
+pub(crate) mod health;
+pub(crate) mod http;
 pub mod mapping;
-pub mod metrics;
-pub mod pipeline;
+pub(crate) mod metrics;
+pub(crate) mod pipeline;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod telemetry;
-pub mod traces;
+pub(crate) mod traces;
 
 mod run;
 

@@ -172,7 +172,7 @@ impl Pipeline {
             // Idle until now: the stall clock starts here, not at the last acknowledgement.
             self.health.progressed();
         }
-        let slot = Slot { permit, metrics: self.metrics.clone() };
+        let slot = Slot::new(permit, self.metrics.clone());
         let receive = std::mem::replace(&mut event.span, Span::none());
         let refused = routed.as_ref().err().copied();
         let (out, publish) = self.outgoing(&event, routed, &digest, &receive);
@@ -180,8 +180,7 @@ impl Pipeline {
             (Some(ack), Origin::Stream { id, .. }) => Some((ack, id)),
             _ => None,
         };
-        let delivery =
-            Delivery { out, publish, refused, received: event.received, xack, charge: event.charge.take(), slot };
+        let delivery = Delivery::new(out, publish, refused, event.received, xack, event.charge.take(), slot);
         self.deliveries.send(delivery).await;
         drop(receive);
     }

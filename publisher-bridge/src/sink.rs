@@ -3,8 +3,8 @@
 //! over the token-keyed table of [`inflight`]), reading one acknowledgement ([`ack`]) and the
 //! stream layout the bridge creates or updates at start ([`streams`]).
 
-pub mod ack;
-pub mod deliveries;
-pub mod inflight;
-pub mod jetstream;
+pub(crate) mod ack;
+pub(crate) mod deliveries;
+pub(crate) mod inflight;
+pub(crate) mod jetstream;
 pub mod streams;

@@ -4,12 +4,12 @@
 //! connection ([`conn`]), and the stream reads' byte budget ([`budget`]). They only read Redis and
 //! hand events to [`crate::pipeline`].
 
-pub mod budget;
-pub mod conn;
-pub mod entries;
-pub mod pubsub;
+pub(crate) mod budget;
+pub(crate) mod conn;
+pub(crate) mod entries;
+pub(crate) mod pubsub;
 pub mod resp;
-pub mod stream;
+pub(crate) mod stream;
 
 /// The most bytes kept of any string Redis sends the readers (a payload, a channel name, a stream
 /// field): one more than the contract's largest event, so that anything longer is known to be

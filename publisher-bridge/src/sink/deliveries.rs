@@ -49,14 +49,20 @@ pub struct Delivery {
     /// The acker and the stream entry id to acknowledge in Redis once stored.
     pub xack: Option<(mpsc::Sender<String>, String)>,
     /// The stream reads' budget held by the entry, released when this is dropped.
-    pub charge: Option<Charge>,
-    pub slot: Slot,
+    _charge: Option<Charge>,
+    _slot: Slot,
 }
 
 /// An in-flight slot: frees the permit and lowers the gauge when dropped.
 pub struct Slot {
-    pub permit: OwnedSemaphorePermit,
-    pub metrics: Arc<Metrics>,
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Slot {
+    pub fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Slot {
+        Slot { _permit: permit, metrics }
+    }
 }
 
 impl Drop for Slot {
@@ -66,6 +72,19 @@ impl Drop for Slot {
 }
 
 impl Delivery {
+    /// What [`Deliveries::send`] publishes, with the guards held until it is finished.
+    pub fn new(
+        out: Outgoing,
+        publish: Span,
+        refused: Option<DlqReason>,
+        received: Instant,
+        xack: Option<(mpsc::Sender<String>, String)>,
+        charge: Option<Charge>,
+        slot: Slot,
+    ) -> Delivery {
+        Delivery { out, publish, refused, received, xack, _charge: charge, _slot: slot }
+    }
+
     /// Records what JetStream did with it and hands a stream entry to the Redis acker.
     async fn stored(self, stored: Stored, metrics: &Metrics, health: &Health) {
         crate::traces::stored(&self.publish, &stored);

@@ -59,6 +59,7 @@ impl<T> InFlight<T> {
     }
 
     /// Entries not taken yet.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
