@@ -1,13 +1,15 @@
 //! One task per accepted WebSocket: a `biased` select over the close control (drain, slow
 //! consumer, admin), the outbound queue, the next client frame and a housekeeping timer
-//! (heartbeat and token re-checks). It ends with a [`Closing`] sent to the client, or because
-//! the client left; either way one audit line and the connection's span record how.
-//! Admission happens before in `handshake`.
+//! (heartbeat and token re-checks). The select does the I/O; when to wake, what a wake-up is due
+//! for and whether a frame is over the rate limit are decided by `timing`. It ends with a
+//! [`Closing`] sent to the client, or because the client left; either way one audit line and the
+//! connection's span record how. Admission happens before in `handshake`.
 
 pub mod handshake;
 pub mod protocol;
 mod replay;
 pub mod resume;
+mod timing;
 
 use crate::app::App;
 use crate::auth::{Diner, Endpoint, Identity};
@@ -16,9 +18,10 @@ use crate::registry::{Outbound, Registration};
 use crate::subscriptions::Lease;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use protocol::{Inbound, RateWindow};
+use protocol::Inbound;
 use std::sync::Arc;
 use std::time::Duration;
+use timing::{Due, Timing};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -84,23 +87,16 @@ impl Session {
     }
 
     async fn serve(&mut self, socket: &mut WebSocket) -> End {
-        let limits = self.app.config.limits.clone();
-        let recheck_every = match self.identity {
-            Identity::Staff(_) => self.app.config.auth.staff_recheck_interval,
-            Identity::Diner(_) => self.app.config.auth.diner_recheck_interval,
-        };
-        let mut last_seen = Instant::now();
-        let mut next_recheck = last_seen + recheck_every;
-        let mut rate = RateWindow::new(std::time::Instant::now());
+        let write_timeout = self.app.config.limits.write_timeout;
+        let mut timing = Timing::new(Instant::now(), self.timing_settings());
         let conn = self.registration.conn.clone();
         loop {
-            let wake = next_recheck.min(last_seen + limits.heartbeat_timeout);
             tokio::select! {
                 biased;
                 reason = conn.control.closed() => return End::Server(reason),
                 event = self.queue.recv() => match event {
                     Some(event) => {
-                        if let Err(end) = Box::pin(self.write_events(socket, event, limits.write_timeout)).await {
+                        if let Err(end) = Box::pin(self.write_events(socket, event, write_timeout)).await {
                             return end;
                         }
                     }
@@ -108,12 +104,11 @@ impl Session {
                 },
                 frame = socket.recv() => match frame {
                     Some(Ok(Message::Text(text))) => {
-                        last_seen = Instant::now();
-                        if !rate.admit(std::time::Instant::now(), limits.message_rate_limit, limits.message_rate_window) {
-                            return End::Server(CloseReason::RATE_LIMITED.into());
+                        if let Err(reason) = timing.on_text(Instant::now()) {
+                            return End::Server(reason.into());
                         }
                         if let Some(reply) = Box::pin(self.answer(&text)).await {
-                            if !send(socket, Message::Text(reply), limits.write_timeout).await {
+                            if !send(socket, Message::Text(reply), write_timeout).await {
                                 return End::Broken;
                             }
                         }
@@ -124,28 +119,44 @@ impl Session {
                         return End::ClientClosed(frame.map(|f| (f.code, f.reason)));
                     }
                     None => return End::ClientClosed(None),
-                    // Control frames are not liveness, but they cost a reply: they count against
-                    // the rate limit (browsers cannot send them; only tools and abusers do).
+                    // Not liveness, but counted against the rate limit (see `Timing`).
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                        if !rate.admit(std::time::Instant::now(), limits.message_rate_limit, limits.message_rate_window) {
-                            return End::Server(CloseReason::RATE_LIMITED.into());
+                        if let Err(reason) = timing.on_control_frame(Instant::now()) {
+                            return End::Server(reason.into());
                         }
                     }
                     Some(Err(error)) => return read_failed(&error),
                 },
-                _ = tokio::time::sleep_until(wake) => {
+                _ = tokio::time::sleep_until(timing.wake_at()) => {
                     let now = Instant::now();
-                    if now >= last_seen + limits.heartbeat_timeout {
-                        return End::Server(CloseReason::HEARTBEAT_TIMEOUT.into());
-                    }
-                    if now >= next_recheck {
-                        if let Some(reason) = Box::pin(self.recheck()).await {
-                            return End::Server(reason.into());
+                    match timing.on_wake(now) {
+                        Due::Nothing => {}
+                        Due::Close(reason) => return End::Server(reason.into()),
+                        Due::Recheck => {
+                            if let Some(reason) = Box::pin(self.recheck()).await {
+                                return End::Server(reason.into());
+                            }
+                            timing.rechecked(now);
                         }
-                        next_recheck = now + recheck_every;
                     }
                 }
             }
+        }
+    }
+
+    /// The heartbeat, re-check interval (staff and diners differ) and rate limit this connection
+    /// runs with.
+    fn timing_settings(&self) -> timing::Settings {
+        let (limits, auth) = (&self.app.config.limits, &self.app.config.auth);
+        let recheck_every = match self.identity {
+            Identity::Staff(_) => auth.staff_recheck_interval,
+            Identity::Diner(_) => auth.diner_recheck_interval,
+        };
+        timing::Settings {
+            heartbeat_timeout: limits.heartbeat_timeout,
+            recheck_every,
+            rate_limit: limits.message_rate_limit,
+            rate_window: limits.message_rate_window,
         }
     }
 

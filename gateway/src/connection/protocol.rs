@@ -1,9 +1,8 @@
-//! The text protocol on an open socket (protocol section 4): what a client frame means, the
-//! replies, and the per-connection rate window (the close codes: [`crate::close`]). Pure logic,
-//! no I/O.
+//! The text protocol on an open socket (protocol section 4): what a client frame means and the
+//! replies (the close codes: [`crate::close`]; the rate window and the timers: `timing`).
+//! Pure logic, no I/O.
 
 use serde::Deserialize;
-use std::time::{Duration, Instant};
 
 /// What a client text frame asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,30 +40,6 @@ pub fn sectors_updated(sectors: &[u64]) -> String {
     format!("sectors_updated:{}", ids.join(","))
 }
 
-/// Fixed window counter: at most `limit` messages in each window, counted from the window's
-/// first message.
-#[derive(Debug, Clone, Copy)]
-pub struct RateWindow {
-    started: Instant,
-    count: u32,
-}
-
-impl RateWindow {
-    pub fn new(now: Instant) -> Self {
-        RateWindow { started: now, count: 0 }
-    }
-
-    /// Counts one message; `false` when it exceeds the limit.
-    pub fn admit(&mut self, now: Instant, limit: u32, window: Duration) -> bool {
-        if now.duration_since(self.started) >= window {
-            self.started = now;
-            self.count = 0;
-        }
-        self.count += 1;
-        self.count <= limit
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,16 +75,5 @@ mod tests {
     fn sector_reply_format() {
         assert_eq!(sectors_updated(&[]), "sectors_updated:");
         assert_eq!(sectors_updated(&[5, 12]), "sectors_updated:5,12");
-    }
-
-    #[test]
-    fn rate_window_admits_the_limit_then_refuses() {
-        let t0 = Instant::now();
-        let mut w = RateWindow::new(t0);
-        for _ in 0..30 {
-            assert!(w.admit(t0, 30, Duration::from_secs(1)));
-        }
-        assert!(!w.admit(t0 + Duration::from_millis(500), 30, Duration::from_secs(1)));
-        assert!(w.admit(t0 + Duration::from_millis(1600), 30, Duration::from_secs(1)), "a new window starts");
     }
 }
