@@ -32,7 +32,7 @@ pub enum StartError {
     AdminListen(std::net::SocketAddr, std::io::Error),
 }
 
-pub struct App {
+pub(crate) struct App {
     pub config: Config,
     pub auth: Authenticator,
     pub revocation: Revocation,

@@ -3,8 +3,8 @@
 //! (ids within the backend's range, `nbf` and a future `iat` within [`CLOCK_SKEW_LEEWAY_SECS`]).
 //! Revocation lives in [`revocation`], its push from Redis in [`push`].
 
-pub mod push;
-pub mod revocation;
+pub(crate) mod push;
+pub(crate) mod revocation;
 mod staff;
 mod table;
 
@@ -14,7 +14,7 @@ pub use table::Diner;
 
 /// The largest id the backend can hold: its ids are signed 64-bit integers (PostgreSQL
 /// `bigint`). A token naming a larger id is malformed: no event could ever match it.
-pub const MAX_ID: u64 = i64::MAX as u64;
+pub(crate) const MAX_ID: u64 = i64::MAX as u64;
 
 /// How far in the future a token's `iat` and `nbf` may lie, for clock skew between the
 /// backend and the gateway. Beyond it the token is refused (4001): a future `iat` would escape
@@ -93,7 +93,7 @@ impl Roles {
 
 /// A verified token.
 #[derive(Debug, Clone)]
-pub enum Identity {
+pub(crate) enum Identity {
     Staff(Staff),
     Diner(Diner),
 }
@@ -165,14 +165,14 @@ impl Authenticator {
 
 /// The origin rule: exact match against the allowed list (browsers never add a trailing `/`);
 /// a missing origin only where allowed.
-pub fn origin_allowed(origin: Option<&str>, config: &AuthConfig) -> bool {
+pub(crate) fn origin_allowed(origin: Option<&str>, config: &AuthConfig) -> bool {
     match origin {
         None => config.allow_missing_origin,
         Some(origin) => config.allowed_origins.iter().any(|allowed| allowed == origin),
     }
 }
 
-pub fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     wire::clock::now_unix()
 }
 

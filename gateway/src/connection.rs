@@ -5,7 +5,7 @@
 //! [`Closing`] sent to the client, or because the client left; either way one audit line and the
 //! connection's span record how. Admission happens before in `handshake`.
 
-pub mod handshake;
+pub(crate) mod handshake;
 pub mod protocol;
 mod replay;
 pub mod resume;
@@ -31,7 +31,7 @@ const WRITE_BATCH: usize = 64;
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// An admitted connection, ready to run once the upgrade completes.
-pub struct Session {
+pub(crate) struct Session {
     pub app: Arc<App>,
     pub identity: Identity,
     /// The diner's token, re-verified on each re-check.
@@ -41,8 +41,9 @@ pub struct Session {
     pub lease: Lease,
     /// Set when the client opted into resume.
     pub resume: Option<resume::Resume>,
-    /// Staff: the token watched for revocations pushed by Redis (closes through the control).
-    pub watch: Option<crate::auth::push::Watch>,
+    /// Staff: the token watched for revocations pushed by Redis (closes through the control);
+    /// held for the session's life, unwatched when dropped.
+    pub _watch: Option<crate::auth::push::Watch>,
 }
 
 /// How a session ended.
@@ -267,12 +268,12 @@ async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> bo
 }
 
 /// Sends the close frame, then waits briefly for the client's so the close is clean.
-pub async fn close(socket: &mut WebSocket, reason: CloseReason) {
+pub(crate) async fn close(socket: &mut WebSocket, reason: CloseReason) {
     close_with(socket, reason.code, reason.reason).await
 }
 
 /// [`close`] with any code and reason (at most 123 bytes, see [`Closing::operator`]).
-pub async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
+pub(crate) async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
     if !send(socket, Message::Close(Some(frame)), CLOSE_LINGER).await {
         return;

@@ -19,31 +19,32 @@
 //!   for resume, recovery and [`catchup`]).
 //! - Telling: [`metrics`], [`audit`], [`telemetry`] (logs, throttles), [`traces`] (OTLP spans).
 
-pub mod admin;
-pub mod app;
-pub mod audit;
+pub(crate) mod admin;
+pub(crate) mod app;
+pub(crate) mod audit;
 pub mod auth;
-pub mod catchup;
-pub mod close;
+pub(crate) mod catchup;
+pub(crate) mod close;
 pub mod config;
 pub mod connection;
-pub mod cors;
-pub mod dispatch;
+pub(crate) mod cors;
+pub(crate) mod dispatch;
 pub mod history;
-pub mod http;
+pub(crate) mod http;
 pub mod listener;
-pub mod metrics;
-pub mod recovery;
-pub mod registry;
-pub mod routing;
-pub mod sectors;
+pub(crate) mod metrics;
+pub(crate) mod recovery;
+pub(crate) mod registry;
+pub(crate) mod routing;
+pub(crate) mod sectors;
 pub mod shutdown;
-pub mod subscriptions;
+pub(crate) mod subscriptions;
 pub mod telemetry;
-pub mod traces;
+pub(crate) mod traces;
 
 pub use app::StartError;
 pub use config::Config;
+pub use recovery::LEADER_ADVISORY;
 
 use std::time::Duration;
 use tokio::net::TcpListener;

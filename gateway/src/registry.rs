@@ -230,7 +230,7 @@ struct Inner {
     per_endpoint: [usize; 4],
 }
 
-pub struct Registry {
+pub(crate) struct Registry {
     capacity: Capacity,
     queue_size: usize,
     next_id: AtomicU64,
@@ -254,7 +254,8 @@ impl Registry {
         Registry { capacity, queue_size, next_id: AtomicU64::new(1), inner: Mutex::default() }
     }
 
-    /// Admits a connection if the limits allow, returning its registration and queue.
+    /// [`Registry::admit_with`] without a peer (the unit tests' connections).
+    #[cfg(test)]
     pub fn admit(
         self: &Arc<Self>,
         endpoint: Endpoint,
@@ -265,7 +266,8 @@ impl Registry {
         self.admit_with(endpoint, audience, key, sectors, ConnInfo::default())
     }
 
-    /// [`Registry::admit`] recording where the connection came from.
+    /// Admits a connection if the limits allow, returning its registration and queue; `info`
+    /// records where it came from.
     pub fn admit_with(
         self: &Arc<Self>,
         endpoint: Endpoint,
@@ -341,6 +343,7 @@ impl Registry {
         self.inner.lock().expect("registry lock").all.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -47,10 +47,6 @@ impl Sectors {
         Sectors { pool, ttl, cache: Mutex::default(), metrics }
     }
 
-    pub fn configured(&self) -> bool {
-        self.pool.is_some()
-    }
-
     /// The waiter's sectors, from the cache while it is fresh.
     pub async fn get(&self, tenant_id: u64, waiter_id: u64) -> Arc<[u64]> {
         if let Some((at, sectors)) = self.cache.lock().expect("sector cache").get(&(tenant_id, waiter_id)) {

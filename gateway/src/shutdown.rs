@@ -25,7 +25,7 @@ pub fn on_signal() -> CancellationToken {
 }
 
 /// Drains the instance; returns once every session ended or the shutdown timeout passed.
-pub async fn drain(app: &App) {
+pub(crate) async fn drain(app: &App) {
     let started = Instant::now();
     let deadline = started + app.config.shutdown_timeout;
     app.draining.cancel();

@@ -23,7 +23,7 @@ async fn live_subs(stack: &Stack, instance: &str) -> Vec<String> {
         .map(|l| {
             l.iter()
                 .filter_map(|s| s.as_str())
-                .filter(|s| !s.starts_with("_INBOX") && *s != gateway::recovery::LEADER_ADVISORY)
+                .filter(|s| !s.starts_with("_INBOX") && *s != gateway::LEADER_ADVISORY)
                 .map(String::from)
                 .collect()
         })

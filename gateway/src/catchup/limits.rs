@@ -63,6 +63,7 @@ impl CatchupLimits {
     }
 
     /// Requests in progress.
+    #[cfg(test)]
     pub fn in_progress(&self) -> usize {
         self.state.lock().expect("catch-up limits lock").total
     }

@@ -123,7 +123,7 @@ async fn admit(
         request: super::resume::parse(&value, query_param(query, super::resume::EPOCH_PARAM).as_deref()),
         mark: None,
     });
-    Ok(Session { app: app.clone(), identity, table_token, registration, queue, lease, resume, watch })
+    Ok(Session { app: app.clone(), identity, table_token, registration, queue, lease, resume, _watch: watch })
 }
 
 /// RFC 6455 section 4.2.1: exactly one `Sec-WebSocket-Key`, the base64 encoding of a 16-byte

@@ -101,6 +101,7 @@ impl Index {
         self.by_user.values().map(Vec::len).sum()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.by_user.is_empty()
     }
