@@ -7,9 +7,11 @@
 //! are shared too.
 //!
 //! It owns no I/O of its own. The `nats` feature adds the shared NATS connection settings
-//! ([`natsconn`]); the `otel` feature adds the logging and OTLP trace set-up both services use
-//! ([`otel`]); the `server` feature the bounded HTTP/1.1 listener loop ([`http_server`]). The
-//! test fixtures are a crate of their own, `testkit`, a dev-dependency only.
+//! ([`natsconn`]); the `redis` feature the shared Redis settings ([`redisconn`]); both build on
+//! the `tls` feature's CA and client certificate files ([`tls`]); the `otel` feature adds the
+//! logging and OTLP trace set-up both services use ([`otel`]); the `server` feature the bounded
+//! HTTP/1.1 listener loop ([`http_server`]). The test fixtures are a crate of their own,
+//! `testkit`, a dev-dependency only.
 //!
 //! # Layout
 //!
@@ -17,8 +19,10 @@
 //!   [`dedup`].
 //! - Tokens, settings and time: [`tokens`], [`settings`] (typed environment, secrets masked),
 //!   [`clock`], [`throttle`] (one log line per interval), [`backoff`] (every retry loop's delays).
+//! - Reaching the dependencies: [`natsconn`] (`nats`), [`redisconn`] (`redis`), [`tls`] (`tls`:
+//!   the CA, client certificate and key of each).
 //! - Serving and telling: [`http_server`] (`server`), [`exposition`] (Prometheus text or
-//!   OpenMetrics), [`otel`] (`otel`), [`natsconn`] (`nats`).
+//!   OpenMetrics), [`otel`] (`otel`: OTLP over HTTP or gRPC, plain or TLS).
 
 pub mod backoff;
 pub mod clock;
