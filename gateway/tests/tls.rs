@@ -106,16 +106,7 @@ async fn events_revocation_and_traces_over_mutual_tls() {
     bridge_env.extend(nats.env(NatsUser::Bridge));
     bridge_env.extend(redis_tls_env(&redis, &pki));
     bridge_env.extend(otlp_tls_env(&grpc, "grpc", &pki));
-    let bridge_config =
-        publisher_bridge::Config::from_lookup(|k| bridge_env.get(k).cloned()).unwrap_or_else(|e| panic!("{e}"));
-    let telemetry = publisher_bridge::telemetry::install(&bridge_config).unwrap();
-    assert!(telemetry.exporting());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let bridge_ready = format!("http://{}/readyz", listener.local_addr().unwrap());
-    let stop_bridge = CancellationToken::new();
-    let bridge = tokio::spawn(publisher_bridge::run(bridge_config, listener, stop_bridge.clone()));
-    wait_until("the bridge is ready", || async { matches!(testkit::http_get(&bridge_ready).await, Ok((200, _))) })
-        .await;
+    let bridge = ExportingBridge::start(&bridge_env).await;
 
     // The gateway binary: revocation over TLS, NATS over mutual TLS, spans over https.
     let port = testkit::free_port();
@@ -180,13 +171,8 @@ async fn events_revocation_and_traces_over_mutual_tls() {
     waiter.ping().await;
     waiter.close().await;
 
-    stop_bridge.cancel();
-    tokio::time::timeout(SOON, bridge).await.unwrap().unwrap().unwrap();
-    telemetry.shutdown().await;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(gateway.id().unwrap() as i32), nix::sys::signal::Signal::SIGTERM)
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), gateway.wait()).await.unwrap().unwrap();
-    assert_eq!(status.code(), Some(0));
+    bridge.stop().await;
+    terminate(&mut gateway).await;
 
     wait_until("the bridge's spans arrived over gRPC", || async { grpc.named("bridge.publish").len() == 2 }).await;
     wait_until("the gateway's spans arrived over https", || async { https.named("gateway.route").len() == 2 }).await;

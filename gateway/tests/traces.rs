@@ -15,10 +15,8 @@ use harness::*;
 use redis::AsyncCommands;
 use std::collections::HashMap;
 use std::process::Stdio;
-use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_util::sync::CancellationToken;
 
 fn vars(pairs: &[(&str, String)]) -> HashMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
@@ -37,16 +35,7 @@ async fn one_event_is_one_trace_across_bridge_and_gateway() {
         ("OTEL_TRACES_SAMPLER", "always_on".into()),
     ]);
     bridge_env.extend(stack.bridge_nats_env());
-    let bridge_config =
-        publisher_bridge::Config::from_lookup(|k| bridge_env.get(k).cloned()).unwrap_or_else(|e| panic!("{e}"));
-    let telemetry = publisher_bridge::telemetry::install(&bridge_config).unwrap();
-    assert!(telemetry.exporting());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let bridge_ready = format!("http://{}/readyz", listener.local_addr().unwrap());
-    let stop_bridge = CancellationToken::new();
-    let bridge = tokio::spawn(publisher_bridge::run(bridge_config, listener, stop_bridge.clone()));
-    wait_until("the bridge is ready", || async { matches!(testkit::http_get(&bridge_ready).await, Ok((200, _))) })
-        .await;
+    let bridge = ExportingBridge::start(&bridge_env).await;
 
     // The gateway binary: roots sampled at ratio 1, children follow their parent's decision.
     let port = testkit::free_port();
@@ -99,13 +88,8 @@ async fn one_event_is_one_trace_across_bridge_and_gateway() {
     .await;
 
     // Stop both; each flushes its spans on the way out.
-    stop_bridge.cancel();
-    tokio::time::timeout(SOON, bridge).await.unwrap().unwrap().unwrap();
-    telemetry.shutdown().await;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(gateway.id().unwrap() as i32), nix::sys::signal::Signal::SIGTERM)
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), gateway.wait()).await.unwrap().unwrap();
-    assert_eq!(status.code(), Some(0));
+    bridge.stop().await;
+    terminate(&mut gateway).await;
 
     wait_until("the gateway's spans arrived", || async {
         !receiver.named("gateway.fan_out").is_empty() && receiver.named("gateway.connection").len() == 2

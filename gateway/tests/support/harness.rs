@@ -455,3 +455,43 @@ pub fn without_cursor(text: &str) -> String {
     };
     format!("{{{rest}")
 }
+
+// Trace tests: a bridge exporting spans in this process, the gateway binary beside it.
+
+/// A publisher-bridge run in this process with logging and span export installed as its binary
+/// installs them (the subscriber is global: one per test process).
+pub struct ExportingBridge {
+    telemetry: wire::otel::Telemetry,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), publisher_bridge::BridgeError>>,
+}
+
+impl ExportingBridge {
+    /// Starts the bridge with `env` (its export must be on) and waits until it is ready.
+    pub async fn start(env: &HashMap<String, String>) -> ExportingBridge {
+        let config = publisher_bridge::Config::from_lookup(|k| env.get(k).cloned()).unwrap_or_else(|e| panic!("{e}"));
+        let telemetry = publisher_bridge::telemetry::install(&config).unwrap();
+        assert!(telemetry.exporting(), "the bridge exports spans");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ready = format!("http://{}/readyz", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(publisher_bridge::run(config, listener, stop.clone()));
+        wait_until("the bridge is ready", || async { matches!(testkit::http_get(&ready).await, Ok((200, _))) }).await;
+        ExportingBridge { telemetry, stop, task }
+    }
+
+    /// Stops the bridge, which must end cleanly, and flushes its spans.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(SOON, self.task).await.expect("the bridge stopped in time").unwrap().unwrap();
+        self.telemetry.shutdown().await;
+    }
+}
+
+/// SIGTERM to a gateway binary, which must drain, flush and exit 0 within 20 s.
+pub async fn terminate(gateway: &mut tokio::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(gateway.id().expect("the gateway is running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), gateway.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
