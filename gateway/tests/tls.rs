@@ -46,6 +46,8 @@ fn otlp_tls_env(receiver: &otlp::Receiver, protocol: &str, pki: &Pki) -> Vec<(St
         ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE".into(), path(cert)),
         ("OTEL_EXPORTER_OTLP_CLIENT_KEY".into(), path(key)),
         ("OTEL_TRACES_SAMPLER".into(), "always_on".into()),
+        // A vendor's API key, as gRPC metadata or an HTTP header.
+        ("OTEL_EXPORTER_OTLP_HEADERS".into(), "x-api-key=k%3Dsecret".into()),
     ]
 }
 
@@ -179,6 +181,10 @@ async fn events_revocation_and_traces_over_mutual_tls() {
     assert!(grpc.spans().iter().all(|s| s.service == "publisher-bridge"), "{:#?}", grpc.spans());
     assert!(https.spans().iter().all(|s| s.service == "realtime-gateway"), "{:#?}", https.spans());
     assert_eq!(grpc.named("bridge.publish")[0].trace_id, https.named("gateway.route")[0].trace_id);
+    for receiver in [&grpc, &https] {
+        let keys = receiver.api_keys();
+        assert!(!keys.is_empty() && keys.iter().all(|k| k == "k=secret"), "{}: {keys:?}", receiver.url);
+    }
 }
 
 /// Runs the gateway with `env` and returns its exit code and output (logs and stderr); it must

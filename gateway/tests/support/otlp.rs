@@ -36,9 +36,19 @@ impl Span {
     }
 }
 
+/// What the receiver got: the spans, and the `x-api-key` header of each export request (the
+/// header a vendor's endpoint authenticates with, from `OTEL_EXPORTER_OTLP_HEADERS`).
+#[derive(Default)]
+struct Received {
+    spans: Mutex<Vec<Span>>,
+    api_keys: Mutex<Vec<String>>,
+}
+
+const API_KEY: &str = "x-api-key";
+
 pub struct Receiver {
     pub url: String,
-    spans: Arc<Mutex<Vec<Span>>>,
+    received: Arc<Received>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -58,18 +68,18 @@ pub struct Tls<'a> {
 impl Receiver {
     /// OTLP/HTTP on `http://`.
     pub async fn start() -> Receiver {
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let app = axum::Router::new().route("/v1/traces", post(receive)).with_state(spans.clone());
+        let received = Arc::new(Received::default());
+        let app = axum::Router::new().route("/v1/traces", post(receive)).with_state(received.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Receiver { url, spans, task }
+        Receiver { url, received, task }
     }
 
     /// OTLP/HTTP on `https://localhost:<port>`.
     pub async fn start_https(tls: Tls<'_>) -> Receiver {
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let app = axum::Router::new().route("/v1/traces", post(receive)).with_state(spans.clone());
+        let received = Arc::new(Received::default());
+        let app = axum::Router::new().route("/v1/traces", post(receive)).with_state(received.clone());
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(&tls)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://localhost:{}", listener.local_addr().unwrap().port());
@@ -87,13 +97,13 @@ impl Receiver {
                 });
             }
         });
-        Receiver { url, spans, task }
+        Receiver { url, received, task }
     }
 
     /// OTLP/gRPC on `http://` (no `tls`) or `https://localhost:<port>`.
     pub async fn start_grpc(tls: Option<Tls<'_>>) -> Receiver {
         use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
-        let spans = Arc::new(Mutex::new(Vec::new()));
+        let received = Arc::new(Received::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let mut server = tonic::transport::Server::builder();
@@ -112,16 +122,21 @@ impl Receiver {
                 format!("https://localhost:{port}")
             }
         };
-        let router = server.add_service(TraceServiceServer::new(Grpc { spans: spans.clone() }));
+        let router = server.add_service(TraceServiceServer::new(Grpc { received: received.clone() }));
         let incoming = tokio_stream_of(listener);
         let task = tokio::spawn(async move {
             let _ = router.serve_with_incoming(incoming).await;
         });
-        Receiver { url, spans, task }
+        Receiver { url, received, task }
     }
 
     pub fn spans(&self) -> Vec<Span> {
-        self.spans.lock().unwrap().clone()
+        self.received.spans.lock().unwrap().clone()
+    }
+
+    /// The `x-api-key` header of every export request so far (empty when a request had none).
+    pub fn api_keys(&self) -> Vec<String> {
+        self.received.api_keys.lock().unwrap().clone()
     }
 
     /// Every span named `name`.
@@ -166,7 +181,7 @@ fn server_config(tls: &Tls<'_>) -> rustls::ServerConfig {
 }
 
 struct Grpc {
-    spans: Arc<Mutex<Vec<Span>>>,
+    received: Arc<Received>,
 }
 
 #[tonic::async_trait]
@@ -175,16 +190,24 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        record(&self.spans, request.into_inner());
+        let key = request.metadata().get(API_KEY).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        self.received.api_keys.lock().unwrap().push(key);
+        record(&self.received.spans, request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
-async fn receive(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: Bytes) -> (StatusCode, Vec<u8>) {
+async fn receive(
+    State(received): State<Arc<Received>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> (StatusCode, Vec<u8>) {
+    let key = headers.get(API_KEY).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    received.api_keys.lock().unwrap().push(key);
     let Ok(request) = ExportTraceServiceRequest::decode(body) else {
         return (StatusCode::BAD_REQUEST, Vec::new());
     };
-    record(&spans, request);
+    record(&received.spans, request);
     (StatusCode::OK, ExportTraceServiceResponse::default().encode_to_vec())
 }
 
