@@ -157,7 +157,7 @@ pub struct Config {
     pub consumer_group: String,
     pub group_start: GroupStart,
     pub read_count: usize,
-    /// Bytes of stream entries read and not yet finished ([`crate::source::budget`]).
+    /// Bytes of stream entries read and not yet finished ([`crate::budget`]).
     pub read_max_bytes: usize,
     /// In flight this long without a finished publish: not ready ([`crate::health`]).
     pub stall_timeout: Duration,

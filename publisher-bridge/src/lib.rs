@@ -10,6 +10,7 @@
 //! [`shutdown`], [`telemetry`] and [`traces`] (logs and OTLP spans).
 
 pub(crate) mod advisory;
+pub(crate) mod budget;
 pub mod config;
 pub(crate) mod header;
 pub(crate) mod health;

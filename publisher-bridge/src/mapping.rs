@@ -289,7 +289,7 @@ mod tests {
         /// bounded header value without CR, LF, controls or non-ASCII.
         #[test]
         fn any_channel_name_gives_a_safe_source(name in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
-            let origin = crate::pipeline::Origin::pubsub(&crate::source::resp::Blob::whole(name.clone().into()));
+            let origin = crate::pipeline::Origin::pubsub(&name, name.len());
             let header = origin.header();
             proptest::prop_assert!(header.len() <= "pubsub:".len() + crate::header::MAX_VALUE, "{}", header.len());
             proptest::prop_assert!(crate::header::is_escaped(&header), "{header:?}");
@@ -314,7 +314,7 @@ mod tests {
             let channel = Channel::parse(name.as_bytes());
             proptest::prop_assert!(channel.is_some(), "{}", name);
             proptest::prop_assert_eq!(channel.unwrap().to_string(), name.clone());
-            let origin = crate::pipeline::Origin::pubsub(&crate::source::resp::Blob::whole(name.clone().into_bytes().into()));
+            let origin = crate::pipeline::Origin::pubsub(name.as_bytes(), name.len());
             proptest::prop_assert_eq!(origin.header(), format!("pubsub:{name}"));
         }
 

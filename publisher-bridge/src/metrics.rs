@@ -62,6 +62,19 @@ pub struct ConnLabel {
 const LATENCY_BUCKETS: [f64; 16] =
     [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
 
+/// The `reason` label values of `bridge_events_dropped_total`: why JetStream refused a publish for
+/// good (`sink::ack::Refused::permanent`; also the start of a `publish_refused` dead letter's
+/// `Dlq-Error` header), or `other`.
+pub const DROPPED_REASONS: [&str; 7] = [
+    "message_too_large",
+    "header_too_large",
+    "expected_mismatch",
+    "bad_request",
+    "stream_sealed",
+    "max_payload",
+    "other",
+];
+
 pub struct Metrics {
     pub registry: Registry,
     /// What the HTTP listener refused or timed out.
@@ -123,7 +136,7 @@ impl Metrics {
         for reason in DlqReason::all() {
             let _ = m.dead_lettered.get_or_create(&ReasonLabel { reason: reason.as_str() });
         }
-        for reason in crate::sink::ack::PERMANENT.into_iter().chain(["other"]) {
+        for reason in DROPPED_REASONS {
             let _ = m.dropped.get_or_create(&ReasonLabel { reason });
         }
         for connection in [RedisConn::Pubsub, RedisConn::Stream] {

@@ -18,13 +18,12 @@ use wire::dedup::Dedup;
 use wire::headers;
 use wire::subject::{dlq_subject, EventSubject};
 
+use crate::budget::Charge;
 use crate::health::Health;
 use crate::mapping::{self, Channel, DlqReason, Via};
 use crate::metrics::{Metrics, Source};
 use crate::sink::deliveries::{Deliveries, Delivery, Slot, DLQ_TRUNCATED};
 use crate::sink::jetstream::Outgoing;
-use crate::source::budget::Charge;
-use crate::source::resp::Blob;
 
 /// How long this bridge remembers the events it took, to skip their further pub/sub copies
 /// (remembered between one and two windows). The copies of one event arrive within
@@ -45,11 +44,12 @@ pub enum Origin {
 }
 
 impl Origin {
-    /// The origin of a pub/sub message on the channel named `name` (as the reader kept it).
-    pub fn pubsub(name: &Blob) -> Origin {
-        match (name.is_cut(), Channel::parse(&name.head)) {
+    /// The origin of a pub/sub message on the channel whose name is `len` bytes long, of which
+    /// the reader kept `head`.
+    pub fn pubsub(head: &[u8], len: usize) -> Origin {
+        match (head.len() < len, Channel::parse(head)) {
             (false, Some(channel)) => Origin::PubSub(channel),
-            _ => Origin::BadChannel(crate::header::escape(&name.head, name.len, crate::header::MAX_VALUE).into()),
+            _ => Origin::BadChannel(crate::header::escape(head, len, crate::header::MAX_VALUE).into()),
         }
     }
 
@@ -102,11 +102,11 @@ impl Incoming {
         Incoming { payload, origin, refused, cut_from: None, charge: None, received: Instant::now(), received_us, span }
     }
 
-    /// An event whose payload the reader may have cut: a cut one is `too_large` (unless already
-    /// refused for its channel) and keeps its head for the dead letter.
-    pub fn from_blob(payload: Blob, origin: Origin) -> Incoming {
-        let cut = payload.is_cut().then_some(payload.len);
-        let mut event = Incoming::new(payload.head, origin);
+    /// An event `len` bytes long of which the reader kept `head`: a cut one is `too_large`
+    /// (unless already refused for its channel) and keeps its head for the dead letter.
+    pub fn read(head: Bytes, len: usize, origin: Origin) -> Incoming {
+        let cut = (head.len() < len).then_some(len);
+        let mut event = Incoming::new(head, origin);
         if cut.is_some() {
             event.cut_from = cut;
             event.refused = event.refused.or(Some(DlqReason::Invalid(wire::envelope::Reject::TooLarge)));
@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn source_header_names_channel_or_entry() {
-        let pubsub = |name: &[u8]| Origin::pubsub(&Blob::whole(Bytes::copy_from_slice(name))).header();
+        let pubsub = |name: &[u8]| Origin::pubsub(name, name.len()).header();
         assert_eq!(pubsub(b"branch:1:admin"), "pubsub:branch:1:admin");
         assert_eq!(
             Origin::Stream { key: "events:critical".into(), id: "1-2".into() }.header(),
@@ -248,14 +248,14 @@ mod tests {
 
     #[test]
     fn bad_channels_get_a_safe_bounded_source() {
-        let pubsub = |name: &[u8]| Origin::pubsub(&Blob::whole(Bytes::copy_from_slice(name)));
+        let pubsub = |name: &[u8]| Origin::pubsub(name, name.len());
         let injected = pubsub(b"branch:1:waiters\r\nX-Injected: yes");
         assert!(matches!(injected, Origin::BadChannel(_)));
         assert_eq!(injected.header(), "pubsub:branch:1:waiters\\x0d\\x0aX-Injected:\\x20yes");
         let huge = pubsub(&vec![b'x'; 65_536]).header();
         assert!(huge.len() <= 7 + crate::header::MAX_VALUE && huge.ends_with("...[65536B]"), "{huge}");
         // Cut by the reader: a prefix that parses is still refused.
-        let cut = Origin::pubsub(&Blob { head: Bytes::from_static(b"session:1"), len: 2_000_000 });
+        let cut = Origin::pubsub(b"session:1", 2_000_000);
         assert_eq!(cut.header(), "pubsub:session:1...[2000000B]");
         let incoming = Incoming::new(Bytes::new(), cut);
         assert_eq!(incoming.refused, Some(DlqReason::BadChannel));
@@ -265,8 +265,8 @@ mod tests {
 
     #[test]
     fn cut_payloads_are_too_large() {
-        let origin = Origin::pubsub(&Blob::whole(Bytes::from_static(b"branch:1:waiters")));
-        let event = Incoming::from_blob(Blob { head: Bytes::from_static(b"{\"type\""), len: 70_000 }, origin);
+        let origin = Origin::pubsub(b"branch:1:waiters", 16);
+        let event = Incoming::read(Bytes::from_static(b"{\"type\""), 70_000, origin);
         assert_eq!(event.refused.map(DlqReason::as_str), Some("too_large"));
         assert_eq!(event.cut_from, Some(70_000));
     }

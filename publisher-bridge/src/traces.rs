@@ -5,7 +5,6 @@
 //! goes into the message's headers, so the gateway's routing span becomes its child. Every
 //! constructor returns `Span::none()` when export is off.
 
-use crate::sink::ack::Stored;
 use tracing::field::Empty;
 use tracing::Span;
 use wire::otel::TARGET;
@@ -64,11 +63,11 @@ pub fn mapped(receive: &Span, dead_letter: Option<&'static str>) {
 }
 
 /// Records JetStream's acknowledgement on the publish span.
-pub fn stored(publish: &Span, ack: &Stored) {
+pub fn stored(publish: &Span, stream: &str, sequence: u64, duplicate: bool) {
     if !publish.is_disabled() {
         publish
-            .record("jetstream.stream", ack.stream.as_str())
-            .record("jetstream.sequence", ack.sequence)
-            .record("jetstream.duplicate", ack.duplicate);
+            .record("jetstream.stream", stream)
+            .record("jetstream.sequence", sequence)
+            .record("jetstream.duplicate", duplicate);
     }
 }

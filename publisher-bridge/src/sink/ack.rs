@@ -48,11 +48,6 @@ pub enum Refused {
     MaxPayload,
 }
 
-/// Why a publish was refused for good: the `reason` label of `bridge_events_dropped_total` and
-/// the start of a `publish_refused` dead letter's `Dlq-Error` header.
-pub const PERMANENT: [&str; 6] =
-    ["message_too_large", "header_too_large", "expected_mismatch", "bad_request", "stream_sealed", "max_payload"];
-
 impl Refused {
     pub fn in_process_elsewhere(&self) -> bool {
         matches!(self, Refused::Api { err_code: IN_PROCESS_ELSEWHERE, .. })
@@ -171,8 +166,10 @@ mod tests {
         ] {
             assert_eq!(transient.permanent(), None, "{transient}");
         }
-        for reason in PERMANENT {
-            assert!(PERMANENT.iter().filter(|r| **r == reason).count() == 1);
+        // Each permanent reason is a label value the metrics declare up front.
+        for refused in [api(10054), api(10097), api(10071), api(10003), Refused::MaxPayload] {
+            let reason = refused.permanent().unwrap();
+            assert!(crate::metrics::DROPPED_REASONS.contains(&reason), "{reason}");
         }
     }
 

@@ -18,13 +18,13 @@ use wire::headers;
 use wire::subject::dlq_subject;
 use wire::throttle::Throttle;
 
+use crate::budget::Charge;
 use crate::health::Health;
 use crate::mapping::DlqReason;
 use crate::metrics::Metrics;
 use crate::sink::ack::{self, Refused, Stored};
 use crate::sink::inflight::InFlight;
 use crate::sink::jetstream::{token_of, Outcome, Outgoing, Publisher};
-use crate::source::budget::Charge;
 
 /// Header stating that a dead letter's payload was cut, with the original length in bytes.
 pub const DLQ_TRUNCATED: &str = "Dlq-Truncated-From";
@@ -87,7 +87,7 @@ impl Delivery {
 
     /// Records what JetStream did with it and hands a stream entry to the Redis acker.
     async fn stored(self, stored: Stored, metrics: &Metrics, health: &Health) {
-        crate::traces::stored(&self.publish, &stored);
+        crate::traces::stored(&self.publish, &stored.stream, stored.sequence, stored.duplicate);
         if stored.duplicate {
             metrics.duplicates.inc();
         } else if let Some(reason) = self.refused {

@@ -136,7 +136,8 @@ impl PubSubSource {
                 };
                 match frame.into_push() {
                     Push::Message { channel, payload } => {
-                        let event = Incoming::from_blob(payload, Origin::pubsub(&channel));
+                        let event =
+                            Incoming::read(payload.head, payload.len, Origin::pubsub(&channel.head, channel.len));
                         // A shutdown while waiting for an in-flight slot drops this message:
                         // pub/sub is at-most-once, and the stream path keeps such entries pending.
                         tokio::select! {

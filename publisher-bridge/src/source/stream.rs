@@ -21,7 +21,7 @@
 //! at most [`crate::source::BULK_CAP`] bytes of any field (a longer `data` is dead-lettered as
 //! `too_large` with its head), and every read, XAUTOCLAIM included, asks for no more entries
 //! than fit the byte budget `BRIDGE_READ_MAX_BYTES` of entries read and not yet finished
-//! ([`crate::source::budget`]).
+//! ([`crate::budget`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,12 +33,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::budget::ReadBudget;
 use crate::config::Config;
 use crate::health::{Dependency, Health};
 use crate::mapping::DlqReason;
 use crate::metrics::Metrics;
 use crate::pipeline::{Incoming, Origin, Pipeline};
-use crate::source::budget::ReadBudget;
 use crate::source::conn::{Conn, Target};
 use crate::source::entries::{self, Entry};
 use crate::source::BULK_CAP;
@@ -207,7 +207,7 @@ impl StreamSource {
         let charge = self.budget.charge(entry.cost);
         let origin = Origin::Stream { key: self.key.clone(), id: entry.id };
         let mut event = match entries::data_field(fields) {
-            Ok(data) => Incoming::from_blob(data, origin),
+            Ok(data) => Incoming::read(data.head, data.len, origin),
             Err(fields_json) => {
                 let mut event = Incoming::new(Bytes::from(fields_json), origin);
                 event.refused = Some(DlqReason::NoData);

@@ -1,5 +1,6 @@
-//! The stream reads' memory bound: a byte budget (`BRIDGE_READ_MAX_BYTES`) for the entries read
-//! from `events:critical` and not yet finished (stored in JetStream, or dropped). Each entry is
+//! The readers' memory bounds: [`BULK_CAP`], the most bytes kept of any one string Redis sends,
+//! and the stream reads' byte budget (`BRIDGE_READ_MAX_BYTES`) for the entries read from
+//! `events:critical` and not yet finished (stored in JetStream, or dropped). Each entry is
 //! charged what the reader kept of it (strings cut at [`BULK_CAP`]) and releases its charge when
 //! its last holder drops it ([`Charge`]); each read asks for as many entries as fit the budget
 //! left if each were as large as the largest entry seen lately, never fewer than one (so the
@@ -10,7 +11,10 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::source::BULK_CAP;
+/// The most bytes kept of any string Redis sends the readers (a payload, a channel name, a stream
+/// field): one more than the contract's largest event, so that anything longer is known to be
+/// `too_large` without keeping it. The rest of a longer string is discarded as it arrives.
+pub const BULK_CAP: usize = wire::envelope::MAX_EVENT_BYTES + 1;
 
 /// The size assumed for an entry before any is seen: one field cut at [`BULK_CAP`] with room
 /// for its id and field name.
