@@ -48,9 +48,9 @@ pub(crate) struct App {
     /// Every running session; shutdown waits on it.
     pub sessions: TaskTracker,
     /// Catch-up requests in progress, per caller and in all.
-    pub catchup: Arc<crate::catchup::CatchupLimits>,
+    pub catchup: Arc<crate::catchup::limits::CatchupLimits>,
     /// `/ws/health/detailed`'s dependency checks, shared by the requests of one second.
-    pub dependencies: crate::http::DependencyCache,
+    pub dependencies: crate::http::dependencies::DependencyCache,
 }
 
 impl App {
@@ -94,7 +94,7 @@ impl App {
             Arc::new(Subscriptions::new(nats.clone(), link, dispatcher, config.unsubscribe_delay, metrics.clone()));
         let sectors =
             Sectors::new(config.database_url.as_ref().map(|u| u.expose()), config.sector_cache_ttl, metrics.clone());
-        let catchup = crate::catchup::CatchupLimits::new(config.catchup_per_caller, config.catchup_concurrency);
+        let catchup = crate::catchup::limits::CatchupLimits::new(config.catchup_per_caller, config.catchup_concurrency);
         Ok(Arc::new(App {
             auth: Authenticator::new(&config.auth),
             config,
@@ -108,7 +108,7 @@ impl App {
             draining: CancellationToken::new(),
             sessions: TaskTracker::new(),
             catchup,
-            dependencies: crate::http::DependencyCache::default(),
+            dependencies: crate::http::dependencies::DependencyCache::default(),
         }))
     }
 

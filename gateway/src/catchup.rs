@@ -61,9 +61,9 @@ fn token<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str,
         .ok_or_else(|| Unprocessable(format!("{name} is required")))
 }
 
-mod limits;
+pub(crate) mod limits;
 
-pub use limits::{Caller, CatchupLimits};
+pub use limits::Caller;
 
 /// How long a refused caller should wait before asking again, in seconds.
 const RETRY_AFTER: &str = "1";

@@ -17,6 +17,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) mod dependencies;
+
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so that connections
@@ -85,30 +87,6 @@ fn up(result: Result<Value, String>) -> (bool, Value) {
     }
 }
 
-/// How long one round of dependency checks answers `/ws/health/detailed`.
-const DEPENDENCIES_TTL: Duration = Duration::from_secs(1);
-
-/// The last round of dependency checks: `/ws/health/detailed` is unauthenticated, and each round
-/// costs a JetStream request, a Redis PING and a database query, so at most one round runs per
-/// [`DEPENDENCIES_TTL`] however many requests come (the others wait for it and share its answer).
-#[derive(Default)]
-pub struct DependencyCache(tokio::sync::Mutex<Option<(std::time::Instant, bool, Value)>>);
-
-impl DependencyCache {
-    /// Whether every dependency is up, and their states.
-    async fn get(&self, app: &App) -> (bool, Value) {
-        let mut last = self.0.lock().await;
-        if let Some((at, healthy, deps)) = last.as_ref() {
-            if at.elapsed() < DEPENDENCIES_TTL {
-                return (*healthy, deps.clone());
-            }
-        }
-        let (healthy, deps) = check_dependencies(app).await;
-        *last = Some((std::time::Instant::now(), healthy, deps.clone()));
-        (healthy, deps)
-    }
-}
-
 async fn check_dependencies(app: &App) -> (bool, Value) {
     let nats = up(if app.nats_connected() { Ok(json!({})) } else { Err("not connected".into()) });
     let jetstream = up(jetstream_state(app).await);
@@ -122,7 +100,7 @@ async fn check_dependencies(app: &App) -> (bool, Value) {
 }
 
 async fn health_detailed(State(app): State<Arc<App>>) -> Response {
-    let (up, dependencies) = app.dependencies.get(&app).await;
+    let (up, dependencies) = app.dependencies.get(check_dependencies(&app)).await;
     let healthy = up && !app.is_draining();
     let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({

@@ -19,6 +19,9 @@
 //!   for resume, recovery and [`catchup`]).
 //! - Telling: [`metrics`], [`audit`], [`telemetry`] (logs, throttles), [`traces`] (OTLP spans).
 
+// The layout above names crate-private modules on purpose (`cargo doc --document-private-items`).
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub(crate) mod admin;
 pub(crate) mod app;
 pub(crate) mod audit;

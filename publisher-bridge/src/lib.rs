@@ -2,12 +2,17 @@
 //! and stores every event exactly once in the JetStream `EVENTS` stream under
 //! `events.<tenant>.<branch>.<role>`, or in `EVENTS_DLQ` under `dlq.<reason>` when it is refused.
 //!
-//! [`run`] is the one entry point (the binary and the tests call it). Modules: [`config`]
-//! (environment), [`source`] (Redis readers), [`mapping`] (event → subject / reason),
-//! [`pipeline`] (mapping, copy window, in-flight bound, headers), [`sink`] (JetStream publishing,
-//! the acknowledgements and retries of what is in flight, stream layout), [`advisory`] (durable
-//! consumers' dead letters), [`http`], [`metrics`], [`health`], [`header`] (safe header values),
-//! [`shutdown`], [`telemetry`] and [`traces`] (logs and OTLP spans).
+//! [`run`] is the one entry point (the binary and the tests call it). Modules, in the order data
+//! flows (each imports only from those after it): [`source`] (Redis readers), [`pipeline`]
+//! (mapping, copy window, in-flight bound, headers), [`sink`] (JetStream publishing, the
+//! acknowledgements and retries of what is in flight, stream layout); beside them [`config`]
+//! (environment), [`budget`] (the readers' memory bounds), [`mapping`] (event → subject /
+//! reason), [`advisory`] (durable consumers' dead letters), [`http`], [`metrics`], [`health`],
+//! [`header`] (safe header values), [`shutdown`], [`telemetry`] and [`traces`] (logs and OTLP
+//! spans).
+
+// The layout above names crate-private modules on purpose (`cargo doc --document-private-items`).
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub(crate) mod advisory;
 pub(crate) mod budget;
