@@ -94,7 +94,10 @@ async fn events_deleted_and_created_again_while_the_client_is_away() {
 
     // The new stream passes the old cursor: sequence 20 exists again, stored by this
     // incarnation, and even belongs to the same tenant. Only the epoch tells them apart.
-    store_pending(&js, 300, 15).await;
+    // Again the plain client shows these were dispatched before the other client comes back.
+    for e in store_pending(&js, 300, 15).await {
+        assert_eq!(plain.text().await, e, "a plain client follows the new stream");
+    }
     let old_long = resume_query(seen_long.last().unwrap());
     let mut long = gw.connect(&format!("/ws/waiter?token={}&{old_long}", staff_token(3, 1, &[10], &["WAITER"]))).await;
     expect_gap(&mut long, "epoch_mismatch").await;
