@@ -225,9 +225,11 @@ async fn live_until(who: &str, client: &mut Client, fence: &str) -> Vec<String> 
 /// event, the branch's first admin-only event and session 77's first kitchen-subject event
 /// come after it; in tenant 3, only tenant-wide events came before `since` and the branch's
 /// first events come after a tenant-wide one. Admin, manager, waiter, kitchen and diner get
-/// from catch-up exactly what they received live.
+/// from catch-up exactly what they received live, and so does a resume from the last event
+/// before `since`: live dispatch, resume replays and catch-up route through one `EventScope`,
+/// and this is where the three are seen to agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catch_up_equals_live_whatever_filter_gets_its_first_message_after_since() {
+async fn catch_up_and_resume_equal_live_whatever_filter_gets_its_first_message_after_since() {
     let stack = Stack::start().await;
     let js = events_stream(&stack).await;
     let gw = stack.gateway().await;
@@ -242,8 +244,12 @@ async fn catch_up_equals_live_whatever_filter_gets_its_first_message_after_since
         e("CHECK_REQUESTED", 3, 0, None, Some(77), 5),
     ];
     let mut last = 0;
+    // Per tenant, the sequence of its last event before `since`: a resume cursor of its own.
+    let mut cursor_of_tenant = std::collections::HashMap::new();
     for payload in &before {
         last = store_as_bridge(&js, payload).await;
+        let tenant = serde_json::from_str::<Value>(payload).unwrap()["tenant_id"].as_u64().unwrap();
+        cursor_of_tenant.insert(tenant, last);
     }
     let stored_at = js.get_stream("EVENTS").await.unwrap().get_raw_message(last).await.unwrap().time;
     let since = (stored_at.unix_timestamp_nanos() as f64 + 1e6) / 1e9;
@@ -257,6 +263,8 @@ async fn catch_up_equals_live_whatever_filter_gets_its_first_message_after_since
         tenant: u64,
         client: Client,
         catchup: String,
+        /// The connection's path and query, to come back with `&resume=`.
+        connect: String,
     }
     let mut clients = Vec::new();
     for tenant in [1, 3] {
@@ -267,19 +275,23 @@ async fn catch_up_equals_live_whatever_filter_gets_its_first_message_after_since
             ("kitchen", "kitchen", staff_token(13, tenant, &[10], &["KITCHEN"])),
         ];
         for (name, endpoint, token) in staff {
+            let connect = format!("/ws/{endpoint}?token={token}");
             clients.push(Who {
                 name,
                 tenant,
-                client: gw.staff(endpoint, &token).await,
+                client: gw.connect(&connect).await,
                 catchup: format!("/ws/catchup?branch_id=10&since={since}&token={token}"),
+                connect,
             });
         }
         let diner = table_token(tenant, 10, 3, 77);
+        let connect = format!("/ws/diner?table_token={}", urlencode(&diner));
         clients.push(Who {
             name: "diner",
             tenant,
-            client: gw.diner(&diner).await,
+            client: gw.connect(&connect).await,
             catchup: format!("/ws/catchup/session?session_id=77&since={since}&table_token={}", urlencode(&diner)),
+            connect,
         });
     }
 
@@ -317,5 +329,22 @@ async fn catch_up_equals_live_whatever_filter_gets_its_first_message_after_since
         assert_eq!(status, 200, "{} of tenant {}: {body}", who.name, who.tenant);
         assert_eq!(events_of(&body), live, "{} of tenant {}: catch-up differs from live", who.name, who.tenant);
         assert!(live.len() >= 3, "{} of tenant {} received {live:?}", who.name, who.tenant);
+        // The same audience resuming from its tenant's last event stored before `since`.
+        let cursor = cursor_of_tenant[&who.tenant];
+        let mut resumed = gw.connect(&format!("{}&resume={cursor}", who.connect)).await;
+        let mut replayed = Vec::new();
+        loop {
+            let text = match resumed.next().await {
+                Seen::Text(text) => text,
+                other => panic!("{} of tenant {}: resume saw {other:?} after {replayed:?}", who.name, who.tenant),
+            };
+            let done = without_cursor(&text) == *fence;
+            replayed.push(canonical(&without_cursor(&text)));
+            if done {
+                break;
+            }
+        }
+        assert_eq!(replayed, live, "{} of tenant {}: the resume replay differs from live", who.name, who.tenant);
+        resumed.close().await;
     }
 }
