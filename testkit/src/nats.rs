@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::process::{fail, kill_now, log_tail, wait_ready, Spec, Wait};
+use super::process::{
+    fail, kill_now, log_tail, port_was_taken, wait_ready, Spec, Wait, RESTART_ATTEMPTS, RESTART_PAUSE,
+};
 use super::{fixture_dir, free_port, http_get, nats_server_bin, START_ATTEMPTS};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -224,10 +226,15 @@ impl NatsServer {
     /// Starts again on the same ports and store dir and waits until healthy.
     pub async fn restart(&mut self) {
         self.kill();
-        self.child = Some(self.spec.spawn());
-        match self.wait_healthy(Instant::now() + START_TIMEOUT).await {
-            Wait::Ready => {}
-            outcome => fail("restarted nats-server", &outcome, &self.spec.log),
+        for attempt in 1..=RESTART_ATTEMPTS {
+            self.child = Some(self.spec.spawn());
+            match self.wait_healthy(Instant::now() + START_TIMEOUT).await {
+                Wait::Ready => return,
+                Wait::Exited(_) if attempt < RESTART_ATTEMPTS && port_was_taken(&self.spec.log) => {
+                    tokio::time::sleep(RESTART_PAUSE).await
+                }
+                outcome => fail("restarted nats-server", &outcome, &self.spec.log),
+            }
         }
     }
 }

@@ -147,6 +147,20 @@ pub(crate) fn log_tail(path: &Path) -> String {
     }
 }
 
+/// How many times a server restarted on its old port tries again when the port is taken.
+pub(crate) const RESTART_ATTEMPTS: usize = 20;
+/// The pause between those tries.
+pub(crate) const RESTART_PAUSE: Duration = Duration::from_millis(250);
+
+/// Whether a server that exited at start did so because its port was taken while it was down:
+/// ports handed out by the kernel for `127.0.0.1:0` come from the ephemeral range, where another
+/// test's server or the source port of some outgoing connection may hold it for a moment. Read
+/// from the last lines of its log (the log is appended to, so they are this start's).
+pub(crate) fn port_was_taken(log: &Path) -> bool {
+    let tail = log_tail(log).to_ascii_lowercase();
+    tail.lines().rev().take(5).any(|line| line.contains("address already in use"))
+}
+
 /// Panics with what went wrong and the log tail.
 pub(crate) fn fail(what: &str, outcome: &Wait, log: &Path) -> ! {
     let how = match outcome {
@@ -155,4 +169,26 @@ pub(crate) fn fail(what: &str, outcome: &Wait, log: &Path) -> ! {
         Wait::Ready => "is ready".to_string(),
     };
     panic!("testkit: {what} {how}\n{}", log_tail(log))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_read_from_the_last_start_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let nats = "[9410] [FTL] Error listening on port: 127.0.0.1:43689, \"listen tcp 127.0.0.1:43689: bind: address already in use\"\n";
+        let redis = "1:M 02 Dec 2026 19:00:00.000 # Could not create server TCP listening socket 127.0.0.1:6380: bind: Address already in use\n";
+        for line in [nats, redis] {
+            std::fs::write(&log, line).unwrap();
+            assert!(port_was_taken(&log), "{line}");
+        }
+        let mut later = String::from(nats);
+        later.push_str(&"[9500] [INF] Server is ready\n".repeat(10));
+        std::fs::write(&log, later).unwrap();
+        assert!(!port_was_taken(&log), "an old start's failure does not count");
+        assert!(!port_was_taken(&dir.path().join("missing.log")));
+    }
 }
