@@ -251,7 +251,8 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Waits until every node is healthy and sees an elected JetStream meta leader.
+    /// Waits until every node is healthy and sees the same elected JetStream meta leader, and the
+    /// leader has every other node as a current peer (so a replicated stream can be placed).
     pub async fn start(n: usize) -> NatsCluster {
         assert!(n > 0, "testkit: a cluster needs at least one node");
         let deadline = Instant::now() + CLUSTER_TIMEOUT;
@@ -286,17 +287,22 @@ impl NatsCluster {
     }
 
     async fn all_see_meta_leader(&self) -> bool {
+        let mut leaders = HashSet::new();
+        let mut peers_current = false;
         for node in &self.nodes {
-            let leader = node
-                .monitor_json("/jsz")
-                .await
-                .ok()
-                .and_then(|v| v["meta_cluster"]["leader"].as_str().map(str::to_owned));
-            if leader.is_none_or(|l| l.is_empty()) {
-                return false;
+            let Ok(jsz) = node.monitor_json("/jsz").await else { return false };
+            let meta = &jsz["meta_cluster"];
+            let Some(leader) = meta["leader"].as_str().filter(|l| !l.is_empty()) else { return false };
+            leaders.insert(leader.to_owned());
+            // Only the leader lists the other peers. A peer it has not heard from yet makes
+            // placement fail ("no suitable peers for placement, peer offline", 10005).
+            if node.server_name() == Some(leader) {
+                let replicas = meta["replicas"].as_array().map(Vec::as_slice).unwrap_or_default();
+                peers_current = replicas.len() + 1 == self.nodes.len()
+                    && replicas.iter().all(|r| r["current"] == true && r["offline"] != true);
             }
         }
-        true
+        leaders.len() == 1 && (peers_current || self.nodes.len() == 1)
     }
 
     /// Comma-separated client URLs of all nodes.
