@@ -149,6 +149,15 @@ impl Binary {
         Ok(bridge)
     }
 
+    /// SIGSTOP (`false`) or SIGCONT (`true`): a stopped bridge reads, publishes and acknowledges
+    /// nothing, so what it holds can be counted before it is killed.
+    pub fn set_running(&mut self, running: bool) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let signal = if running { Signal::SIGCONT } else { Signal::SIGSTOP };
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal the bridge");
+    }
+
     pub fn sigkill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
