@@ -21,6 +21,9 @@ async fn channels_and_stream_map_to_subjects_with_bytes_unchanged() -> Result<()
     let bridge = InProcess::start(env(&redis_server.url(), &nats.env(NatsUser::Bridge), "flow-1", &[])).await?;
     let js = jetstream(nats.connect(NatsUser::Operator).await).await?;
     let mut live = js.client().subscribe("live.>").await?;
+    // The server has the subscription once it answered a round trip written after it; before,
+    // on a loaded machine, the first re-published events could come before the SUB.
+    js.client().flush().await?;
     let mut conn = redis(&redis_server.url()).await?;
 
     // (channel, body, expected subject); odd spacing proves bytes are not re-serialised.
