@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::process::{
-    fail, kill_now, log_tail, port_was_taken, wait_ready, Spec, Wait, RESTART_ATTEMPTS, RESTART_PAUSE,
-};
+use super::process::{fail, kill_now, log_tail, restart, wait_ready, Spec, Wait};
 use super::{fixture_dir, free_port, http_get, nats_server_bin, START_ATTEMPTS};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -225,17 +223,9 @@ impl NatsServer {
 
     /// Starts again on the same ports and store dir and waits until healthy.
     pub async fn restart(&mut self) {
-        self.kill();
-        for attempt in 1..=RESTART_ATTEMPTS {
-            self.child = Some(self.spec.spawn());
-            match self.wait_healthy(Instant::now() + START_TIMEOUT).await {
-                Wait::Ready => return,
-                Wait::Exited(_) if attempt < RESTART_ATTEMPTS && port_was_taken(&self.spec.log) => {
-                    tokio::time::sleep(RESTART_PAUSE).await
-                }
-                outcome => fail("restarted nats-server", &outcome, &self.spec.log),
-            }
-        }
+        let url = format!("{}/healthz?js-enabled-only=true", self.monitor_url());
+        let healthy = || async { matches!(http_get(&url).await, Ok((200, _))) };
+        restart("restarted nats-server", &mut self.child, &self.spec, START_TIMEOUT, healthy).await
     }
 }
 

@@ -148,9 +148,30 @@ pub(crate) fn log_tail(path: &Path) -> String {
 }
 
 /// How many times a server restarted on its old port tries again when the port is taken.
-pub(crate) const RESTART_ATTEMPTS: usize = 20;
+const RESTART_ATTEMPTS: usize = 20;
 /// The pause between those tries.
-pub(crate) const RESTART_PAUSE: Duration = Duration::from_millis(250);
+const RESTART_PAUSE: Duration = Duration::from_millis(250);
+
+/// Kills `child` and starts `spec` again in its place (same ports) until `probe` answers
+/// true, as [`wait_ready`] polls it; while a start fails because its port was taken meanwhile
+/// ([`port_was_taken`]), it tries again. Panics naming `what` on any other failure.
+pub(crate) async fn restart<F, Fut>(what: &str, child: &mut Option<Child>, spec: &Spec, timeout: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    kill_now(child);
+    for attempt in 1..=RESTART_ATTEMPTS {
+        let started = child.insert(spec.spawn());
+        match wait_ready(started, Instant::now() + timeout, &mut probe).await {
+            Wait::Ready => return,
+            Wait::Exited(_) if attempt < RESTART_ATTEMPTS && port_was_taken(&spec.log) => {
+                tokio::time::sleep(RESTART_PAUSE).await
+            }
+            outcome => fail(what, &outcome, &spec.log),
+        }
+    }
+}
 
 /// Whether a server that exited at start did so because its port was taken while it was down:
 /// ports handed out by the kernel for `127.0.0.1:0` come from the ephemeral range, where another

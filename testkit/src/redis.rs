@@ -10,7 +10,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::process::{fail, kill_now, port_was_taken, wait_ready, Spec, Wait, RESTART_ATTEMPTS, RESTART_PAUSE};
+use super::process::{fail, kill_now, restart, wait_ready, Spec, Wait};
 use super::{fixture_dir, free_port, START_ATTEMPTS};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -136,17 +136,8 @@ impl Redis {
 
     /// Starts again on the same port and waits for `PING`.
     pub async fn restart(&mut self) {
-        self.kill();
-        for attempt in 1..=RESTART_ATTEMPTS {
-            self.child = Some(self.spec.spawn());
-            match self.wait_ready(Instant::now() + START_TIMEOUT).await {
-                Wait::Ready => return,
-                Wait::Exited(_) if attempt < RESTART_ATTEMPTS && port_was_taken(&self.spec.log) => {
-                    tokio::time::sleep(RESTART_PAUSE).await
-                }
-                outcome => fail("restarted redis-server", &outcome, &self.spec.log),
-            }
-        }
+        let port = self.port;
+        restart("restarted redis-server", &mut self.child, &self.spec, START_TIMEOUT, || ping(port)).await
     }
 }
 

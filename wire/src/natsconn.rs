@@ -209,11 +209,7 @@ mod tests {
     use super::*;
 
     fn read(pairs: &[(&str, &str)]) -> Result<NatsSettings, crate::settings::ConfigError> {
-        let map: std::collections::HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut p = Parser::new(|k: &str| map.get(k).cloned());
-        let s = NatsSettings::read(&mut p, GATEWAY_INBOX_PREFIX);
-        p.finish(s)
+        crate::settings::read_pairs(pairs, |p| NatsSettings::read(p, GATEWAY_INBOX_PREFIX))
     }
 
     const USER: [(&str, &str); 2] = [(NATS_USER, "gateway"), (NATS_PASSWORD, "pw")];

@@ -268,11 +268,7 @@ mod tests {
     use super::*;
 
     fn read(pairs: &[(&str, &str)]) -> Result<OtelSettings, crate::settings::ConfigError> {
-        let map: std::collections::HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut p = Parser::new(move |k: &str| map.get(k).cloned());
-        let s = OtelSettings::read(&mut p);
-        p.finish(s)
+        crate::settings::read_pairs(pairs, OtelSettings::read)
     }
 
     #[test]

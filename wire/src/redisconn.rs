@@ -85,11 +85,7 @@ mod tests {
     use super::*;
 
     fn read(pairs: &[(&str, &str)]) -> Result<RedisSettings, crate::settings::ConfigError> {
-        let map: std::collections::HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut p = Parser::new(move |k: &str| map.get(k).cloned());
-        let s = RedisSettings::read(&mut p, "redis://localhost:6380");
-        p.finish(s)
+        crate::settings::read_pairs(pairs, |p| RedisSettings::read(p, "redis://localhost:6380"))
     }
 
     #[test]

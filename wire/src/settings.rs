@@ -338,6 +338,19 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     (value.is_finite() && value >= 0.0 && value * scale < 1e9).then(|| Duration::from_secs_f64(value * scale))
 }
 
+/// Unit tests' settings: runs `read` on a parser over `pairs` and finishes it.
+#[cfg(test)]
+pub(crate) fn read_pairs<T>(
+    pairs: &[(&str, &str)],
+    read: impl FnOnce(&mut Parser<Box<dyn Fn(&str) -> Option<String>>>) -> T,
+) -> Result<T, ConfigError> {
+    let map: std::collections::HashMap<String, String> =
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut p = Parser::new(Box::new(move |k: &str| map.get(k).cloned()) as Box<dyn Fn(&str) -> Option<String>>);
+    let value = read(&mut p);
+    p.finish(value)
+}
+
 /// `LOG_FORMAT`: human-readable text (default) or one JSON object per line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

@@ -155,11 +155,7 @@ mod tests {
     const VARS: TlsVars = TlsVars { ca: "X_TLS_CA_FILE", cert: "X_TLS_CERT_FILE", key: "X_TLS_KEY_FILE" };
 
     fn read_files(pairs: &[(&str, &str)]) -> Result<TlsFiles, crate::settings::ConfigError> {
-        let map: std::collections::HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut p = Parser::new(move |k: &str| map.get(k).cloned());
-        let files = TlsFiles::read(&mut p, VARS);
-        p.finish(files)
+        crate::settings::read_pairs(pairs, |p| TlsFiles::read(p, VARS))
     }
 
     fn temp(name: &str, content: &str) -> String {
