@@ -61,12 +61,14 @@ async fn channels_and_stream_map_to_subjects_with_bytes_unchanged() -> Result<()
     assert_eq!(m.subject, "events.3.2.session");
 
     // RePublish re-emits each stored event on live.* with the same bytes.
-    let mut live_seen = 0;
-    while live_seen < 9 {
-        let msg = within(10, "live.> message", live.next()).await?.expect("subscription open");
+    let mut live_seen: Vec<String> = Vec::new();
+    while live_seen.len() < 9 {
+        // A timeout names what did arrive (twice seen under the full suite before the flush above).
+        let what = format!("live.> message {} of 9 after {live_seen:?}", live_seen.len() + 1);
+        let msg = within(10, &what, live.next()).await?.expect("subscription open");
         assert!(msg.subject.starts_with("live.3."), "{}", msg.subject);
         assert!(stored.iter().any(|s| s.payload == msg.payload.as_ref()));
-        live_seen += 1;
+        live_seen.push(msg.subject.to_string());
     }
 
     // Stream entries are acknowledged once stored.
