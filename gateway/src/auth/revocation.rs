@@ -124,14 +124,24 @@ impl Revocation {
 
     /// `CONFIG GET notify-keyspace-events`: `Ok(None)` when Redis does not say (managed Redis
     /// often refuses `CONFIG`).
+    /// Like a look-up, it is asked again on a fresh connection when the shared one turns out
+    /// broken: right after a Redis restart the push subscriber asks this first, and an error
+    /// would report push revocation as `unknown` until its next check.
     pub async fn notify_keyspace_events(&self) -> Result<Option<String>, RevocationError> {
-        let mut redis = self.redis.clone();
+        type Answer = std::collections::HashMap<String, String>;
         let mut get = redis::cmd("CONFIG");
         get.arg("GET").arg("notify-keyspace-events");
-        let answer =
-            tokio::time::timeout(TIMEOUT, get.query_async::<std::collections::HashMap<String, String>>(&mut redis))
-                .await
-                .map_err(|_| RevocationError::Timeout)??;
+        let mut redis = self.redis.clone();
+        let answer: Answer = match tokio::time::timeout(TIMEOUT, get.query_async(&mut redis)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) if !connection_broken(&e) => return Err(e.into()),
+            _ => {
+                let mut fresh = self.fresh().await?;
+                tokio::time::timeout(TIMEOUT, get.query_async(&mut fresh))
+                    .await
+                    .map_err(|_| RevocationError::Timeout)??
+            }
+        };
         Ok(answer.get("notify-keyspace-events").cloned())
     }
 }
