@@ -87,21 +87,24 @@ impl Revocation {
     /// restarted, a connection cut) is retried once on a fresh connection, so a Redis restart
     /// does not turn into a refusal; only a second failure is returned.
     pub async fn check(&self, token: &TokenRef) -> Result<bool, RevocationError> {
-        let pipe = pipeline(token);
+        Ok(verdict(token, self.ask(&pipeline(token)).await?))
+    }
+
+    /// `pipe`'s answer from the shared connection, or, when that one is broken, once more from a
+    /// fresh connection; Redis's own refusals are returned as they are.
+    async fn ask<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, RevocationError> {
         let mut redis = self.redis.clone();
-        let first = tokio::time::timeout(TIMEOUT, pipe.query_async(&mut redis)).await;
-        let answer: (bool, Option<String>) = match first {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) if !connection_broken(&e) => return Err(e.into()),
+        match tokio::time::timeout(TIMEOUT, pipe.query_async(&mut redis)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) if !connection_broken(&e) => Err(e.into()),
             _ => {
-                tracing::debug!(user_id = token.user_id, "revocation look-up failed: retrying on a fresh connection");
+                tracing::debug!("Redis request failed on the shared connection: retrying on a fresh one");
                 let mut fresh = self.fresh().await?;
-                tokio::time::timeout(TIMEOUT, pipe.query_async(&mut fresh))
+                Ok(tokio::time::timeout(TIMEOUT, pipe.query_async(&mut fresh))
                     .await
-                    .map_err(|_| RevocationError::Timeout)??
+                    .map_err(|_| RevocationError::Timeout)??)
             }
-        };
-        Ok(verdict(token, answer))
+        }
     }
 
     /// A new connection of its own, outside the shared manager (which reconnects by itself).
@@ -124,24 +127,14 @@ impl Revocation {
 
     /// `CONFIG GET notify-keyspace-events`: `Ok(None)` when Redis does not say (managed Redis
     /// often refuses `CONFIG`).
-    /// Like a look-up, it is asked again on a fresh connection when the shared one turns out
-    /// broken: right after a Redis restart the push subscriber asks this first, and an error
-    /// would report push revocation as `unknown` until its next check.
+    ///
+    /// Asked like a look-up ([`Revocation::ask`]): right after a Redis restart the push
+    /// subscriber asks this first, and an error would report push revocation as `unknown` until
+    /// its next check.
     pub async fn notify_keyspace_events(&self) -> Result<Option<String>, RevocationError> {
-        type Answer = std::collections::HashMap<String, String>;
-        let mut get = redis::cmd("CONFIG");
-        get.arg("GET").arg("notify-keyspace-events");
-        let mut redis = self.redis.clone();
-        let answer: Answer = match tokio::time::timeout(TIMEOUT, get.query_async(&mut redis)).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) if !connection_broken(&e) => return Err(e.into()),
-            _ => {
-                let mut fresh = self.fresh().await?;
-                tokio::time::timeout(TIMEOUT, get.query_async(&mut fresh))
-                    .await
-                    .map_err(|_| RevocationError::Timeout)??
-            }
-        };
+        let mut get = redis::pipe();
+        get.cmd("CONFIG").arg("GET").arg("notify-keyspace-events");
+        let (answer,): (std::collections::HashMap<String, String>,) = self.ask(&get).await?;
         Ok(answer.get("notify-keyspace-events").cloned())
     }
 }
