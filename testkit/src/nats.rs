@@ -8,13 +8,14 @@ mod users;
 pub use users::{auth_conf, NatsAuth, NatsUser};
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::process::{fail, kill_now, log_tail, restart, wait_ready, Spec, Wait};
+use super::process::{fail, kill_now, log_tail, restart, start, wait_ready, Server, Spec, Wait};
 use super::{fixture_dir, free_port, http_get, nats_server_bin, START_ATTEMPTS};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -76,15 +77,10 @@ impl NatsServer {
     }
 
     async fn start_inner(tls: Option<(&super::Pki, bool)>) -> NatsServer {
-        for attempt in 1..=START_ATTEMPTS {
-            let mut server = NatsServer::spawn(fresh_ports(1)[0], None, &[], NatsAuth::generate(), tls);
-            match server.wait_healthy(Instant::now() + START_TIMEOUT).await {
-                Wait::Ready => return server,
-                Wait::Exited(_) if attempt < START_ATTEMPTS => continue,
-                outcome => fail("nats-server", &outcome, &server.spec.log),
-            }
-        }
-        unreachable!("the last attempt either returns or panics")
+        start("nats-server", START_TIMEOUT, || {
+            NatsServer::spawn(fresh_ports(1)[0], None, &[], NatsAuth::generate(), tls)
+        })
+        .await
     }
 
     /// Spawns without waiting; `routes` are the cluster ports of the other nodes.
@@ -226,6 +222,16 @@ impl NatsServer {
         let url = format!("{}/healthz?js-enabled-only=true", self.monitor_url());
         let healthy = || async { matches!(http_get(&url).await, Ok((200, _))) };
         restart("restarted nats-server", &mut self.child, &self.spec, START_TIMEOUT, healthy).await
+    }
+}
+
+impl Server for NatsServer {
+    async fn wait_until_ready(&mut self, deadline: Instant) -> Wait {
+        self.wait_healthy(deadline).await
+    }
+
+    fn log(&self) -> &Path {
+        &self.spec.log
     }
 }
 

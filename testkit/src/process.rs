@@ -147,6 +147,27 @@ pub(crate) fn log_tail(path: &Path) -> String {
     }
 }
 
+/// A server a fixture starts: how to tell it is ready, and where it logs.
+pub(crate) trait Server {
+    async fn wait_until_ready(&mut self, deadline: Instant) -> Wait;
+    fn log(&self) -> &Path;
+}
+
+/// Spawns with `spawn` (fresh ports each time) until one start is ready within `timeout`; a
+/// server that exited at start (someone took its port in between) is spawned again, up to
+/// [`crate::START_ATTEMPTS`] times. Panics naming `what` otherwise.
+pub(crate) async fn start<T: Server>(what: &str, timeout: Duration, mut spawn: impl FnMut() -> T) -> T {
+    for attempt in 1..=crate::START_ATTEMPTS {
+        let mut server = spawn();
+        match server.wait_until_ready(Instant::now() + timeout).await {
+            Wait::Ready => return server,
+            Wait::Exited(_) if attempt < crate::START_ATTEMPTS => continue,
+            outcome => fail(what, &outcome, server.log()),
+        }
+    }
+    unreachable!("the last attempt either returns or panics")
+}
+
 /// How many times a server restarted on its old port tries again when the port is taken.
 const RESTART_ATTEMPTS: usize = 20;
 /// The pause between those tries.

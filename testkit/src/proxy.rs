@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tokio::net::TcpStream;
 
-use super::process::{fail, kill_now, log_tail, wait_ready, Spec, Wait};
-use super::{fixture_dir, free_port, http_get, repo_root, START_ATTEMPTS};
+use super::process::{kill_now, log_tail, start, wait_ready, Server, Spec, Wait};
+use super::{fixture_dir, free_port, http_get, repo_root};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// The HAProxy backend the fixture fills.
@@ -43,15 +43,7 @@ impl Haproxy {
     /// frontend accepts connections and every backend server is reported UP.
     pub async fn start(backends: &[SocketAddr]) -> Haproxy {
         assert!(!backends.is_empty(), "testkit: HAProxy needs at least one backend");
-        for attempt in 1..=START_ATTEMPTS {
-            let mut proxy = Haproxy::spawn(backends);
-            match proxy.wait_ready(Instant::now() + START_TIMEOUT).await {
-                Wait::Ready => return proxy,
-                Wait::Exited(_) if attempt < START_ATTEMPTS => continue,
-                outcome => fail("haproxy", &outcome, &proxy.spec.log),
-            }
-        }
-        unreachable!("the last attempt either returns or panics")
+        start("haproxy", START_TIMEOUT, || Haproxy::spawn(backends)).await
     }
 
     fn spawn(backends: &[SocketAddr]) -> Haproxy {
@@ -153,6 +145,16 @@ impl Haproxy {
     }
 }
 
+impl Server for Haproxy {
+    async fn wait_until_ready(&mut self, deadline: Instant) -> Wait {
+        self.wait_ready(deadline).await
+    }
+
+    fn log(&self) -> &Path {
+        &self.spec.log
+    }
+}
+
 impl Drop for Haproxy {
     fn drop(&mut self) {
         self.kill();
@@ -175,15 +177,7 @@ impl Nginx {
     /// accepts connections. nginx has no active checks: nothing more to wait for.
     pub async fn start(backends: &[SocketAddr]) -> Nginx {
         assert!(!backends.is_empty(), "testkit: nginx needs at least one backend");
-        for attempt in 1..=START_ATTEMPTS {
-            let mut proxy = Nginx::spawn(backends);
-            match proxy.wait_ready(Instant::now() + START_TIMEOUT).await {
-                Wait::Ready => return proxy,
-                Wait::Exited(_) if attempt < START_ATTEMPTS => continue,
-                outcome => fail("nginx", &outcome, &proxy.spec.log),
-            }
-        }
-        unreachable!("the last attempt either returns or panics")
+        start("nginx", START_TIMEOUT, || Nginx::spawn(backends)).await
     }
 
     fn spawn(backends: &[SocketAddr]) -> Nginx {
@@ -247,6 +241,16 @@ impl Nginx {
     /// SIGKILL and reap; idempotent.
     pub fn kill(&mut self) {
         kill_now(&mut self.child);
+    }
+}
+
+impl Server for Nginx {
+    async fn wait_until_ready(&mut self, deadline: Instant) -> Wait {
+        self.wait_ready(deadline).await
+    }
+
+    fn log(&self) -> &Path {
+        &self.spec.log
     }
 }
 

@@ -3,6 +3,7 @@
 //! With [`Redis::start_tls`] it also listens with TLS on a second port, for the services under
 //! test, while the plain port stays for the test's own commands (the backend is unchanged).
 
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -10,8 +11,8 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::process::{fail, kill_now, restart, wait_ready, Spec, Wait};
-use super::{fixture_dir, free_port, START_ATTEMPTS};
+use super::process::{kill_now, restart, start, wait_ready, Server, Spec, Wait};
+use super::{fixture_dir, free_port};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -52,7 +53,7 @@ impl Redis {
     }
 
     async fn start_inner(extra: &[&str], tls: Option<RedisTls<'_>>) -> Redis {
-        for attempt in 1..=START_ATTEMPTS {
+        start("redis-server", START_TIMEOUT, || {
             let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
             let tls_port = tls.as_ref().map(|tls| {
                 let port = free_port();
@@ -72,13 +73,9 @@ impl Redis {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let mut redis = Redis::spawn(free_port(), &args);
             redis.tls_port = tls_port;
-            match redis.wait_ready(Instant::now() + START_TIMEOUT).await {
-                Wait::Ready => return redis,
-                Wait::Exited(_) if attempt < START_ATTEMPTS => continue,
-                outcome => fail("redis-server", &outcome, &redis.spec.log),
-            }
-        }
-        unreachable!("the last attempt either returns or panics")
+            redis
+        })
+        .await
     }
 
     fn spawn(port: u16, extra: &[&str]) -> Redis {
@@ -103,12 +100,6 @@ impl Redis {
         spec.args.extend(extra.iter().map(|a| a.to_string()));
         let child = Some(spec.spawn());
         Redis { child, spec, port, tls_port: None, _dir: dir }
-    }
-
-    async fn wait_ready(&mut self, deadline: Instant) -> Wait {
-        let port = self.port;
-        let Some(child) = self.child.as_mut() else { return Wait::TimedOut };
-        wait_ready(child, deadline, || ping(port)).await
     }
 
     pub fn url(&self) -> String {
@@ -138,6 +129,18 @@ impl Redis {
     pub async fn restart(&mut self) {
         let port = self.port;
         restart("restarted redis-server", &mut self.child, &self.spec, START_TIMEOUT, || ping(port)).await
+    }
+}
+
+impl Server for Redis {
+    async fn wait_until_ready(&mut self, deadline: Instant) -> Wait {
+        let port = self.port;
+        let Some(child) = self.child.as_mut() else { return Wait::TimedOut };
+        wait_ready(child, deadline, || ping(port)).await
+    }
+
+    fn log(&self) -> &Path {
+        &self.spec.log
     }
 }
 
