@@ -138,12 +138,6 @@ impl NatsServer {
         }
     }
 
-    async fn wait_healthy(&mut self, deadline: Instant) -> Wait {
-        let url = format!("{}/healthz?js-enabled-only=true", self.monitor_url());
-        let Some(child) = self.child.as_mut() else { return Wait::TimedOut };
-        wait_ready(child, deadline, || async { matches!(http_get(&url).await, Ok((200, _))) }).await
-    }
-
     /// The client URL (no credentials in it: see [`NatsServer::auth`]).
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "tls" } else { "nats" };
@@ -227,7 +221,9 @@ impl NatsServer {
 
 impl Server for NatsServer {
     async fn wait_until_ready(&mut self, deadline: Instant) -> Wait {
-        self.wait_healthy(deadline).await
+        let url = format!("{}/healthz?js-enabled-only=true", self.monitor_url());
+        let Some(child) = self.child.as_mut() else { return Wait::TimedOut };
+        wait_ready(child, deadline, || async { matches!(http_get(&url).await, Ok((200, _))) }).await
     }
 
     fn log(&self) -> &Path {
@@ -263,7 +259,7 @@ impl NatsCluster {
                 })
                 .collect();
             for (i, node) in nodes.iter_mut().enumerate() {
-                match node.wait_healthy(deadline).await {
+                match node.wait_until_ready(deadline).await {
                     Wait::Ready => {}
                     Wait::Exited(_) if attempt < START_ATTEMPTS => continue 'attempt,
                     outcome => fail(&format!("cluster node n{i}"), &outcome, &node.spec.log),

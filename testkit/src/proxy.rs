@@ -68,20 +68,6 @@ impl Haproxy {
         Haproxy { child, spec, port, stats_port, config, backends: backends.to_vec(), _dir: dir }
     }
 
-    async fn wait_ready(&mut self, deadline: Instant) -> Wait {
-        let (port, stats) = (self.port, self.stats_url());
-        let servers = self.backends.len();
-        let Some(child) = self.child.as_mut() else { return Wait::TimedOut };
-        wait_ready(child, deadline, || {
-            let stats = stats.clone();
-            async move {
-                accepts(port).await
-                    && matches!(server_statuses(&stats).await, Ok(s) if s.len() == servers && s.iter().all(|st| st == "UP"))
-            }
-        })
-        .await
-    }
-
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
@@ -147,7 +133,17 @@ impl Haproxy {
 
 impl Server for Haproxy {
     async fn wait_until_ready(&mut self, deadline: Instant) -> Wait {
-        self.wait_ready(deadline).await
+        let (port, stats) = (self.port, self.stats_url());
+        let servers = self.backends.len();
+        let Some(child) = self.child.as_mut() else { return Wait::TimedOut };
+        wait_ready(child, deadline, || {
+            let stats = stats.clone();
+            async move {
+                accepts(port).await
+                    && matches!(server_statuses(&stats).await, Ok(s) if s.len() == servers && s.iter().all(|st| st == "UP"))
+            }
+        })
+        .await
     }
 
     fn log(&self) -> &Path {
@@ -209,12 +205,6 @@ impl Nginx {
         Nginx { child, spec, port, config, _dir: dir }
     }
 
-    async fn wait_ready(&mut self, deadline: Instant) -> Wait {
-        let port = self.port;
-        let Some(child) = self.child.as_mut() else { return Wait::TimedOut };
-        wait_ready(child, deadline, || accepts(port)).await
-    }
-
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
@@ -246,7 +236,9 @@ impl Nginx {
 
 impl Server for Nginx {
     async fn wait_until_ready(&mut self, deadline: Instant) -> Wait {
-        self.wait_ready(deadline).await
+        let port = self.port;
+        let Some(child) = self.child.as_mut() else { return Wait::TimedOut };
+        wait_ready(child, deadline, || accepts(port)).await
     }
 
     fn log(&self) -> &Path {
