@@ -19,6 +19,7 @@ use crate::subscriptions::Lease;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use protocol::Inbound;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use timing::{Due, Timing};
@@ -97,7 +98,7 @@ impl Session {
                 reason = conn.control.closed() => return End::Server(reason),
                 event = self.queue.recv() => match event {
                     Some(event) => {
-                        if let Err(end) = Box::pin(self.write_events(socket, event, write_timeout)).await {
+                        if let Err(end) = Box::pin(self.write_events(socket, event, &mut VecDeque::new(), write_timeout)).await {
                             return end;
                         }
                     }
@@ -161,9 +162,16 @@ impl Session {
         }
     }
 
-    /// Writes `first` and whatever else is queued, then flushes once. A write blocked by a client
-    /// that stopped reading still yields to the close control (a full queue, a drain, an admin).
-    async fn write_events(&mut self, socket: &mut WebSocket, first: Outbound, timeout: Duration) -> Result<(), End> {
+    /// Writes `first`, then whatever else waits (the replay's `held` events before the queue's,
+    /// which are newer), then flushes once. A write blocked by a client that stopped reading
+    /// still yields to the close control (a full queue, a drain, an admin).
+    async fn write_events(
+        &mut self,
+        socket: &mut WebSocket,
+        first: Outbound,
+        held: &mut VecDeque<Outbound>,
+        timeout: Duration,
+    ) -> Result<(), End> {
         let conn = self.registration.conn.clone();
         let mut batch = Vec::with_capacity(1);
         let resume = &mut self.resume;
@@ -176,7 +184,7 @@ impl Session {
                     socket.feed(Message::Text(text)).await?;
                 }
                 if batch.len() < WRITE_BATCH {
-                    next = queue.try_recv().ok();
+                    next = next_in_order(held, queue);
                 }
             }
             socket.flush().await
@@ -240,6 +248,13 @@ impl Session {
             }
         }
     }
+}
+
+/// The next event to write without waiting: the replay's held live events first, in order, then
+/// the queue. Never a queued event before a held one: a resuming connection's mark would move
+/// past the held events, and they would be skipped as copies of what it already has.
+fn next_in_order(held: &mut VecDeque<Outbound>, queue: &mut mpsc::Receiver<Outbound>) -> Option<Outbound> {
+    held.pop_front().or_else(|| queue.try_recv().ok())
 }
 
 /// What to write for an event: as published, or for a resuming client with its cursor, or
@@ -317,4 +332,42 @@ fn read_failed(error: &axum::Error) -> End {
 fn lost(error: &tungstenite::error::ProtocolError) -> bool {
     use tungstenite::error::ProtocolError::*;
     matches!(error, ResetWithoutClosingHandshake | SendAfterClosing | ReceivedAfterClosing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::QueuedEvent;
+    use resume::{Mark, Request, Resume};
+
+    fn event(sequence: u64) -> Outbound {
+        Arc::new(QueuedEvent {
+            payload: Utf8Bytes::from(format!("{{\"n\":{sequence}}}")),
+            received_us: None,
+            sequence: Some(sequence),
+            stored_ns: Some(1_000 + sequence),
+        })
+    }
+
+    #[test]
+    fn held_events_are_written_before_newer_queued_ones_and_none_is_skipped() {
+        // After a replay up to 9: live events 10 and 11 were held while it ran, 12 and 13 queued
+        // since. The mark must not pass 10 and 11 before they are written.
+        let mut resume = Some(Resume { request: Request::Live, mark: Some(Mark { sequence: 9, stored_ns: 1_009 }) });
+        let (tx, mut queue) = mpsc::channel(8);
+        for sequence in [12, 13] {
+            tx.try_send(event(sequence)).unwrap();
+        }
+        let mut held: VecDeque<Outbound> = [event(10), event(11)].into();
+        let first = held.pop_front().unwrap();
+        let mut written = Vec::new();
+        let mut next = Some(first);
+        while let Some(event) = next.take() {
+            if with_resume(&mut resume, &event).is_some() {
+                written.push(event.sequence.unwrap());
+            }
+            next = next_in_order(&mut held, &mut queue);
+        }
+        assert_eq!(written, [10, 11, 12, 13]);
+    }
 }

@@ -167,7 +167,7 @@ impl Session {
         state.mark = Some(Mark::after_replay(floor, read.filter(|_| timed)));
         self.resume = Some(state);
         while let Some(live) = held.pop_front() {
-            self.write_events(socket, live, timeout).await?;
+            self.write_events(socket, live, &mut held, timeout).await?;
         }
         Ok(())
     }
