@@ -92,10 +92,18 @@ impl Session {
         let write_timeout = self.app.config.limits.write_timeout;
         let mut timing = Timing::new(Instant::now(), self.timing_settings());
         let conn = self.registration.conn.clone();
+        // Made once, not per wake-up: each would register with the close control's token and
+        // the timer wheel again (a lock and a timer entry per delivered event).
+        let closed = conn.control.closed();
+        let wake = tokio::time::sleep_until(timing.wake_at());
+        tokio::pin!(closed, wake);
         loop {
+            if wake.deadline() != timing.wake_at() {
+                wake.as_mut().reset(timing.wake_at());
+            }
             tokio::select! {
                 biased;
-                reason = conn.control.closed() => return End::Server(reason),
+                reason = &mut closed => return End::Server(reason),
                 event = self.queue.recv() => match event {
                     Some(event) => {
                         if let Err(end) = Box::pin(self.write_events(socket, event, &mut VecDeque::new(), write_timeout)).await {
@@ -129,7 +137,7 @@ impl Session {
                     }
                     Some(Err(error)) => return read_failed(&error),
                 },
-                _ = tokio::time::sleep_until(timing.wake_at()) => {
+                () = &mut wake => {
                     let now = Instant::now();
                     match timing.on_wake(now) {
                         Due::Nothing => {}
@@ -172,34 +180,45 @@ impl Session {
         held: &mut VecDeque<Outbound>,
         timeout: Duration,
     ) -> Result<(), End> {
-        let conn = self.registration.conn.clone();
-        let mut batch = Vec::with_capacity(1);
+        let conn = &self.registration.conn;
+        // When the bridge received each written event (0: unknown), for the latency histogram.
+        let mut received = [0u64; WRITE_BATCH];
+        let mut count = 0;
         let resume = &mut self.resume;
         let queue = &mut self.queue;
-        let write = async {
-            let mut next = Some(first);
-            while let Some(event) = next.take() {
-                if let Some(text) = with_resume(resume, &event) {
-                    batch.push(event.received_us);
-                    socket.feed(Message::Text(text)).await?;
+        let written = {
+            let write = async {
+                let mut next = Some(first);
+                while let Some(event) = next.take() {
+                    if let Some(text) = with_resume(resume, &event) {
+                        received[count] = event.received_us.unwrap_or(0);
+                        count += 1;
+                        socket.feed(Message::Text(text)).await?;
+                    }
+                    if count < WRITE_BATCH {
+                        next = next_in_order(held, queue);
+                    }
                 }
-                if batch.len() < WRITE_BATCH {
-                    next = next_in_order(held, queue);
-                }
+                socket.flush().await
+            };
+            let mut write = std::pin::pin!(write);
+            // A socket with room takes the batch at once: the timeout's timer and the close
+            // control's waiter are set up only for a write that has to wait.
+            match poll_once(write.as_mut()).await {
+                Some(written) => Ok(written),
+                None => tokio::select! {
+                    biased;
+                    reason = conn.control.closed() => return Err(End::Server(reason)),
+                    written = tokio::time::timeout(timeout, write) => written,
+                },
             }
-            socket.flush().await
-        };
-        let written = tokio::select! {
-            biased;
-            reason = conn.control.closed() => return Err(End::Server(reason)),
-            written = tokio::time::timeout(timeout, write) => written,
         };
         if !matches!(written, Ok(Ok(()))) {
             return Err(End::Broken);
         }
         let now_us = wire::clock::now_micros();
-        for received in batch.into_iter().flatten() {
-            self.app.metrics.delivery_latency_seconds.observe(now_us.saturating_sub(received) as f64 / 1e6);
+        for received in received[..count].iter().filter(|us| **us > 0) {
+            self.app.metrics.delivery_latency_seconds.observe(now_us.saturating_sub(*received) as f64 / 1e6);
         }
         Ok(())
     }
@@ -250,6 +269,17 @@ impl Session {
     }
 }
 
+/// Polls `future` once: its output if it is ready, `None` (its waker registered) if not.
+async fn poll_once<F: std::future::Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match future.as_mut().poll(cx) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 /// The next event to write without waiting: the replay's held live events first, in order, then
 /// the queue. Never a queued event before a held one: a resuming connection's mark would move
 /// past the held events, and they would be skipped as copies of what it already has.
@@ -264,7 +294,7 @@ fn with_resume(resume: &mut Option<resume::Resume>, event: &crate::registry::Que
     if !state.admit(sequence, event.stored_ns) {
         return None;
     }
-    Some(resume::with_cursor(event.payload.as_str(), sequence, event.stored_ns).into())
+    Some(event.with_cursor(sequence))
 }
 
 /// Diners: the token verified again; expired closes, another session than the one admitted
@@ -341,12 +371,12 @@ mod tests {
     use resume::{Mark, Request, Resume};
 
     fn event(sequence: u64) -> Outbound {
-        Arc::new(QueuedEvent {
-            payload: Utf8Bytes::from(format!("{{\"n\":{sequence}}}")),
-            received_us: None,
-            sequence: Some(sequence),
-            stored_ns: Some(1_000 + sequence),
-        })
+        Arc::new(QueuedEvent::new(
+            Utf8Bytes::from(format!("{{\"n\":{sequence}}}")),
+            None,
+            Some(sequence),
+            Some(1_000 + sequence),
+        ))
     }
 
     #[test]

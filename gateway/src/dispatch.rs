@@ -125,15 +125,7 @@ impl Dispatcher {
         let started = Instant::now();
         let span = crate::traces::fan_out();
         let fanout = span.in_scope(|| {
-            tenant.fan_out(
-                &scope,
-                &Arc::new(QueuedEvent {
-                    payload: text,
-                    received_us: meta.received_us,
-                    sequence: meta.sequence,
-                    stored_ns: meta.stored_ns,
-                }),
-            )
+            tenant.fan_out(&scope, &Arc::new(QueuedEvent::new(text, meta.received_us, meta.sequence, meta.stored_ns)))
         });
         self.metrics.fanout_seconds.observe(started.elapsed().as_secs_f64());
         if !span.is_disabled() {

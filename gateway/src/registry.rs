@@ -28,6 +28,24 @@ pub struct QueuedEvent {
     pub sequence: Option<u64>,
     /// When the stream stored it (unix nanoseconds, `Nats-Time-Stamp`): the cursor's epoch.
     pub stored_ns: Option<u64>,
+    /// The payload with its cursor spliced in, made by the first resuming recipient and shared
+    /// by the others (the bytes are the same for all).
+    with_cursor: OnceLock<Utf8Bytes>,
+}
+
+impl QueuedEvent {
+    pub fn new(payload: Utf8Bytes, received_us: Option<u64>, sequence: Option<u64>, stored_ns: Option<u64>) -> Self {
+        QueuedEvent { payload, received_us, sequence, stored_ns, with_cursor: OnceLock::new() }
+    }
+
+    /// The text a resuming client gets: `"_cursor"` (and `"_epoch"`) first, then the payload.
+    pub fn with_cursor(&self, sequence: u64) -> Utf8Bytes {
+        self.with_cursor
+            .get_or_init(|| {
+                crate::connection::resume::with_cursor(self.payload.as_str(), sequence, self.stored_ns).into()
+            })
+            .clone()
+    }
 }
 
 /// Asks a connection's task to close with a reason; the first reason wins.

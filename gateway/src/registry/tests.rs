@@ -44,8 +44,7 @@ fn a_multi_branch_admin_gets_an_event_once() {
     let admin =
         Audience::Staff { tenant_id: 1, branch_ids: vec![1, 2].into(), endpoint: Endpoint::Waiter, admin_view: true };
     let (_reg, mut rx) = r.admit(Endpoint::Waiter, admin, user(1), Arc::from([])).unwrap();
-    let payload =
-        Arc::new(QueuedEvent { payload: Utf8Bytes::from("e"), received_us: None, sequence: None, stored_ns: None });
+    let payload = Arc::new(QueuedEvent::new(Utf8Bytes::from("e"), None, None, None));
     let t = r.tenant(1).unwrap();
     assert_eq!(t.fan_out(&scope("ROUND_READY", 2, None), &payload).delivered, 1);
     assert_eq!(t.fan_out(&scope("ROUND_READY", 0, None), &payload).delivered, 1);
@@ -59,8 +58,7 @@ fn a_full_queue_closes_the_connection() {
     let r = registry(10, 3, 3, 1);
     let (reg, _rx) = r.admit(Endpoint::Waiter, waiter(&[1]), user(1), Arc::from([])).unwrap();
     let t = r.tenant(1).unwrap();
-    let payload =
-        Arc::new(QueuedEvent { payload: Utf8Bytes::from("e"), received_us: None, sequence: None, stored_ns: None });
+    let payload = Arc::new(QueuedEvent::new(Utf8Bytes::from("e"), None, None, None));
     assert_eq!(t.fan_out(&scope("ROUND_PENDING", 1, None), &payload), Fanout { delivered: 1, queue_full: 0 });
     assert_eq!(t.fan_out(&scope("ROUND_PENDING", 1, None), &payload), Fanout { delivered: 0, queue_full: 1 });
     assert!(reg.conn.control.token.is_cancelled());
@@ -108,10 +106,7 @@ fn diners_only_get_their_session() {
         )
         .unwrap();
     let t = r.tenant(1).unwrap();
-    t.fan_out(
-        &scope("CART_SYNC", 3, Some(4)),
-        &Arc::new(QueuedEvent { payload: Utf8Bytes::from("x"), received_us: None, sequence: None, stored_ns: None }),
-    );
+    t.fan_out(&scope("CART_SYNC", 3, Some(4)), &Arc::new(QueuedEvent::new(Utf8Bytes::from("x"), None, None, None)));
     assert_eq!(mine.try_recv().unwrap().payload, "x");
     assert!(other.try_recv().is_err());
 }
