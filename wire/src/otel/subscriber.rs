@@ -91,6 +91,7 @@ pub fn init(format: LogFormat, output: Output, otel: &OtelSettings, service: Ser
         let _ = provider.shutdown();
         return Ok(Telemetry { provider: None });
     }
+    limit_log_records();
     let _ = TRACER.set(provider.tracer(service.name));
     ENABLED.store(true, Ordering::Relaxed);
     Ok(Telemetry { provider: Some(provider) })
@@ -107,7 +108,25 @@ pub fn finished_span(name: &'static str, kind: SpanKind, start: SystemTime, attr
 
 /// Installs a logs-only subscriber; a second call is a no-op.
 pub fn init_logging(format: LogFormat, output: Output) {
-    let _ = tracing_subscriber::registry().with(logs(format, output)).try_init();
+    if tracing_subscriber::registry().with(logs(format, output)).try_init().is_ok() {
+        limit_log_records();
+    }
+}
+
+/// Lowers the `log` crate's maximum level (which `try_init` leaves at trace) to the most verbose
+/// level the installed filter lets through: the `log::trace!` calls libraries make per frame
+/// (tungstenite) are then skipped by one comparison instead of asking the filter each time.
+fn limit_log_records() {
+    use tracing::level_filters::LevelFilter;
+    let max = match LevelFilter::current() {
+        LevelFilter::OFF => log::LevelFilter::Off,
+        LevelFilter::ERROR => log::LevelFilter::Error,
+        LevelFilter::WARN => log::LevelFilter::Warn,
+        LevelFilter::INFO => log::LevelFilter::Info,
+        LevelFilter::DEBUG => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    log::set_max_level(max);
 }
 
 /// Writes each log line (the formatter writes a line in one call) with the passwords of any URL
