@@ -38,12 +38,19 @@ pub enum Command {
     /// Redis -> JetStream throughput of the publisher-bridge (no WebSocket clients).
     #[command(long_about = BRIDGE_HELP, after_long_help = BRIDGE_EXAMPLES)]
     Bridge(BridgeArgs),
+    /// The physical floor: sender CPU per delivery of bare writes of one pre-encoded frame per
+    /// recipient to loopback sockets read by another process (no gateway involved).
+    #[command(long_about = FLOOR_HELP, after_long_help = FLOOR_EXAMPLES)]
+    Floor(FloorArgs),
     /// Mint a staff or table token from the secrets (for demos and manual tests).
     #[command(subcommand, after_long_help = TOKEN_EXAMPLES)]
     Token(TokenCommand),
     /// Internal: one worker process holding a range of connections (spec on stdin).
     #[command(hide = true)]
     Worker,
+    /// Internal: the floor's reading process.
+    #[command(hide = true)]
+    FloorReader { addr: std::net::SocketAddr, sockets: usize },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -190,6 +197,11 @@ pub struct RunArgs {
     /// Executable name used to discover gateway processes.
     #[arg(long, default_value = "gateway")]
     pub gateway_bin: String,
+    /// Seconds of the bare-write floor (as `loadtest floor` measures it) taken after the traffic at the
+    /// run's own deliveries per second, fan-out, frame size and connections, to report the
+    /// gateway's CPU per delivery as a multiple of it (fanout, steady; 0: no floor).
+    #[arg(long, default_value_t = 5.0)]
+    pub floor_seconds: f64,
     #[command(flatten)]
     pub output: Output,
     /// Print the population, the events and the deliveries the routing model expects (average
@@ -317,6 +329,28 @@ pub struct BridgeArgs {
     pub publish: Publish,
     #[command(flatten)]
     pub output: Output,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FloorArgs {
+    /// Loopback sockets written to.
+    #[arg(long, default_value_t = 1000)]
+    pub sockets: usize,
+    /// Recipients per event.
+    #[arg(long, default_value_t = 100)]
+    pub fanout: usize,
+    /// Deliveries per second; each is measured in turn (comma-separated or repeated).
+    #[arg(long = "rate", value_delimiter = ',', default_value = "5000,20000")]
+    pub rates: Vec<f64>,
+    /// Seconds of writing per rate.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Bytes of each frame, WebSocket header included.
+    #[arg(long, default_value_t = 332)]
+    pub frame_bytes: usize,
+    /// Write the measurements as JSON.
+    #[arg(long, value_name = "PATH")]
+    pub report_json: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

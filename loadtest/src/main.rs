@@ -8,6 +8,7 @@ mod client;
 mod events;
 mod events_stream;
 mod expectations;
+mod floor;
 mod hist;
 mod messages;
 mod nats;
@@ -33,9 +34,14 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     raise_open_files_limit();
-    if let Command::Token(token) = cli.command {
-        println!("{}", mint(token));
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Command::Token(token) => {
+            println!("{}", mint(token));
+            return ExitCode::SUCCESS;
+        }
+        Command::FloorReader { addr, sockets } => return exit(floor::read_all(addr, sockets).map(|()| true)),
+        Command::Floor(args) => return exit(floor::run(&args).map(|()| true)),
+        _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async move {
@@ -54,9 +60,13 @@ fn main() -> ExitCode {
                 let output = a.output.clone();
                 scenarios::finish(scenarios::bridge::run(a).await?, &output)
             }
-            Command::Token(_) => unreachable!("handled above"),
+            Command::Token(_) | Command::Floor(_) | Command::FloorReader { .. } => unreachable!("handled above"),
         }
     });
+    exit(result)
+}
+
+fn exit(result: anyhow::Result<bool>) -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {

@@ -26,6 +26,8 @@ pub struct Report {
     /// `(percentile, µs)` along the classic HdrHistogram percentile axis.
     pub latency_percentiles: Vec<(f64, u64)>,
     pub rss: Option<Rss>,
+    /// CPU per delivery during the traffic, against the floor measured in the same run.
+    pub efficiency: Option<Efficiency>,
     pub bridge: Option<Bridge>,
     pub failover: Option<Failover>,
     pub replay: Option<Replay>,
@@ -116,6 +118,57 @@ pub struct Rss {
     pub before_kib: u64,
     pub after_kib: u64,
     pub per_connection_kib: f64,
+}
+
+/// What the server side spent per delivery while the events flowed (from the start of the
+/// traffic to the end of the settle: the connect phase is left out), and the bare-write floor
+/// measured right after at the same rate, fan-out, frame size and connections.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Efficiency {
+    pub window_s: f64,
+    /// Event frames the clients received in the window.
+    pub deliveries: u64,
+    pub gateway_cpu_s: f64,
+    pub gateway_cpu_us_per_delivery: f64,
+    /// CPU seconds of the rest of the pipeline found on this machine (publisher-bridge,
+    /// nats-server, redis-server), by process name.
+    pub pipeline_cpu_s: BTreeMap<String, f64>,
+    /// Gateway and pipeline together, per delivery.
+    pub server_cpu_us_per_delivery: f64,
+    pub floor: Option<crate::floor::Floor>,
+    /// Gateway CPU per delivery over the floor's.
+    pub gateway_over_floor: Option<f64>,
+    /// Server-side CPU per delivery over the floor's.
+    pub server_over_floor: Option<f64>,
+}
+
+impl Efficiency {
+    /// From the CPU used in the window; the floor is added after.
+    pub fn new(window_s: f64, deliveries: u64, gateway_cpu_s: f64, pipeline_cpu_s: BTreeMap<String, f64>) -> Self {
+        let per = |s: f64| s * 1e6 / deliveries.max(1) as f64;
+        let server = gateway_cpu_s + pipeline_cpu_s.values().sum::<f64>();
+        Efficiency {
+            window_s,
+            deliveries,
+            gateway_cpu_s,
+            gateway_cpu_us_per_delivery: per(gateway_cpu_s),
+            server_cpu_us_per_delivery: per(server),
+            pipeline_cpu_s,
+            floor: None,
+            gateway_over_floor: None,
+            server_over_floor: None,
+        }
+    }
+
+    pub fn with_floor(mut self, floor: crate::floor::Floor) -> Self {
+        let base = floor.cpu_us_per_delivery;
+        if base > 0.0 {
+            self.gateway_over_floor = Some(self.gateway_cpu_us_per_delivery / base);
+            self.server_over_floor = Some(self.server_cpu_us_per_delivery / base);
+        }
+        self.floor = Some(floor);
+        self
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -252,16 +252,34 @@ async fn every_scenario_delivers_exactly_once() {
     assert!(r["connections"]["handshakes_per_s"].as_f64().unwrap() > 0.0);
     assert!(r["rss"]["after_kib"].as_u64().unwrap() > 0);
 
-    let args = run(&["-n", "300", "--rate", "100", "--duration", "2"], "fanout");
+    // Fanout, with the bare-write floor measured after it at the run's own rate and fan-out.
+    let args = run(&["-n", "300", "--rate", "100", "--duration", "2", "--floor-seconds", "1"], "fanout");
     let r = stack.loadtest("fanout", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     assert!(r["deliveries"]["avg_fanout"].as_f64().unwrap() > 5.0, "{}", r["deliveries"]);
+    let x = &r["efficiency"];
+    assert_eq!(x["deliveries"], r["deliveries"]["received"], "{x}");
+    assert!(
+        x["gateway_cpu_s"].as_f64().unwrap() > 0.0
+            && x["server_cpu_us_per_delivery"].as_f64() >= x["gateway_cpu_us_per_delivery"].as_f64(),
+        "{x}"
+    );
+    let floor = &x["floor"];
+    assert_eq!(floor["sockets"], 300, "one socket per connection of the run: {floor}");
+    assert!(
+        floor["deliveries"].as_u64().unwrap() > 0 && floor["cpu_us_per_delivery"].as_f64().unwrap() > 0.0,
+        "{floor}"
+    );
+    let ratio = x["gateway_over_floor"].as_f64().unwrap();
+    let expected = x["gateway_cpu_us_per_delivery"].as_f64().unwrap() / floor["cpu_us_per_delivery"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9 * expected.max(1.0), "{x}");
 
-    let args = run(&["-n", "300", "--rate", "200", "--duration", "2"], "steady");
+    let args = run(&["-n", "300", "--rate", "200", "--duration", "2", "--floor-seconds", "0"], "steady");
     let r = stack.loadtest("steady", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     assert!(
         r["events"]["copies"].as_u64().unwrap() > r["events"]["published"].as_u64().unwrap(),
         "several channels per event"
     );
+    assert!(r["efficiency"]["floor"].is_null(), "--floor-seconds 0: no floor");
 
     let args = run(
         &["-n", "300", "--rate", "200", "--duration", "3", "--churn-rate", "30", "--churn-grace-ms", "1500"],

@@ -190,6 +190,23 @@ Examples:
   loadtest bridge --path stream --backlog --rate 0 --duration 2 --expect-zero-loss   # drain only
   loadtest bridge --path direct --rate 0 --duration 2 --expect-zero-loss   # nats-server's ceiling";
 
+pub const FLOOR_HELP: &str = "\
+The physical floor of fan-out on this machine, without the gateway: a sender thread writes one
+pre-encoded WebSocket text frame per recipient (server frames are unmasked, so every recipient
+gets the same bytes) to --sockets loopback TCP sockets with TCP_NODELAY, --fanout consecutive
+sockets per event, events paced to each --rate (deliveries per second) for --duration seconds.
+A second process reads and discards everything. The floor is the sender thread's CPU time
+(user and system, so the kernel's loopback work done on its behalf counts) per frame written.
+
+The fanout and steady scenarios measure it again after their traffic, at their own rate,
+fan-out, frame size and connections (--floor-seconds), and report the gateway's CPU per
+delivery as a multiple of it.";
+
+pub const FLOOR_EXAMPLES: &str = "\
+Examples:
+  loadtest floor                                   # 1,000 sockets, fan-out 100, 5k and 20k/s
+  loadtest floor --rate 5000,20000,65000 --duration 30 --report-json floor.json";
+
 pub const TOKEN_EXAMPLES: &str = "\
 Examples:
   loadtest token staff --user 7 --tenant 1 --branches 1,2 --roles WAITER,MANAGER

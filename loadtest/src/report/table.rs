@@ -65,6 +65,31 @@ pub fn render(r: &Report) -> String {
             format!("gateways {:.1} s, loadtest workers {:.1} s, over {:.1} s wall", m.gateway_cpu_s, client, r.wall_s),
         );
     }
+    if let Some(x) = &r.efficiency {
+        let pipeline: Vec<String> = x.pipeline_cpu_s.iter().map(|(name, s)| format!("{name} {s:.2} s")).collect();
+        row(
+            "CPU/delivery",
+            format!(
+                "gateway {:.2} µs, whole server side {:.2} µs ({} deliveries in {:.1} s; gateway {:.2} s{}{})",
+                x.gateway_cpu_us_per_delivery,
+                x.server_cpu_us_per_delivery,
+                x.deliveries,
+                x.window_s,
+                x.gateway_cpu_s,
+                if pipeline.is_empty() { "" } else { ", " },
+                pipeline.join(", ")
+            ),
+        );
+        if let (Some(f), Some(gateway), Some(server)) = (&x.floor, x.gateway_over_floor, x.server_over_floor) {
+            row(
+                "floor",
+                format!(
+                    "{:.2} µs per bare write ({} sockets, fan-out {}, {} bytes, {:.0}/s): gateway {gateway:.2}x, server side {server:.2}x",
+                    f.cpu_us_per_delivery, f.sockets, f.fanout, f.frame_bytes, f.achieved_per_s
+                ),
+            );
+        }
+    }
     let e = &r.events;
     let asked =
         if e.target_rate > 0.0 { format!("{:.0}/s asked", e.target_rate) } else { "as fast as possible".to_string() };

@@ -303,6 +303,7 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<Report> {
         latency: hist::summary(&latency),
         latency_percentiles: percentiles(&latency),
         rss: None,
+        efficiency: None,
         bridge: Some(Bridge {
             stream: args.stream.clone(),
             direct,

@@ -14,9 +14,10 @@ use crate::messages::{ToWorker, WorkerSpec};
 use crate::population::{Mix, Population, PopulationParams};
 use crate::progress::Progress;
 use crate::publisher::{self, Plan, Target};
-use crate::report::{percentiles, Connections, Deliveries, Events, Report, Rss};
+use crate::report::{percentiles, Connections, Deliveries, Efficiency, Events, Report, Rss};
 use crate::rss;
 use crate::workers::{self, Fleet};
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -109,6 +110,7 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
     let rss_after = rss::total_kib(&pids);
 
     progress.phase(if scenario == Scenario::Idle { "hold" } else { "traffic" });
+    let window = Window::open(&pids);
     fleet.send(&ToWorker::Go).await?;
     let count = match scenario {
         Scenario::Idle => {
@@ -143,6 +145,7 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
     }
     progress.phase("settle");
     tokio::time::sleep(Duration::from_secs_f64(args.publish.settle)).await;
+    let window = window.close(&pids);
     fleet.send(&ToWorker::Finish { sent_us: log.sent_us.clone() }).await?;
     let finals = fleet.wait_final(Duration::from_secs(120)).await?;
     let seen = progress.finish().await;
@@ -191,6 +194,23 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
         }
         _ => (None, Vec::new()),
     };
+    let efficiency = match (scenario, pids.is_empty()) {
+        (Scenario::Fanout | Scenario::Steady, false) => {
+            let x = window.efficiency(received);
+            let floor = FloorAt {
+                seconds: args.floor_seconds,
+                connections: phase.connected,
+                deliveries_per_s: received as f64 / duration,
+                fanout: tally.expected as f64 / published.max(1) as f64,
+                frame_bytes: mean_frame_bytes(&generator, run, count, args.publish.payload_bytes),
+            };
+            Some(match floor.measure().await? {
+                Some(floor) => x.with_floor(floor),
+                None => x,
+            })
+        }
+        _ => None,
+    };
     let rss = (!pids.is_empty()).then(|| Rss {
         pids: pids.clone(),
         gateway_cpu_s,
@@ -236,12 +256,94 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
         latency: hist::summary(&seen.latency),
         latency_percentiles: percentiles(&seen.latency),
         rss,
+        efficiency,
         bridge: None,
         failover,
         replay: None,
         timeline: seen.timeline,
         problems,
     })
+}
+
+/// CPU readings of the gateways and the rest of the pipeline at the start of the traffic, then
+/// what they used until the end of the settle.
+struct Window {
+    started: Instant,
+    gateways: Vec<Option<f64>>,
+    pipeline: BTreeMap<String, f64>,
+    used: Option<(f64, f64, BTreeMap<String, f64>)>,
+}
+
+impl Window {
+    fn open(pids: &[i32]) -> Window {
+        Window { started: Instant::now(), gateways: rss::cpu_readings(pids), pipeline: pipeline_cpu(), used: None }
+    }
+
+    fn close(mut self, pids: &[i32]) -> Window {
+        let gateways = rss::cpu_used_since(pids, &self.gateways);
+        let pipeline = crate::bridge_probe::cpu_used(&self.pipeline, &pipeline_cpu());
+        self.used = Some((self.started.elapsed().as_secs_f64(), gateways, pipeline));
+        self
+    }
+
+    fn efficiency(self, deliveries: u64) -> Efficiency {
+        let (window_s, gateways, pipeline) = self.used.unwrap_or_default();
+        Efficiency::new(window_s, deliveries, gateways, pipeline)
+    }
+}
+
+/// CPU seconds of the server-side processes besides the gateways (the load generator is not one).
+fn pipeline_cpu() -> BTreeMap<String, f64> {
+    let mut cpu = crate::bridge_probe::cpu_by_process();
+    cpu.remove("loadtest");
+    cpu
+}
+
+/// The floor to measure after a run: its connections, rate, fan-out and frame size.
+struct FloorAt {
+    seconds: f64,
+    connections: u64,
+    deliveries_per_s: f64,
+    fanout: f64,
+    frame_bytes: usize,
+}
+
+impl FloorAt {
+    async fn measure(self) -> anyhow::Result<Option<crate::floor::Floor>> {
+        let sockets = self.connections as usize;
+        if self.seconds <= 0.0 || sockets == 0 || self.deliveries_per_s < 1.0 {
+            return Ok(None);
+        }
+        let params = crate::floor::Params {
+            sockets,
+            fanout: (self.fanout.round() as usize).clamp(1, sockets),
+            deliveries_per_s: self.deliveries_per_s,
+            duration: Duration::from_secs_f64(self.seconds),
+            frame_bytes: self.frame_bytes,
+        };
+        // The workers' connections are closing: let the gateways settle first.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let floor = tokio::task::spawn_blocking(move || crate::floor::measure(params)).await??;
+        Ok(Some(floor))
+    }
+}
+
+/// The mean size of the run's event frames as the gateway writes them (header included), over
+/// up to 1,000 of its events.
+fn mean_frame_bytes(generator: &Generator, run: u64, count: u64, pad_to: usize) -> usize {
+    let step = (count / 1000).max(1);
+    let ids: Vec<u64> = (0..count).step_by(step as usize).collect();
+    let total: usize = ids
+        .iter()
+        .map(|id| crate::events::render(&generator.event(*id as u32), run, wire::clock::now_micros(), pad_to).len())
+        .sum();
+    let payload = total / ids.len().max(1);
+    payload
+        + match payload {
+            0..=125 => 2,
+            126..=65_535 => 4,
+            _ => 10,
+        }
 }
 
 /// Ports of `ws://host:port` URLs.

@@ -368,6 +368,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<Report> {
         latency: hist::summary(&seen.latency),
         latency_percentiles: percentiles(&seen.latency),
         rss: None,
+        efficiency: None,
         bridge: None,
         failover: None,
         replay: Some(Replay {

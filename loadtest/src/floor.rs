@@ -1,0 +1,278 @@
+//! The physical floor of fan-out: what one bare write per recipient costs on this machine. A
+//! sender thread writes one pre-encoded WebSocket text frame (server frames are unmasked, so
+//! every recipient gets the same bytes) per recipient to loopback TCP sockets, `fanout`
+//! recipients per event, events paced to the asked deliveries per second; another process (this
+//! binary's hidden `floor-reader`) reads and discards everything. The sender thread's own CPU
+//! time (`CLOCK_THREAD_CPUTIME_ID`, which also holds the kernel's loopback work done on its
+//! behalf) divided by the frames written is the floor a gateway's CPU per delivery is compared
+//! with. Sockets are set up like the gateway's (`TCP_NODELAY`).
+
+use anyhow::{bail, ensure, Context};
+use serde::Serialize;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Params {
+    /// Loopback sockets written to (the connections).
+    pub sockets: usize,
+    /// Recipients per event: consecutive sockets, the next event starting after the last.
+    pub fanout: usize,
+    /// Deliveries (frames) per second.
+    pub deliveries_per_s: f64,
+    pub duration: Duration,
+    /// Size of the whole frame, header included.
+    pub frame_bytes: usize,
+}
+
+/// The measurement.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Floor {
+    pub sockets: usize,
+    pub fanout: usize,
+    pub frame_bytes: usize,
+    pub asked_per_s: f64,
+    pub deliveries: u64,
+    /// Deliveries per second actually written (below `asked_per_s` if the sender fell behind).
+    pub achieved_per_s: f64,
+    pub sender_cpu_s: f64,
+    /// The floor: sender CPU per frame written.
+    pub cpu_us_per_delivery: f64,
+}
+
+/// A server-to-client text frame of exactly `frame_bytes` bytes (RFC 6455 section 5.2: no mask,
+/// a 1-byte length below 126, a 2-byte one up to 65535).
+pub fn frame(frame_bytes: usize) -> anyhow::Result<Vec<u8>> {
+    ensure!((2..=65_535 + 4).contains(&frame_bytes), "a frame of {frame_bytes} bytes is out of range (2..=65539)");
+    let mut frame = vec![0x81];
+    let payload = if frame_bytes - 2 < 126 {
+        frame.push((frame_bytes - 2) as u8);
+        frame_bytes - 2
+    } else {
+        ensure!(frame_bytes >= 4 + 126, "a frame of {frame_bytes} bytes has no valid length encoding");
+        let payload = frame_bytes - 4;
+        frame.push(126);
+        frame.extend_from_slice(&(payload as u16).to_be_bytes());
+        payload
+    };
+    // A JSON object, so that a reader could parse it: {"p":"xxxx...."}.
+    let mut body = b"{\"p\":\"".to_vec();
+    body.resize(payload.saturating_sub(2), b'x');
+    body.extend_from_slice(b"\"}");
+    body.truncate(payload);
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// Measures the floor: starts the reader process, connects its sockets, writes for
+/// `params.duration`, stops the reader. Blocking: call from a thread of its own.
+pub fn measure(params: Params) -> anyhow::Result<Floor> {
+    ensure!(params.sockets > 0 && params.fanout > 0, "the floor needs sockets and a fan-out");
+    ensure!(params.fanout <= params.sockets, "a fan-out of {} over {} sockets", params.fanout, params.sockets);
+    ensure!(params.deliveries_per_s > 0.0, "the floor needs a positive rate");
+    let frame = frame(params.frame_bytes)?;
+    let listener = TcpListener::bind("127.0.0.1:0").context("bind the floor's listener")?;
+    let addr = listener.local_addr()?;
+    let mut reader = Reader::spawn(addr, params.sockets)?;
+    let sockets = accept(&listener, params.sockets, &mut reader)?;
+    let (written, elapsed, cpu) = std::thread::scope(|scope| {
+        scope.spawn(|| send(&sockets, &frame, &params)).join().expect("the floor's sender thread")
+    })?;
+    drop(sockets);
+    reader.finish()?;
+    Ok(Floor {
+        sockets: params.sockets,
+        fanout: params.fanout,
+        frame_bytes: params.frame_bytes,
+        asked_per_s: params.deliveries_per_s,
+        deliveries: written,
+        achieved_per_s: written as f64 / elapsed.as_secs_f64().max(1e-9),
+        sender_cpu_s: cpu.as_secs_f64(),
+        cpu_us_per_delivery: cpu.as_secs_f64() * 1e6 / written.max(1) as f64,
+    })
+}
+
+/// The `floor` subcommand: one measurement per rate, a line each, and the JSON report.
+pub fn run(args: &crate::cli::FloorArgs) -> anyhow::Result<()> {
+    ensure!(args.duration > 0.0, "--duration must be positive");
+    let mut floors = Vec::with_capacity(args.rates.len());
+    for &rate in &args.rates {
+        let floor = measure(Params {
+            sockets: args.sockets,
+            fanout: args.fanout,
+            deliveries_per_s: rate,
+            duration: Duration::from_secs_f64(args.duration),
+            frame_bytes: args.frame_bytes,
+        })?;
+        println!("{}", floor.line());
+        floors.push(floor);
+    }
+    if let Some(path) = &args.report_json {
+        let json = serde_json::json!({ "command": crate::scenarios::command_line(), "floor": floors });
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("write {}", path.display()))?;
+        eprintln!("loadtest: JSON report written to {}", path.display());
+    }
+    Ok(())
+}
+
+impl Floor {
+    /// One line: the rate written and the floor.
+    pub fn line(&self) -> String {
+        format!(
+            "floor {:.2} µs CPU per delivery: {} frames of {} bytes to {} sockets (fan-out {}) at {:.0}/s ({:.0}/s asked), sender CPU {:.2} s",
+            self.cpu_us_per_delivery,
+            self.deliveries,
+            self.frame_bytes,
+            self.sockets,
+            self.fanout,
+            self.achieved_per_s,
+            self.asked_per_s,
+            self.sender_cpu_s
+        )
+    }
+}
+
+/// Accepts the reader's sockets, set up like the gateway's.
+fn accept(listener: &TcpListener, count: usize, reader: &mut Reader) -> anyhow::Result<Vec<TcpStream>> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sockets = Vec::with_capacity(count);
+    while sockets.len() < count {
+        match listener.accept() {
+            Ok((socket, _)) => {
+                socket.set_nonblocking(false)?;
+                socket.set_nodelay(true)?;
+                sockets.push(socket);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Some(status) = reader.child.try_wait()? {
+                    bail!("the floor's reader exited with {status} after {} connections", sockets.len());
+                }
+                ensure!(Instant::now() < deadline, "only {} of {count} floor sockets connected in 30 s", sockets.len());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(e).context("accept a floor socket"),
+        }
+    }
+    Ok(sockets)
+}
+
+/// The sender: `fanout` writes per event, events paced to the asked rate. Returns the frames
+/// written, the time it took and the thread's CPU time.
+fn send(sockets: &[TcpStream], frame: &[u8], params: &Params) -> anyhow::Result<(u64, Duration, Duration)> {
+    let events_per_s = params.deliveries_per_s / params.fanout as f64;
+    let interval = Duration::from_secs_f64(1.0 / events_per_s);
+    let events = (events_per_s * params.duration.as_secs_f64()).ceil().max(1.0) as u64;
+    let cpu_before = thread_cpu()?;
+    let started = Instant::now();
+    let mut next = 0usize;
+    let mut written = 0u64;
+    for event in 0..events {
+        let due = started + interval.mul_f64(event as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        for _ in 0..params.fanout {
+            let mut socket = &sockets[next];
+            socket.write_all(frame).context("write a floor frame")?;
+            next = (next + 1) % sockets.len();
+            written += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    Ok((written, elapsed, thread_cpu()? - cpu_before))
+}
+
+/// CPU time of the calling thread, user and system.
+fn thread_cpu() -> anyhow::Result<Duration> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).context("thread CPU clock")?;
+    Ok(Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+}
+
+/// The reading process.
+struct Reader {
+    child: Child,
+}
+
+impl Reader {
+    fn spawn(addr: SocketAddr, sockets: usize) -> anyhow::Result<Reader> {
+        let exe = std::env::current_exe().context("the loadtest executable")?;
+        let child = Command::new(exe)
+            .args(["floor-reader", &addr.to_string(), &sockets.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start the floor's reader process")?;
+        Ok(Reader { child })
+    }
+
+    /// Waits for the reader to see every socket closed.
+    fn finish(mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                ensure!(status.success(), "the floor's reader exited with {status}");
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "the floor's reader did not finish");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The hidden `floor-reader` subcommand: connects `sockets` sockets to `addr` and reads them,
+/// one task each on a single-threaded runtime (epoll, as a browser's kernel would wake it),
+/// until the sender closed them all. Its CPU is not the floor's.
+pub fn read_all(addr: SocketAddr, sockets: usize) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    runtime.block_on(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..sockets {
+            let socket = tokio::net::TcpStream::connect(addr).await.context("connect to the floor's sender")?;
+            tasks.spawn(drain(socket));
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.context("a floor reader task")??;
+        }
+        Ok(())
+    })
+}
+
+/// Reads `socket` to its end.
+async fn drain(mut socket: tokio::net::TcpStream) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = vec![0u8; 16 * 1024];
+    while socket.read(&mut buffer).await.context("read a floor socket")? > 0 {}
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_have_the_asked_size_and_a_valid_header() {
+        let f = frame(332).unwrap();
+        assert_eq!(f.len(), 332);
+        assert_eq!(&f[..4], &[0x81, 126, 0x01, 0x48], "FIN + text, 16-bit length 328");
+        assert!(serde_json::from_slice::<serde_json::Value>(&f[4..]).is_ok());
+        let small = frame(100).unwrap();
+        assert_eq!((small.len(), small[1]), (100, 98));
+        assert!(serde_json::from_slice::<serde_json::Value>(&small[2..]).is_ok());
+        assert!(frame(1).is_err());
+        assert!(frame(128).is_err(), "no encoding gives 128 bytes: 126 payload needs the 2-byte length");
+    }
+}
