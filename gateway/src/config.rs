@@ -141,7 +141,7 @@ impl Config {
                 heartbeat_timeout: p.duration(WS_HEARTBEAT_TIMEOUT, Duration::from_secs(60)),
                 send_queue_size: p.number(WS_SEND_QUEUE_SIZE, 256, 1..=1_000_000),
                 write_timeout: p.duration(WS_WRITE_TIMEOUT, Duration::from_secs(10)),
-                read_buffer_size: p.number(WS_READ_BUFFER_SIZE, 1024, 512..=1 << 20),
+                read_buffer_size: p.number(WS_READ_BUFFER_SIZE, 256, 64..=1 << 20),
                 write_buffer_size: p.number(WS_WRITE_BUFFER_SIZE, 0, 0..=1 << 20),
             },
             redis: RedisSettings::read(&mut p, "redis://localhost:6380"),
