@@ -11,7 +11,7 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
-use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt};
+use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt, LevelFilter};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -86,12 +86,14 @@ pub fn init(format: LogFormat, output: Output, otel: &OtelSettings, service: Ser
         .with_target(false)
         .with_tracked_inactivity(false)
         .with_context_activation(false)
-        .with_filter(filter_fn(|meta| meta.target() == TARGET));
-    if tracing_subscriber::registry().with(logs(format, output)).with(traces).try_init().is_err() {
+        // Every exported span is at info: without the hint every level would look enabled.
+        .with_filter(filter_fn(|meta| meta.target() == TARGET).with_max_level_hint(LevelFilter::INFO));
+    let (logs, most_verbose) = logs(format, output);
+    if tracing_subscriber::registry().with(logs).with(traces).try_init().is_err() {
         let _ = provider.shutdown();
         return Ok(Telemetry { provider: None });
     }
-    limit_log_records();
+    limit_log_records(most_verbose);
     let _ = TRACER.set(provider.tracer(service.name));
     ENABLED.store(true, Ordering::Relaxed);
     Ok(Telemetry { provider: Some(provider) })
@@ -108,17 +110,18 @@ pub fn finished_span(name: &'static str, kind: SpanKind, start: SystemTime, attr
 
 /// Installs a logs-only subscriber; a second call is a no-op.
 pub fn init_logging(format: LogFormat, output: Output) {
-    if tracing_subscriber::registry().with(logs(format, output)).try_init().is_ok() {
-        limit_log_records();
+    let (logs, most_verbose) = logs(format, output);
+    if tracing_subscriber::registry().with(logs).try_init().is_ok() {
+        limit_log_records(most_verbose);
     }
 }
 
 /// Lowers the `log` crate's maximum level (which `try_init` leaves at trace) to the most verbose
-/// level the installed filter lets through: the `log::trace!` calls libraries make per frame
-/// (tungstenite) are then skipped by one comparison instead of asking the filter each time.
-fn limit_log_records() {
-    use tracing::level_filters::LevelFilter;
-    let max = match LevelFilter::current() {
+/// level the log filter lets through (log records go to the log layer only): the `log::trace!`
+/// calls libraries make per frame (tungstenite) are then skipped by one comparison instead of
+/// asking the filter each time.
+fn limit_log_records(most_verbose: Option<LevelFilter>) {
+    let max = match most_verbose.unwrap_or(LevelFilter::TRACE) {
         LevelFilter::OFF => log::LevelFilter::Off,
         LevelFilter::ERROR => log::LevelFilter::Error,
         LevelFilter::WARN => log::LevelFilter::Warn,
@@ -150,9 +153,13 @@ impl<W: std::io::Write> std::io::Write for Redacting<W> {
 }
 
 /// The log layer: `RUST_LOG` (default `info`), never the exported spans; passwords masked.
-fn logs(format: LogFormat, output: Output) -> Box<dyn Layer<Registry> + Send + Sync> {
+/// The log layer, and the most verbose level its filter lets through (`None`: any).
+fn logs(format: LogFormat, output: Output) -> (Box<dyn Layer<Registry> + Send + Sync>, Option<LevelFilter>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let filter = filter.and(filter_fn(|meta| meta.target() != TARGET));
+    let most_verbose = filter.max_level_hint();
+    // The hint passed on: a filter without one would make every level look enabled.
+    let filter = filter
+        .and(filter_fn(|meta| meta.target() != TARGET).with_max_level_hint(most_verbose.unwrap_or(LevelFilter::TRACE)));
     let (writer, terminal) = match output {
         Output::Stdout => {
             (BoxMakeWriter::new(|| Redacting(std::io::stdout())), std::io::IsTerminal::is_terminal(&std::io::stdout()))
@@ -162,8 +169,29 @@ fn logs(format: LogFormat, output: Output) -> Box<dyn Layer<Registry> + Send + S
         }
     };
     let layer = tracing_subscriber::fmt::layer().with_writer(writer);
-    match format {
+    let layer = match format {
         LogFormat::Json => layer.json().flatten_event(true).with_filter(filter).boxed(),
         LogFormat::Text => layer.with_ansi(terminal).with_filter(filter).boxed(),
+    };
+    (layer, most_verbose)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_records_more_verbose_than_the_filter_are_dropped_at_the_source() {
+        init_logging(LogFormat::Text, Output::Stderr);
+        match std::env::var("RUST_LOG") {
+            Err(_) => assert_eq!(log::max_level(), log::LevelFilter::Info, "the default filter is info"),
+            Ok(_) => {
+                let hint = EnvFilter::from_default_env().max_level_hint().unwrap_or(LevelFilter::TRACE);
+                assert_eq!(log::max_level() == log::LevelFilter::Trace, hint == LevelFilter::TRACE);
+            }
+        }
+        assert!(
+            !log::log_enabled!(target: "tungstenite::protocol", log::Level::Trace) || std::env::var("RUST_LOG").is_ok()
+        );
     }
 }
