@@ -7,12 +7,12 @@ use crate::auth::Endpoint;
 use crate::close::{CloseReason, Closing};
 use crate::routing::{self, Audience, EventScope};
 use axum::extract::ws::Utf8Bytes;
+use futures_util::task::AtomicWaker;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// One event queued to connections, shared by every recipient of a fan-out: a queue slot is one
 /// pointer (the queue's first block of 32 slots is allocated with the connection).
@@ -48,10 +48,13 @@ impl QueuedEvent {
     }
 }
 
-/// Asks a connection's task to close with a reason; the first reason wins.
+/// Asks a connection's task to close with a reason; the first reason wins. Lock-free: the
+/// task's loop polls [`Control::closed`] on every wake-up, once per delivered batch.
 #[derive(Default)]
 pub struct Control {
-    token: CancellationToken,
+    closing: AtomicBool,
+    /// The connection's task, the only one waiting.
+    waker: AtomicWaker,
     reason: OnceLock<Closing>,
 }
 
@@ -63,17 +66,29 @@ impl Control {
     /// Closes with `closing` unless another reason came first; `true` when this one won.
     pub fn close_with(&self, closing: Closing) -> bool {
         let won = self.reason.set(closing).is_ok();
-        self.token.cancel();
+        self.closing.store(true, Ordering::Release);
+        self.waker.wake();
         won
     }
 
-    pub async fn closed(&self) -> Closing {
-        self.token.cancelled().await;
-        self.reason.get().cloned().unwrap_or(Closing::Documented(CloseReason::SERVICE_RESTART))
+    /// Resolves once the connection is asked to close, with the reason. Only the connection's
+    /// own task waits on it (the last task to poll is the one woken).
+    pub fn closed(&self) -> impl std::future::Future<Output = Closing> + '_ {
+        std::future::poll_fn(move |cx| {
+            if !self.is_closing() {
+                self.waker.register(cx.waker());
+                if !self.is_closing() {
+                    return std::task::Poll::Pending;
+                }
+            }
+            std::task::Poll::Ready(
+                self.reason.get().cloned().unwrap_or(Closing::Documented(CloseReason::SERVICE_RESTART)),
+            )
+        })
     }
 
     pub fn is_closing(&self) -> bool {
-        self.token.is_cancelled()
+        self.closing.load(Ordering::Acquire)
     }
 }
 

@@ -61,7 +61,7 @@ fn a_full_queue_closes_the_connection() {
     let payload = Arc::new(QueuedEvent::new(Utf8Bytes::from("e"), None, None, None));
     assert_eq!(t.fan_out(&scope("ROUND_PENDING", 1, None), &payload), Fanout { delivered: 1, queue_full: 0 });
     assert_eq!(t.fan_out(&scope("ROUND_PENDING", 1, None), &payload), Fanout { delivered: 0, queue_full: 1 });
-    assert!(reg.conn.control.token.is_cancelled());
+    assert!(reg.conn.control.is_closing());
     assert_eq!(reg.conn.control.reason.get(), Some(&CloseReason::SLOW_CONSUMER.into()));
 }
 
@@ -124,4 +124,20 @@ fn per_endpoint_counts_follow_admission_and_release() {
     drop(w);
     drop(d);
     assert_eq!(r.per_endpoint(), [0; 4]);
+}
+
+#[tokio::test]
+async fn a_close_wakes_the_waiting_task_with_the_first_reason() {
+    let control = Arc::new(Control::default());
+    let waiting = tokio::spawn({
+        let control = control.clone();
+        async move { control.closed().await }
+    });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished() && !control.is_closing());
+    assert!(control.close_with(CloseReason::TOKEN_REVOKED.into()));
+    assert!(!control.close_with(CloseReason::SLOW_CONSUMER.into()), "the first reason wins");
+    let reason = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("woken").unwrap();
+    assert_eq!(reason, CloseReason::TOKEN_REVOKED.into());
+    assert_eq!(control.closed().await, CloseReason::TOKEN_REVOKED.into(), "closed stays closed");
 }
