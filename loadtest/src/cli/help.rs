@@ -26,6 +26,9 @@ Scenarios:
   replay   clients that missed events come back with their cursor: how fast they are replayed
   bridge   Redis -> JetStream throughput of the publisher-bridge, no WebSocket clients (or,
            with --backlog, of its drain alone; with --path direct, of nats-server alone)
+  floor    the physical floor of fan-out, no gateway: sender CPU per bare write of one
+           pre-encoded frame to loopback sockets; fanout and steady also measure it after their
+           traffic and report the gateway's CPU per delivery against it
 
 --resume makes the clients of idle, fanout, steady and churn resume-capable (protocol section
 8): events published while a client was away are then owed, replayed by the gateway.
