@@ -62,9 +62,11 @@ impl Session {
 
     /// The session's task. An `async` block rather than an `async fn`: the arguments of an
     /// `async fn` are moved into its state once more on its first poll, which kept a second copy
-    /// of the session and the socket in every connection's task (about 600 bytes each).
+    /// of the session and the socket in every connection's task (about 600 bytes each). The
+    /// session comes boxed: axum's upgrade task keeps the callback's copy of it beside this
+    /// future's, and two pointers are smaller than two sessions.
     #[allow(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
-    pub fn run(mut self, mut socket: WebSocket) -> impl std::future::Future<Output = ()> + Send {
+    pub fn run(mut self: Box<Self>, mut socket: WebSocket) -> impl std::future::Future<Output = ()> + Send {
         async move {
             let endpoint = self.endpoint().as_str();
             self.app.metrics.connection_opened(endpoint);

@@ -43,6 +43,7 @@ pub async fn upgrade(
     };
     match admit(&app, endpoint, &headers, query.as_deref(), info).await {
         Ok(session) => {
+            let session = Box::new(session);
             let task = app.sessions.token();
             ws.on_upgrade(move |socket| async move {
                 session.run(socket).await;
