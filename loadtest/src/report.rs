@@ -136,6 +136,8 @@ pub struct Efficiency {
     /// Gateway and pipeline together, per delivery.
     pub server_cpu_us_per_delivery: f64,
     pub floor: Option<crate::floor::Floor>,
+    /// Why the floor is missing, when measuring it failed.
+    pub floor_error: Option<String>,
     /// Gateway CPU per delivery over the floor's.
     pub gateway_over_floor: Option<f64>,
     /// Server-side CPU per delivery over the floor's.
@@ -155,9 +157,15 @@ impl Efficiency {
             server_cpu_us_per_delivery: per(server),
             pipeline_cpu_s,
             floor: None,
+            floor_error: None,
             gateway_over_floor: None,
             server_over_floor: None,
         }
+    }
+
+    pub fn without_floor(mut self, error: String) -> Self {
+        self.floor_error = Some(error);
+        self
     }
 
     pub fn with_floor(mut self, floor: crate::floor::Floor) -> Self {
@@ -307,5 +315,24 @@ pub fn mean_active_rate(received: u64, timeline: &[Point]) -> f64 {
         0.0
     } else {
         received as f64 / active as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_delivery_and_its_multiple_of_the_floor() {
+        let pipeline = BTreeMap::from([("nats-server".to_string(), 0.006), ("redis-server".to_string(), 0.004)]);
+        let x = Efficiency::new(10.0, 1000, 0.02, pipeline);
+        assert!((x.gateway_cpu_us_per_delivery - 20.0).abs() < 1e-9);
+        assert!((x.server_cpu_us_per_delivery - 30.0).abs() < 1e-9, "gateway and pipeline together");
+        let floor = crate::floor::Floor { cpu_us_per_delivery: 8.0, ..Default::default() };
+        let x = x.with_floor(floor);
+        assert!((x.gateway_over_floor.unwrap() - 2.5).abs() < 1e-9);
+        assert!((x.server_over_floor.unwrap() - 3.75).abs() < 1e-9);
+        let missing = Efficiency::new(10.0, 0, 0.0, BTreeMap::new()).without_floor("no sockets".into());
+        assert_eq!((missing.gateway_over_floor, missing.floor_error.as_deref()), (None, Some("no sockets")));
     }
 }

@@ -80,6 +80,9 @@ pub fn render(r: &Report) -> String {
                 pipeline.join(", ")
             ),
         );
+        if let Some(error) = &x.floor_error {
+            row("floor", format!("not measured: {error}"));
+        }
         if let (Some(f), Some(gateway), Some(server)) = (&x.floor, x.gateway_over_floor, x.server_over_floor) {
             row(
                 "floor",

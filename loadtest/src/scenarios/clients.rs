@@ -204,9 +204,11 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
                 fanout: tally.expected as f64 / published.max(1) as f64,
                 frame_bytes: mean_frame_bytes(&generator, run, count, args.publish.payload_bytes),
             };
-            Some(match floor.measure().await? {
-                Some(floor) => x.with_floor(floor),
-                None => x,
+            Some(match floor.measure().await {
+                Ok(Some(floor)) => x.with_floor(floor),
+                Ok(None) => x,
+                // The run's own figures stand without it; the report says why it is missing.
+                Err(error) => x.without_floor(format!("{error:#}")),
             })
         }
         _ => None,
@@ -310,7 +312,8 @@ struct FloorAt {
 
 impl FloorAt {
     async fn measure(self) -> anyhow::Result<Option<crate::floor::Floor>> {
-        let sockets = self.connections as usize;
+        // The sender and the reader each hold every socket: both stay under the open-files limit.
+        let sockets = (self.connections as usize).min(open_files_limit().saturating_sub(FD_HEADROOM) as usize);
         if self.seconds <= 0.0 || sockets == 0 || self.deliveries_per_s < 1.0 {
             return Ok(None);
         }
@@ -326,6 +329,11 @@ impl FloorAt {
         let floor = tokio::task::spawn_blocking(move || crate::floor::measure(params)).await??;
         Ok(Some(floor))
     }
+}
+
+/// The hard open-files limit of this process (raised to it at start).
+fn open_files_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(_, hard)| hard)
 }
 
 /// The mean size of the run's event frames as the gateway writes them (header included), over
