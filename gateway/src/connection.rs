@@ -200,6 +200,12 @@ impl Session {
             let write = async {
                 let mut next = Some(first);
                 while let Some(event) = next.take() {
+                    // A connection asked to close writes nothing more: when an event was dropped
+                    // for it (a full queue), anything taken after that is newer, and a resuming
+                    // client's cursor would pass the dropped event.
+                    if conn.control.is_closing() {
+                        break;
+                    }
                     if let Some(text) = with_resume(resume, &event) {
                         received[count] = event.received_us.unwrap_or(0);
                         count += 1;
@@ -225,6 +231,9 @@ impl Session {
         };
         if !matches!(written, Ok(Ok(()))) {
             return Err(End::Broken);
+        }
+        if conn.control.is_closing() {
+            return Err(End::Server(conn.control.closed().await));
         }
         let now_us = wire::clock::now_micros();
         for received in received[..count].iter().filter(|us| **us > 0) {
