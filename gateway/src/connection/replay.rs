@@ -9,6 +9,7 @@
 use super::resume::{self, Mark, Request};
 use super::{send, End, Session};
 use crate::history::{self, Reader, Start};
+use crate::registry::Outbound;
 use crate::routing;
 use axum::extract::ws::{Message, WebSocket};
 use std::collections::VecDeque;
@@ -122,17 +123,14 @@ impl Session {
         let mut held = VecDeque::new();
         let mut replayed = 0u64;
         loop {
-            // Live events are taken off the queue while the replay waits for the stream, so a
-            // burst published just before the reconnect cannot fill it (a full queue would cut
-            // the client off as too slow). Those the replay covers are dropped at once.
+            // Live events are taken off the queue while the replay waits for the stream and while
+            // it waits for the client to take a replayed event, so a burst published just before
+            // the reconnect cannot fill it (a full queue would cut the client off as too slow).
+            // Those the replay covers are dropped at once.
             let item = tokio::select! {
                 biased;
                 live = self.queue.recv() => {
-                    match live {
-                        Some(live) if live.sequence.is_some_and(|s| s <= floor) => {}
-                        Some(live) if held.len() < held_limit => held.push_back(live),
-                        _ => return Err(End::Server(crate::close::CloseReason::SLOW_CONSUMER.into())),
-                    }
+                    hold(live, floor, &mut held, held_limit)?;
                     continue;
                 }
                 item = reader.next() => item,
@@ -158,7 +156,16 @@ impl Session {
             }
             let text =
                 resume::with_cursor(&String::from_utf8_lossy(&stored.payload), stored.sequence, stored.stored_ns);
-            if !send(socket, Message::Text(text.into()), timeout).await {
+            let sending = send(socket, Message::Text(text.into()), timeout);
+            tokio::pin!(sending);
+            let sent = loop {
+                tokio::select! {
+                    biased;
+                    sent = &mut sending => break sent,
+                    live = self.queue.recv() => hold(live, floor, &mut held, held_limit)?,
+                }
+            };
+            if !sent {
                 return Err(End::Broken);
             }
             replayed += 1;
@@ -176,6 +183,20 @@ impl Session {
     fn receives(&self, stored: &history::Stored) -> bool {
         let conn = &self.registration.conn;
         stored.scope().is_some_and(|scope| routing::receives(&conn.audience, &conn.sectors(), &scope))
+    }
+}
+
+/// A live event that came during the replay: dropped when the replay covers it (at or below
+/// `floor`), held to be written after it otherwise. More than `limit` held, or a queue closed
+/// under it, ends the session as too slow.
+fn hold(live: Option<Outbound>, floor: u64, held: &mut VecDeque<Outbound>, limit: usize) -> Result<(), End> {
+    match live {
+        Some(live) if live.sequence.is_some_and(|s| s <= floor) => Ok(()),
+        Some(live) if held.len() < limit => {
+            held.push_back(live);
+            Ok(())
+        }
+        _ => Err(End::Server(crate::close::CloseReason::SLOW_CONSUMER.into())),
     }
 }
 
