@@ -113,6 +113,85 @@ async fn no_gap_and_no_duplicate_at_the_seam_while_events_keep_coming() {
     assert_eq!(client.next_within(Duration::from_millis(300)).await, Seen::Nothing);
 }
 
+/// A long replay while events keep being stored: the live events that arrive during the replay
+/// are held, and all of them are written, in order, before those queued after them. (They were
+/// once written one at a time, each followed by the newer queued events: the resume mark passed
+/// the rest of the held ones, which were skipped as copies the client had, and lost silently.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_held_during_a_long_replay_are_all_written_in_order() {
+    const MISSED: u64 = 2000;
+    const LIVE: u64 = 300;
+    let stack = Stack::start().await;
+    let js = events_stream(&stack).await;
+    // Queues that hold the burst: a test client reads slower than a pipelined burst arrives,
+    // and the default 256 would rightly cut it off as too slow.
+    let gw = stack.gateway_with(&[("WS_SEND_QUEUE_SIZE", "4096")]).await;
+    // Another waiter of the branch, connected throughout: once it has the last missed event,
+    // the gateway has dispatched the whole burst, and what the resuming client holds during
+    // its replay are the events stored after it.
+    let mut observer = gw.staff("waiter", &staff_token(3, 1, &[10], &["WAITER"])).await;
+    let mut client = gw.connect(&format!("/ws/waiter?token={}&resume=live", waiter_token())).await;
+    store(&js, 1, 10, "waiters", &event("ROUND_PENDING", 1, 10, None, None, 0)).await;
+    let resume = resume_query(&client.text().await);
+    client.close().await;
+    observer.text().await;
+    let observed = tokio::spawn(async move {
+        for _ in 0..MISSED {
+            observer.text().await;
+        }
+        observer.close().await;
+    });
+    // Missed while away, enough for the replay to take a while; stored without waiting for each
+    // acknowledgement.
+    let missed: Vec<String> = (1..=MISSED).map(|seq| event("ROUND_PENDING", 1, 10, None, None, seq)).collect();
+    let mut acks = Vec::new();
+    for e in &missed {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(wire::headers::MSG_ID, wire::msg_id::Digest::of(e.as_bytes()).msg_id().as_str());
+        acks.push(js.publish_with_headers("events.1.10.waiters", headers, e.clone().into()).await.unwrap());
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(30), observed).await.unwrap().unwrap();
+    // Stored one by one while the client resumes, about one per millisecond: some arrive during
+    // the replay (held), others while the held ones are written (queued). Not faster: a client
+    // still reading the replay while hundreds more arrive is cut off as too slow (1013).
+    let publisher = tokio::spawn({
+        let js = js.clone();
+        async move {
+            let mut live = Vec::new();
+            for seq in MISSED + 1..=MISSED + LIVE {
+                let e = event("ROUND_PENDING", 1, 10, None, None, seq);
+                store(&js, 1, 10, "waiters", &e).await;
+                live.push(e);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            live
+        }
+    });
+    let mut again = gw.connect(&format!("/ws/waiter?token={}&{resume}", waiter_token())).await;
+    let mut got = Vec::new();
+    while got.len() < (MISSED + LIVE) as usize {
+        match again.next_within(Duration::from_secs(5)).await {
+            Seen::Text(text) => got.push(without_cursor(&text)),
+            other => {
+                eprintln!("after {} events: {other:?}", got.len());
+                break;
+            }
+        }
+    }
+    let live = tokio::time::timeout(Duration::from_secs(30), publisher).await.unwrap().unwrap();
+    let expected: Vec<String> = missed.into_iter().chain(live).collect();
+    let first_difference = got.iter().zip(&expected).position(|(g, e)| g != e);
+    assert!(
+        got == expected,
+        "every event once, in order: {} received of {}, first difference at {first_difference:?}",
+        got.len(),
+        expected.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_that_no_longer_reaches_back_is_signalled() {
     let stack = Stack::start().await;
