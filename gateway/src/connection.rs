@@ -17,7 +17,7 @@ use crate::close::{CloseReason, Closing};
 use crate::registry::{Outbound, Registration};
 use crate::subscriptions::Lease;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use protocol::Inbound;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -220,7 +220,7 @@ impl Session {
             let mut write = std::pin::pin!(write);
             // A socket with room takes the batch at once: the timeout's timer and the close
             // control's waiter are set up only for a write that has to wait.
-            match poll_once(write.as_mut()).await {
+            match write.as_mut().now_or_never() {
                 Some(written) => Ok(written),
                 None => tokio::select! {
                     biased;
@@ -288,17 +288,6 @@ impl Session {
     }
 }
 
-/// Polls `future` once: its output if it is ready, `None` (its waker registered) if not.
-async fn poll_once<F: std::future::Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Output> {
-    std::future::poll_fn(|cx| {
-        std::task::Poll::Ready(match future.as_mut().poll(cx) {
-            std::task::Poll::Ready(output) => Some(output),
-            std::task::Poll::Pending => None,
-        })
-    })
-    .await
-}
-
 /// The next event to write without waiting: the replay's held live events first, in order, then
 /// the queue. Never a queued event before a held one: a resuming connection's mark would move
 /// past the held events, and they would be skipped as copies of what it already has.
@@ -313,7 +302,7 @@ fn with_resume(resume: &mut Option<resume::Resume>, event: &crate::registry::Que
     if !state.admit(sequence, event.stored_ns) {
         return None;
     }
-    Some(event.with_cursor(sequence))
+    event.with_cursor()
 }
 
 /// Diners: the token verified again; expired closes, another session than the one admitted

@@ -38,13 +38,14 @@ impl QueuedEvent {
         QueuedEvent { payload, received_us, sequence, stored_ns, with_cursor: OnceLock::new() }
     }
 
-    /// The text a resuming client gets: `"_cursor"` (and `"_epoch"`) first, then the payload.
-    pub fn with_cursor(&self, sequence: u64) -> Utf8Bytes {
-        self.with_cursor
-            .get_or_init(|| {
-                crate::connection::resume::with_cursor(self.payload.as_str(), sequence, self.stored_ns).into()
-            })
-            .clone()
+    /// The text a resuming client gets: `"_cursor"` (and `"_epoch"`) first, then the payload;
+    /// `None` for an event without its stream sequence.
+    pub fn with_cursor(&self) -> Option<Utf8Bytes> {
+        let sequence = self.sequence?;
+        let text = self.with_cursor.get_or_init(|| {
+            crate::connection::resume::with_cursor(self.payload.as_str(), sequence, self.stored_ns).into()
+        });
+        Some(text.clone())
     }
 }
 
