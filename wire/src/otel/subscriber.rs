@@ -88,12 +88,10 @@ pub fn init(format: LogFormat, output: Output, otel: &OtelSettings, service: Ser
         .with_context_activation(false)
         // Every exported span is at info: without the hint every level would look enabled.
         .with_filter(filter_fn(|meta| meta.target() == TARGET).with_max_level_hint(LevelFilter::INFO));
-    let (logs, most_verbose) = logs(format, output);
-    if tracing_subscriber::registry().with(logs).with(traces).try_init().is_err() {
+    if tracing_subscriber::registry().with(logs(format, output)).with(traces).try_init().is_err() {
         let _ = provider.shutdown();
         return Ok(Telemetry { provider: None });
     }
-    limit_log_records(most_verbose);
     let _ = TRACER.set(provider.tracer(service.name));
     ENABLED.store(true, Ordering::Relaxed);
     Ok(Telemetry { provider: Some(provider) })
@@ -110,26 +108,7 @@ pub fn finished_span(name: &'static str, kind: SpanKind, start: SystemTime, attr
 
 /// Installs a logs-only subscriber; a second call is a no-op.
 pub fn init_logging(format: LogFormat, output: Output) {
-    let (logs, most_verbose) = logs(format, output);
-    if tracing_subscriber::registry().with(logs).try_init().is_ok() {
-        limit_log_records(most_verbose);
-    }
-}
-
-/// Lowers the `log` crate's maximum level (which `try_init` leaves at trace) to the most verbose
-/// level the log filter lets through (log records go to the log layer only): the `log::trace!`
-/// calls libraries make per frame (tungstenite) are then skipped by one comparison instead of
-/// asking the filter each time.
-fn limit_log_records(most_verbose: Option<LevelFilter>) {
-    let max = match most_verbose.unwrap_or(LevelFilter::TRACE) {
-        LevelFilter::OFF => log::LevelFilter::Off,
-        LevelFilter::ERROR => log::LevelFilter::Error,
-        LevelFilter::WARN => log::LevelFilter::Warn,
-        LevelFilter::INFO => log::LevelFilter::Info,
-        LevelFilter::DEBUG => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
-    log::set_max_level(max);
+    let _ = tracing_subscriber::registry().with(logs(format, output)).try_init();
 }
 
 /// Writes each log line (the formatter writes a line in one call) with the passwords of any URL
@@ -153,13 +132,14 @@ impl<W: std::io::Write> std::io::Write for Redacting<W> {
 }
 
 /// The log layer: `RUST_LOG` (default `info`), never the exported spans; passwords masked.
-/// The log layer, and the most verbose level its filter lets through (`None`: any).
-fn logs(format: LogFormat, output: Output) -> (Box<dyn Layer<Registry> + Send + Sync>, Option<LevelFilter>) {
+/// Both its filters carry the EnvFilter's level hint: a filter without one makes every level
+/// look enabled, and `try_init` sets the `log` crate's maximum level from the hints, so each
+/// `log::trace!` a library makes per frame (tungstenite) would go through the filter instead
+/// of being skipped by one comparison.
+fn logs(format: LogFormat, output: Output) -> Box<dyn Layer<Registry> + Send + Sync> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let most_verbose = filter.max_level_hint();
-    // The hint passed on: a filter without one would make every level look enabled.
-    let filter = filter
-        .and(filter_fn(|meta| meta.target() != TARGET).with_max_level_hint(most_verbose.unwrap_or(LevelFilter::TRACE)));
+    let most_verbose = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    let filter = filter.and(filter_fn(|meta| meta.target() != TARGET).with_max_level_hint(most_verbose));
     let (writer, terminal) = match output {
         Output::Stdout => {
             (BoxMakeWriter::new(|| Redacting(std::io::stdout())), std::io::IsTerminal::is_terminal(&std::io::stdout()))
@@ -169,11 +149,10 @@ fn logs(format: LogFormat, output: Output) -> (Box<dyn Layer<Registry> + Send + 
         }
     };
     let layer = tracing_subscriber::fmt::layer().with_writer(writer);
-    let layer = match format {
+    match format {
         LogFormat::Json => layer.json().flatten_event(true).with_filter(filter).boxed(),
         LogFormat::Text => layer.with_ansi(terminal).with_filter(filter).boxed(),
-    };
-    (layer, most_verbose)
+    }
 }
 
 #[cfg(test)]
