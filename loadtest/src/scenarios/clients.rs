@@ -28,14 +28,13 @@ const FD_HEADROOM: u64 = 256;
 
 /// Runs `scenario`; `kill` is the failover scenario's.
 pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyhow::Result<Report> {
-    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
-        anyhow::ensure!(
-            args.per_worker + FD_HEADROOM <= hard,
-            "--per-worker {} does not fit the open-files limit of {hard} per process (keep it below {})",
-            args.per_worker,
-            hard.saturating_sub(FD_HEADROOM)
-        );
-    }
+    let hard = open_files_limit();
+    anyhow::ensure!(
+        args.per_worker + FD_HEADROOM <= hard,
+        "--per-worker {} does not fit the open-files limit of {hard} per process (keep it below {})",
+        args.per_worker,
+        hard.saturating_sub(FD_HEADROOM)
+    );
     let started = Instant::now();
     let started_at = crate::events::iso8601_micros(wire::clock::now_micros());
     let params = PopulationParams {
@@ -145,7 +144,7 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
     }
     progress.phase("settle");
     tokio::time::sleep(Duration::from_secs_f64(args.publish.settle)).await;
-    let window = window.close(&pids);
+    let (window_s, window_gateway_cpu_s, window_pipeline_cpu_s) = window.close(&pids);
     fleet.send(&ToWorker::Finish { sent_us: log.sent_us.clone() }).await?;
     let finals = fleet.wait_final(Duration::from_secs(120)).await?;
     let seen = progress.finish().await;
@@ -196,7 +195,7 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
     };
     let efficiency = match (scenario, pids.is_empty()) {
         (Scenario::Fanout | Scenario::Steady, false) => {
-            let x = window.efficiency(received);
+            let x = Efficiency::new(window_s, received, window_gateway_cpu_s, window_pipeline_cpu_s);
             let floor = FloorAt {
                 seconds: args.floor_seconds,
                 connections: phase.connected,
@@ -267,30 +266,23 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
     })
 }
 
-/// CPU readings of the gateways and the rest of the pipeline at the start of the traffic, then
-/// what they used until the end of the settle.
+/// CPU readings of the gateways and the rest of the pipeline at the start of the traffic.
 struct Window {
     started: Instant,
     gateways: Vec<Option<f64>>,
     pipeline: BTreeMap<String, f64>,
-    used: Option<(f64, f64, BTreeMap<String, f64>)>,
 }
 
 impl Window {
     fn open(pids: &[i32]) -> Window {
-        Window { started: Instant::now(), gateways: rss::cpu_readings(pids), pipeline: pipeline_cpu(), used: None }
+        Window { started: Instant::now(), gateways: rss::cpu_readings(pids), pipeline: pipeline_cpu() }
     }
 
-    fn close(mut self, pids: &[i32]) -> Window {
+    /// Seconds since the start, and the CPU seconds the gateways and each pipeline process used.
+    fn close(self, pids: &[i32]) -> (f64, f64, BTreeMap<String, f64>) {
         let gateways = rss::cpu_used_since(pids, &self.gateways);
         let pipeline = crate::bridge_probe::cpu_used(&self.pipeline, &pipeline_cpu());
-        self.used = Some((self.started.elapsed().as_secs_f64(), gateways, pipeline));
-        self
-    }
-
-    fn efficiency(self, deliveries: u64) -> Efficiency {
-        let (window_s, gateways, pipeline) = self.used.unwrap_or_default();
-        Efficiency::new(window_s, deliveries, gateways, pipeline)
+        (self.started.elapsed().as_secs_f64(), gateways, pipeline)
     }
 }
 
@@ -331,9 +323,9 @@ impl FloorAt {
     }
 }
 
-/// The hard open-files limit of this process (raised to it at start).
+/// The hard open-files limit of this process (raised to it at start); unlimited when unknown.
 fn open_files_limit() -> u64 {
-    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(_, hard)| hard)
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(u64::MAX, |(_, hard)| hard)
 }
 
 /// The mean size of the run's event frames as the gateway writes them (header included), over
