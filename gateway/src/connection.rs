@@ -1,6 +1,8 @@
 //! One task per accepted WebSocket: a `biased` select over the close control (drain, slow
-//! consumer, admin), the outbound queue, the next client frame and a housekeeping timer
-//! (heartbeat and token re-checks). The select does the I/O; when to wake, what a wake-up is due
+//! consumer, admin), the outbound queue, bytes the dispatcher could not write at once, the next
+//! client frame and a housekeeping timer (heartbeat and token re-checks). Events for an idle
+//! socket do not pass through here: the dispatcher writes them itself (see `outlet`). The select
+//! does the I/O; when to wake, what a wake-up is due
 //! for and whether a frame is over the rate limit are decided by `timing`. It ends with a
 //! [`Closing`] sent to the client, or because the client left; either way one audit line and the
 //! connection's span record how. Admission happens before in `handshake`.
@@ -10,21 +12,25 @@ pub mod protocol;
 mod replay;
 pub mod resume;
 mod timing;
+pub(crate) mod upgrade;
 
 use crate::app::App;
 use crate::auth::{Diner, Endpoint, Identity};
 use crate::close::{CloseReason, Closing};
 use crate::registry::{Outbound, Registration};
 use crate::subscriptions::Lease;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{FutureExt, SinkExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use protocol::Inbound;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use timing::{Due, Timing};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+/// A client's WebSocket: tungstenite over the socket the connection's outlet also writes to.
+pub(crate) type WebSocket = tokio_tungstenite::WebSocketStream<crate::outlet::Transport>;
 
 /// Events written per flush when the queue has several waiting.
 const WRITE_BATCH: usize = 64;
@@ -38,13 +44,12 @@ pub(crate) struct Session {
     /// The diner's token, re-verified on each re-check.
     pub table_token: Option<Box<str>>,
     pub registration: Registration,
-    pub queue: mpsc::Receiver<Outbound>,
     pub lease: Lease,
-    /// Set when the client opted into resume.
-    pub resume: Option<resume::Resume>,
     /// Staff: the token watched for revocations pushed by Redis (closes through the control);
     /// held for the session's life, unwatched when dropped.
     pub _watch: Option<crate::auth::push::Watch>,
+    /// Counts the session among those a shutdown waits for.
+    pub _task: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 /// How a session ended.
@@ -60,13 +65,19 @@ impl Session {
         self.registration.conn.endpoint
     }
 
-    /// The session's task. An `async` block rather than an `async fn`: the arguments of an
-    /// `async fn` are moved into its state once more on its first poll, which kept a second copy
-    /// of the session and the socket in every connection's task (about 600 bytes each). The
-    /// session comes boxed: axum's upgrade task keeps the callback's copy of it beside this
-    /// future's, and two pointers are smaller than two sessions.
+    /// The session's task, on the upgraded connection. An `async` block made after the socket,
+    /// rather than an `async fn`: the arguments of an `async fn` are moved into its state once
+    /// more on its first poll, and kept for its whole life (a second copy of the session and
+    /// the socket, or the upgraded connection beside the socket made of it, in every
+    /// connection's task). The session comes boxed: the upgrade task keeps the callback's copy
+    /// of it beside this future's, and two pointers are smaller than two sessions.
     #[allow(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
-    pub fn run(mut self: Box<Self>, mut socket: WebSocket) -> impl std::future::Future<Output = ()> + Send {
+    pub fn run(
+        mut self: Box<Self>,
+        upgraded: hyper::upgrade::Upgraded,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let config = upgrade::config(&self.app.config.limits);
+        let mut socket = upgrade::open(upgraded, Some(&self.registration.conn), config);
         async move {
             let endpoint = self.endpoint().as_str();
             self.app.metrics.connection_opened(endpoint);
@@ -80,6 +91,8 @@ impl Session {
                 Ok(()) => Box::pin(self.serve(&mut socket)).await,
                 Err(end) => end,
             };
+            // From here on only this task writes, the close frame last.
+            self.registration.conn.outlet.retire();
             let (label, code, reason, by) = match &end {
                 End::Server(closing) => {
                     Box::pin(close_with(&mut socket, closing.code(), closing.reason())).await;
@@ -94,6 +107,7 @@ impl Session {
             crate::audit::closed(&self.registration.conn, started.elapsed(), code, reason, by);
             let conn = &self.registration.conn;
             crate::traces::connection(conn.endpoint, Some(conn.audience.tenant_id()), &conn.info, code, reason, by);
+            conn.outlet.detach();
             drop(self.lease);
         }
     }
@@ -106,7 +120,10 @@ impl Session {
         // the timer wheel again (a lock and a timer entry per delivered event).
         let closed = conn.control.closed();
         let wake = tokio::time::sleep_until(timing.wake_at());
-        tokio::pin!(closed, wake);
+        let handed_back = conn.outlet.handed_back();
+        tokio::pin!(closed, wake, handed_back);
+        // Everything before is written: the dispatcher may write the next events itself.
+        conn.outlet.go_direct();
         loop {
             if wake.deadline() != timing.wake_at() {
                 wake.as_mut().reset(timing.wake_at());
@@ -114,15 +131,20 @@ impl Session {
             tokio::select! {
                 biased;
                 reason = &mut closed => return End::Server(reason),
-                event = self.queue.recv() => match event {
-                    Some(event) => {
-                        if let Err(end) = Box::pin(self.write_events(socket, event, &mut VecDeque::new(), write_timeout)).await {
-                            return end;
-                        }
+                event = conn.outlet.recv() => {
+                    if let Err(end) = Box::pin(self.write_events(socket, Some(event), &mut VecDeque::new(), write_timeout)).await {
+                        return end;
                     }
-                    None => return End::Server(CloseReason::SLOW_CONSUMER.into()),
-                },
-                frame = socket.recv() => match frame {
+                    conn.outlet.go_direct();
+                }
+                // A frame the socket took only part of, left by the dispatcher (or a reply).
+                () = &mut handed_back => {
+                    if let Err(end) = Box::pin(self.write_events(socket, None, &mut VecDeque::new(), write_timeout)).await {
+                        return end;
+                    }
+                    conn.outlet.go_direct();
+                }
+                frame = socket.next() => match frame {
                     Some(Ok(Message::Text(text))) => {
                         if let Err(reason) = timing.on_text(Instant::now()) {
                             return End::Server(reason.into());
@@ -134,9 +156,13 @@ impl Session {
                         }
                     }
                     Some(Ok(Message::Binary(_))) => return End::Server(CloseReason::BINARY_FRAME.into()),
+                    // Not produced when reading.
+                    Some(Ok(Message::Frame(_))) => {}
                     Some(Ok(Message::Close(frame))) => {
+                        // tungstenite's reply is the last frame written.
+                        conn.outlet.retire();
                         Box::pin(answer_close(socket)).await;
-                        return End::ClientClosed(frame.map(|f| (f.code, f.reason)));
+                        return End::ClientClosed(frame.map(|f| (f.code.into(), f.reason)));
                     }
                     None => return End::ClientClosed(None),
                     // Not liveness, but counted against the rate limit (see `Timing`).
@@ -181,12 +207,13 @@ impl Session {
     }
 
     /// Writes `first`, then whatever else waits (the replay's `held` events before the queue's,
-    /// which are newer), then flushes once. A write blocked by a client that stopped reading
-    /// still yields to the close control (a full queue, a drain, an admin).
+    /// which are newer), then flushes once, the outlet's unwritten bytes first. A write blocked
+    /// by a client that stopped reading still yields to the close control (a full queue, a
+    /// drain, an admin).
     async fn write_events(
         &mut self,
         socket: &mut WebSocket,
-        first: Outbound,
+        first: Option<Outbound>,
         held: &mut VecDeque<Outbound>,
         timeout: Duration,
     ) -> Result<(), End> {
@@ -194,11 +221,9 @@ impl Session {
         // When the bridge received each written event (0: unknown), for the latency histogram.
         let mut received = [0u64; WRITE_BATCH];
         let mut count = 0;
-        let resume = &mut self.resume;
-        let queue = &mut self.queue;
         let written = {
             let write = async {
-                let mut next = Some(first);
+                let mut next = first;
                 while let Some(event) = next.take() {
                     // A connection asked to close writes nothing more: when an event was dropped
                     // for it (a full queue), anything taken after that is newer, and a resuming
@@ -206,13 +231,13 @@ impl Session {
                     if conn.control.is_closing() {
                         break;
                     }
-                    if let Some(text) = with_resume(resume, &event) {
+                    if let Some(text) = text_for(&conn.outlet, &event) {
                         received[count] = event.received_us.unwrap_or(0);
                         count += 1;
                         socket.feed(Message::Text(text)).await?;
                     }
                     if count < WRITE_BATCH {
-                        next = next_in_order(held, queue);
+                        next = next_in_order(held, &conn.outlet);
                     }
                 }
                 socket.flush().await
@@ -291,18 +316,17 @@ impl Session {
 /// The next event to write without waiting: the replay's held live events first, in order, then
 /// the queue. Never a queued event before a held one: a resuming connection's mark would move
 /// past the held events, and they would be skipped as copies of what it already has.
-fn next_in_order(held: &mut VecDeque<Outbound>, queue: &mut mpsc::Receiver<Outbound>) -> Option<Outbound> {
-    held.pop_front().or_else(|| queue.try_recv().ok())
+fn next_in_order(held: &mut VecDeque<Outbound>, outlet: &crate::outlet::Outlet) -> Option<Outbound> {
+    held.pop_front().or_else(|| outlet.try_recv())
 }
 
-/// What to write for an event: as published, or for a resuming client with its cursor, or
-/// nothing when the replay already covered it.
-fn with_resume(resume: &mut Option<resume::Resume>, event: &crate::registry::QueuedEvent) -> Option<Utf8Bytes> {
-    let (Some(state), Some(sequence)) = (resume.as_mut(), event.sequence) else { return Some(event.payload.clone()) };
-    if !state.admit(sequence, event.stored_ns) {
-        return None;
+/// What the task writes for an event: as published, or for a resuming client with its cursor,
+/// or nothing when the replay already covered it.
+fn text_for(outlet: &crate::outlet::Outlet, event: &crate::registry::QueuedEvent) -> Option<Utf8Bytes> {
+    match outlet.admit(event)? {
+        crate::outlet::Form::Plain => Some(event.payload.clone()),
+        crate::outlet::Form::WithCursor => event.with_cursor(),
     }
-    event.with_cursor()
 }
 
 /// Diners: the token verified again; expired closes, another session than the one admitted
@@ -327,12 +351,12 @@ pub(crate) async fn close(socket: &mut WebSocket, reason: CloseReason) {
 
 /// [`close`] with any code and reason (at most 123 bytes, see [`Closing::operator`]).
 pub(crate) async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
-    let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
+    let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from(reason) };
     if !send(socket, Message::Close(Some(frame)), CLOSE_LINGER).await {
         return;
     }
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        while let Some(Ok(message)) = socket.recv().await {
+        while let Some(Ok(message)) = socket.next().await {
             if matches!(message, Message::Close(_)) {
                 break;
             }
@@ -345,25 +369,18 @@ pub(crate) async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) 
 /// writes it and then sees the end of the stream (bounded by [`CLOSE_LINGER`]). The server then
 /// drops the TCP connection, as RFC 6455 section 7.1.1 asks of servers.
 async fn answer_close(socket: &mut WebSocket) {
-    let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = socket.recv().await {} }).await;
+    let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = socket.next().await {} }).await;
 }
 
 /// How a failed read ends the session: a message over the size limit (1009), a frame that
 /// breaks the protocol (1002), text that is not UTF-8 (1007), or a lost connection.
-fn read_failed(error: &axum::Error) -> End {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
-    while let Some(e) = source {
-        match e.downcast_ref::<tungstenite::Error>() {
-            Some(tungstenite::Error::Capacity(_)) => return End::Server(CloseReason::MESSAGE_TOO_LARGE.into()),
-            Some(tungstenite::Error::Utf8(_)) => return End::Server(CloseReason::INVALID_UTF8.into()),
-            Some(tungstenite::Error::Protocol(p)) if !lost(p) => {
-                return End::Server(CloseReason::PROTOCOL_ERROR.into())
-            }
-            Some(_) => return End::Broken,
-            None => source = e.source(),
-        }
+fn read_failed(error: &tungstenite::Error) -> End {
+    match error {
+        tungstenite::Error::Capacity(_) => End::Server(CloseReason::MESSAGE_TOO_LARGE.into()),
+        tungstenite::Error::Utf8(_) => End::Server(CloseReason::INVALID_UTF8.into()),
+        tungstenite::Error::Protocol(p) if !lost(p) => End::Server(CloseReason::PROTOCOL_ERROR.into()),
+        _ => End::Broken,
     }
-    End::Broken
 }
 
 /// Protocol "errors" that only mean the peer went away without a close handshake.
@@ -391,20 +408,21 @@ mod tests {
     fn held_events_are_written_before_newer_queued_ones_and_none_is_skipped() {
         // After a replay up to 9: live events 10 and 11 were held while it ran, 12 and 13 queued
         // since. The mark must not pass 10 and 11 before they are written.
-        let mut resume = Some(Resume { request: Request::Live, mark: Some(Mark { sequence: 9, stored_ns: 1_009 }) });
-        let (tx, mut queue) = mpsc::channel(8);
+        let outlet = crate::outlet::Outlet::new(8);
+        outlet.set_resume(Some(Resume { request: Request::Live, mark: Some(Mark { sequence: 9, stored_ns: 1_009 }) }));
+        let control = crate::registry::Control::default();
         for sequence in [12, 13] {
-            tx.try_send(event(sequence)).unwrap();
+            assert_eq!(outlet.offer(&event(sequence), &control), crate::outlet::Offer::Queued);
         }
         let mut held: VecDeque<Outbound> = [event(10), event(11)].into();
         let first = held.pop_front().unwrap();
         let mut written = Vec::new();
         let mut next = Some(first);
         while let Some(event) = next.take() {
-            if with_resume(&mut resume, &event).is_some() {
+            if text_for(&outlet, &event).is_some() {
                 written.push(event.sequence.unwrap());
             }
-            next = next_in_order(&mut held, &mut queue);
+            next = next_in_order(&mut held, &outlet);
         }
         assert_eq!(written, [10, 11, 12, 13]);
     }

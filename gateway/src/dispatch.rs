@@ -1,14 +1,14 @@
-//! From one NATS message to connection queues: checks the subject and the envelope again (the
+//! From one NATS message to connections: checks the subject and the envelope again (the
 //! gateway trusts no publisher), drops what the de-duplication window has seen, and fans out to
-//! the tenant's connections. Payload bytes go to clients exactly as published.
+//! the tenant's connections (see `outlet`). Payload bytes go to clients exactly as published.
 
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::registry::{QueuedEvent, Registry};
 use crate::routing::EventScope;
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tungstenite::Utf8Bytes;
 use wire::dedup::Dedup;
 use wire::envelope;
 use wire::subject::EventSubject;
@@ -128,6 +128,14 @@ impl Dispatcher {
             tenant.fan_out(&scope, &Arc::new(QueuedEvent::new(text, meta.received_us, meta.sequence, meta.stored_ns)))
         });
         self.metrics.fanout_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.deliveries_queued.inc_by(fanout.delivered - fanout.written);
+        // The queued ones are observed by their connection's task, when written.
+        if let Some(received) = meta.received_us.filter(|us| *us > 0 && fanout.written > 0) {
+            let latency = wire::clock::now_micros().saturating_sub(received) as f64 / 1e6;
+            for _ in 0..fanout.written {
+                self.metrics.delivery_latency_seconds.observe(latency);
+            }
+        }
         if !span.is_disabled() {
             span.record("recipients", fanout.delivered).record("queue_full", fanout.queue_full);
         }
@@ -161,9 +169,7 @@ mod tests {
         (Dispatcher::new(registry.clone(), Duration::from_secs(60), Arc::new(Metrics::default())), registry)
     }
 
-    fn manager_on_waiter(
-        registry: &Arc<Registry>,
-    ) -> (crate::registry::Registration, tokio::sync::mpsc::Receiver<crate::registry::Outbound>) {
+    fn manager_on_waiter(registry: &Arc<Registry>) -> crate::registry::Registration {
         let audience =
             Audience::Staff { tenant_id: 3, branch_ids: vec![7].into(), endpoint: Endpoint::Waiter, admin_view: true };
         registry.admit(Endpoint::Waiter, audience, ConnKey::User { tenant_id: 3, user_id: 1 }, Arc::from([])).unwrap()
@@ -172,20 +178,20 @@ mod tests {
     #[test]
     fn the_same_text_on_three_subjects_is_delivered_once() {
         let (d, registry) = setup();
-        let (_reg, mut rx) = manager_on_waiter(&registry);
+        let reg = manager_on_waiter(&registry);
         let event =
             Bytes::from_static(br#"{"type":"ROUND_READY","tenant_id":3,"branch_id":7,"sector_id":2,"session_id":9}"#);
         assert_eq!(d.dispatch(3, "live.3.7.kitchen", event.clone(), Meta::default()), Outcome::Delivered(1));
         assert_eq!(d.dispatch(3, "live.3.7.waiters", event.clone(), Meta::default()), Outcome::Duplicate);
         assert_eq!(d.dispatch(3, "live.3.7.admin", event.clone(), Meta::default()), Outcome::Duplicate);
-        assert_eq!(rx.try_recv().unwrap().payload.as_bytes(), &event[..], "bytes unchanged");
-        assert!(rx.try_recv().is_err());
+        assert_eq!(reg.conn.outlet.try_recv().unwrap().payload.as_bytes(), &event[..], "bytes unchanged");
+        assert!(reg.conn.outlet.try_recv().is_none());
     }
 
     #[test]
     fn refuses_what_does_not_belong() {
         let (d, registry) = setup();
-        let (_reg, mut rx) = manager_on_waiter(&registry);
+        let reg = manager_on_waiter(&registry);
         let other_tenant = Bytes::from_static(br#"{"type":"ROUND_READY","tenant_id":4,"branch_id":7}"#);
         assert_eq!(
             d.dispatch(3, "live.3.7.waiters", other_tenant, Meta::default()),
@@ -206,7 +212,7 @@ mod tests {
             ),
             Outcome::Invalid("not_json")
         );
-        assert!(rx.try_recv().is_err());
+        assert!(reg.conn.outlet.try_recv().is_none());
         assert_eq!(
             d.dispatch(3, "live.3.7.waiters", valid, Meta::default()),
             Outcome::Delivered(1),
@@ -219,7 +225,7 @@ mod tests {
         let registry = Arc::new(Registry::new(Capacity { total: 10, per_user: 3, per_session: 12 }, 1));
         let metrics = Arc::new(Metrics::default());
         let d = Dispatcher::new(registry.clone(), Duration::from_secs(60), metrics.clone());
-        let (reg, _rx) = manager_on_waiter(&registry);
+        let reg = manager_on_waiter(&registry);
         let event = |n: u32| Bytes::from(format!(r#"{{"type":"ROUND_READY","tenant_id":3,"branch_id":7,"n":{n}}}"#));
         assert_eq!(d.dispatch(3, "live.3.7.waiters", event(1), Meta::default()), Outcome::Delivered(1));
         assert_eq!(
@@ -238,7 +244,7 @@ mod tests {
     #[test]
     fn a_missing_branch_comes_from_the_subject() {
         let (d, registry) = setup();
-        let (_reg, _rx) = manager_on_waiter(&registry);
+        let _reg = manager_on_waiter(&registry);
         let event = Bytes::from_static(br#"{"type":"ROUND_READY","tenant_id":3}"#);
         assert_eq!(d.dispatch(3, "live.3.7.waiters", event, Meta::default()), Outcome::Delivered(1));
     }

@@ -6,7 +6,7 @@
 use crate::app::App;
 use crate::auth::Endpoint;
 use crate::connection::handshake;
-use axum::extract::ws::WebSocketUpgrade;
+use crate::connection::upgrade::{NotAHandshake, Upgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -49,7 +49,7 @@ async fn socket(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    ws: WebSocketUpgrade,
+    ws: Result<Upgrade, NotAHandshake>,
     endpoint: Endpoint,
 ) -> Response {
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);

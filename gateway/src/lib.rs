@@ -36,6 +36,7 @@ pub mod history;
 pub(crate) mod http;
 pub mod listener;
 pub(crate) mod metrics;
+pub(crate) mod outlet;
 pub(crate) mod recovery;
 pub(crate) mod registry;
 pub(crate) mod routing;

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub events_invalid: Family<ReasonLabel, Counter>,
     pub events_unrouted: Counter,
     pub deliveries: Counter,
+    pub deliveries_queued: Counter,
     pub deliveries_dropped: Family<ReasonLabel, Counter>,
     pub fanout_seconds: Histogram,
     pub delivery_latency_seconds: Histogram,
@@ -85,6 +86,7 @@ impl Metrics {
             events_invalid: Family::default(),
             events_unrouted: Counter::default(),
             deliveries: Counter::default(),
+            deliveries_queued: Counter::default(),
             deliveries_dropped: Family::default(),
             fanout_seconds: latency(),
             delivery_latency_seconds: latency(),
@@ -131,13 +133,22 @@ impl Metrics {
             "Valid events that no open connection receives",
             self.events_unrouted.clone(),
         );
-        r.register("gateway_deliveries", "Events queued to a connection", self.deliveries.clone());
+        r.register("gateway_deliveries", "Events written or queued to a connection", self.deliveries.clone());
+        r.register(
+            "gateway_deliveries_queued",
+            "Of those, queued for the connection's task: its socket was busy or could not take them at once",
+            self.deliveries_queued.clone(),
+        );
         r.register(
             "gateway_deliveries_dropped",
-            "Events not queued to a connection, by reason",
+            "Events not delivered to a connection, by reason",
             self.deliveries_dropped.clone(),
         );
-        r.register("gateway_fanout_seconds", "Time to route one event to every queue", self.fanout_seconds.clone());
+        r.register(
+            "gateway_fanout_seconds",
+            "Time to route one event to every connection",
+            self.fanout_seconds.clone(),
+        );
         r.register(
             "gateway_delivery_latency_seconds",
             "Bridge receive (Bridge-Received-Us) to socket write",

@@ -1,21 +1,22 @@
 //! The connections this replica holds: admission against the connection limits, an index per
 //! tenant (by branch, tenant-wide admins, by table session) so fan-out only visits candidates,
-//! and each connection's bounded outbound queue and close control. Who receives what is decided
+//! and each connection's close control and outlet (its queue and socket). Who receives what is decided
 //! by `routing`; this module only narrows the candidates and delivers.
 
 use crate::auth::Endpoint;
 use crate::close::{CloseReason, Closing};
+use crate::outlet::{Offer, Outlet};
 use crate::routing::{self, Audience, EventScope};
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use tokio::sync::mpsc;
+use tungstenite::Utf8Bytes;
 
-/// One event queued to connections, shared by every recipient of a fan-out: a queue slot is one
-/// pointer (the queue's first block of 32 slots is allocated with the connection).
+/// One event for connections, shared by every recipient of a fan-out: a queue slot is one
+/// pointer.
 pub type Outbound = Arc<QueuedEvent>;
 
 /// The payload as published, when the bridge received it (unix microseconds, for the delivery
@@ -31,11 +32,22 @@ pub struct QueuedEvent {
     /// The payload with its cursor spliced in, made by the first resuming recipient and shared
     /// by the others (the bytes are the same for all).
     with_cursor: OnceLock<Utf8Bytes>,
+    /// The WebSocket frames of both, made by the first recipient written to directly.
+    frame: OnceLock<Bytes>,
+    frame_with_cursor: OnceLock<Bytes>,
 }
 
 impl QueuedEvent {
     pub fn new(payload: Utf8Bytes, received_us: Option<u64>, sequence: Option<u64>, stored_ns: Option<u64>) -> Self {
-        QueuedEvent { payload, received_us, sequence, stored_ns, with_cursor: OnceLock::new() }
+        QueuedEvent {
+            payload,
+            received_us,
+            sequence,
+            stored_ns,
+            with_cursor: OnceLock::new(),
+            frame: OnceLock::new(),
+            frame_with_cursor: OnceLock::new(),
+        }
     }
 
     /// The text a resuming client gets: `"_cursor"` (and `"_epoch"`) first, then the payload;
@@ -46,6 +58,22 @@ impl QueuedEvent {
             crate::connection::resume::with_cursor(self.payload.as_str(), sequence, self.stored_ns).into()
         });
         Some(text.clone())
+    }
+
+    /// The payload's text frame.
+    pub fn frame(&self) -> Bytes {
+        self.frame.get_or_init(|| crate::outlet::text_frame(self.payload.as_bytes())).clone()
+    }
+
+    /// The text frame of [`QueuedEvent::with_cursor`] (the payload's, for an event without its
+    /// sequence).
+    pub fn frame_with_cursor(&self) -> Bytes {
+        self.frame_with_cursor
+            .get_or_init(|| match self.with_cursor() {
+                Some(text) => crate::outlet::text_frame(text.as_bytes()),
+                None => self.frame(),
+            })
+            .clone()
     }
 }
 
@@ -121,8 +149,9 @@ pub struct Conn {
     /// Staff user id or diner session id, for limits and statistics.
     pub key: ConnKey,
     sectors: RwLock<Arc<[u64]>>,
-    tx: mpsc::Sender<Outbound>,
     pub control: Control,
+    /// The outbound queue and the socket's write side, shared with the dispatcher.
+    pub outlet: Outlet,
     pub info: ConnInfo,
 }
 
@@ -154,6 +183,8 @@ pub struct Capacity {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Fanout {
     pub delivered: u64,
+    /// Of those, written to the socket at once (the others were queued).
+    pub written: u64,
     pub queue_full: u64,
 }
 
@@ -188,13 +219,14 @@ impl Tenant {
             if !receives {
                 return;
             }
-            match conn.tx.try_send(event.clone()) {
-                Ok(()) => out.delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    out.queue_full += 1;
-                    conn.control.close(CloseReason::SLOW_CONSUMER);
+            match conn.outlet.offer(event, &conn.control) {
+                Offer::Written => {
+                    out.delivered += 1;
+                    out.written += 1;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Offer::Queued => out.delivered += 1,
+                Offer::Full => out.queue_full += 1,
+                Offer::Dropped => {}
             }
         };
         let staff = if scope.branch_id == 0 { Some(&index.admins) } else { index.by_branch.get(&scope.branch_id) };
@@ -296,12 +328,11 @@ impl Registry {
         audience: Audience,
         key: ConnKey,
         sectors: Arc<[u64]>,
-    ) -> Result<(Registration, mpsc::Receiver<Outbound>), CloseReason> {
+    ) -> Result<Registration, CloseReason> {
         self.admit_with(endpoint, audience, key, sectors, ConnInfo::default())
     }
 
-    /// Admits a connection if the limits allow, returning its registration and queue; `info`
-    /// records where it came from.
+    /// Admits a connection if the limits allow; `info` records where it came from.
     pub fn admit_with(
         self: &Arc<Self>,
         endpoint: Endpoint,
@@ -309,7 +340,7 @@ impl Registry {
         key: ConnKey,
         sectors: Arc<[u64]>,
         info: ConnInfo,
-    ) -> Result<(Registration, mpsc::Receiver<Outbound>), CloseReason> {
+    ) -> Result<Registration, CloseReason> {
         let mut inner = self.inner.lock().expect("registry lock");
         if inner.all.len() >= self.capacity.total {
             return Err(CloseReason::SERVER_AT_CAPACITY);
@@ -322,15 +353,14 @@ impl Registry {
             }
             _ => {}
         }
-        let (tx, rx) = mpsc::channel(self.queue_size);
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             endpoint,
             key,
             sectors: RwLock::new(sectors),
             audience,
-            tx,
             control: Control::default(),
+            outlet: Outlet::new(self.queue_size),
             info,
         });
         *inner.per_key.entry(key).or_default() += 1;
@@ -341,7 +371,7 @@ impl Registry {
             .entry(conn.audience.tenant_id())
             .or_insert_with(|| Arc::new(Tenant { index: RwLock::default() }))
             .insert(&conn);
-        Ok((Registration { registry: self.clone(), conn }, rx))
+        Ok(Registration { registry: self.clone(), conn })
     }
 
     fn remove(&self, conn: &Conn) {

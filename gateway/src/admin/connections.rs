@@ -203,10 +203,10 @@ mod tests {
         let registry = Arc::new(Registry::new(Capacity { total: 10, per_user: 3, per_session: 3 }, 4));
         let staff =
             Audience::Staff { tenant_id: 1, branch_ids: vec![7].into(), endpoint: Endpoint::Waiter, admin_view: false };
-        let (waiter, _) =
+        let waiter =
             registry.admit(Endpoint::Waiter, staff, ConnKey::User { tenant_id: 1, user_id: 5 }, Arc::from([])).unwrap();
         let diner = Audience::Diner { tenant_id: 1, session_id: 9 };
-        let (table, _) = registry
+        let table = registry
             .admit(Endpoint::Diner, diner, ConnKey::Session { tenant_id: 1, session_id: 9 }, Arc::from([]))
             .unwrap();
         let sel = |tenant, user, session, endpoint: Option<&str>| Selector {

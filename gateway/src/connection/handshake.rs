@@ -3,14 +3,14 @@
 //! is sent, so an accepted client is already receiving. A refused client still gets its upgrade
 //! and is closed at once with the documented code, so browsers see the reason instead of 1006.
 
+use super::upgrade::{NotAHandshake, Upgrade};
 use super::{close, Session};
 use crate::app::App;
 use crate::auth::{Endpoint, Identity};
 use crate::close::CloseReason;
 use crate::registry::{ConnInfo, ConnKey};
 use crate::routing::Audience;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -19,22 +19,18 @@ use std::sync::Arc;
 pub async fn upgrade(
     app: Arc<App>,
     endpoint: Endpoint,
-    ws: WebSocketUpgrade,
+    upgrade: Result<Upgrade, NotAHandshake>,
     headers: HeaderMap,
     query: Option<String>,
     peer: Option<SocketAddr>,
 ) -> Response {
-    if let Err(why) = check_key(&headers) {
-        app.metrics.rejected("bad_handshake");
-        return (StatusCode::BAD_REQUEST, why).into_response();
-    }
-    let limits = &app.config.limits;
-    let ws = ws
-        .read_buffer_size(limits.read_buffer_size)
-        .write_buffer_size(limits.write_buffer_size)
-        .max_write_buffer_size(limits.write_buffer_size + (1 << 20))
-        .max_message_size(limits.max_message_size)
-        .max_frame_size(limits.max_message_size);
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(why) => {
+            app.metrics.rejected("bad_handshake");
+            return why.into_response();
+        }
+    };
     let info = ConnInfo {
         peer: peer.unwrap_or(ConnInfo::default().peer),
         forwarded_for: forwarded_for(&headers),
@@ -44,17 +40,17 @@ pub async fn upgrade(
     match admit(&app, endpoint, &headers, query.as_deref(), info).await {
         Ok(session) => {
             let session = Box::new(session);
-            let task = app.sessions.token();
-            ws.on_upgrade(move |socket| async move {
-                session.run(socket).await;
-                drop(task);
-            })
+            upgrade.respond(move |upgraded| session.run(upgraded))
         }
         Err(reason) => {
             app.metrics.rejected(reason.label);
             tracing::debug!(endpoint = endpoint.as_str(), reason = reason.label, peer = %info.peer, "connection refused");
             crate::traces::connection(endpoint, None, &info, reason.code, reason.reason, "refused");
-            ws.on_upgrade(move |mut socket| async move { close(&mut socket, reason).await })
+            let config = super::upgrade::config(&app.config.limits);
+            upgrade.respond(move |upgraded| async move {
+                let mut socket = super::upgrade::open(upgraded, None, config);
+                close(&mut socket, reason).await
+            })
         }
     }
 }
@@ -111,7 +107,7 @@ async fn admit(
         _ => Arc::from([]),
     };
     let tenant_id = identity.tenant_id();
-    let (registration, queue) = app.registry.admit_with(endpoint, audience, key, sectors, info)?;
+    let registration = app.registry.admit_with(endpoint, audience, key, sectors, info)?;
     if let (Some(watch), Identity::Staff(staff)) = (&watch, &identity) {
         if watch.bind(&registration.conn) && app.is_revoked(staff).await {
             return Err(CloseReason::AUTH_FAILED);
@@ -120,33 +116,12 @@ async fn admit(
     let lease = app.subscriptions.acquire(tenant_id).await;
     let table_token = (endpoint == Endpoint::Diner).then(|| token.into_boxed_str());
     let query = query.unwrap_or_default();
-    let resume = query_param(query, super::resume::PARAM).map(|value| super::resume::Resume {
+    registration.conn.outlet.set_resume(query_param(query, super::resume::PARAM).map(|value| super::resume::Resume {
         request: super::resume::parse(&value, query_param(query, super::resume::EPOCH_PARAM).as_deref()),
         mark: None,
-    });
-    Ok(Session { app: app.clone(), identity, table_token, registration, queue, lease, resume, _watch: watch })
-}
-
-/// RFC 6455 section 4.2.1: exactly one `Sec-WebSocket-Key`, the base64 encoding of a 16-byte
-/// nonce (24 characters, the last two `=`). A request that breaks this is no WebSocket handshake
-/// and gets a plain 400.
-fn check_key(headers: &HeaderMap) -> Result<(), &'static str> {
-    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
-    match (keys.next(), keys.next()) {
-        (Some(key), None) if nonce_of_16_bytes(key.as_bytes()) => Ok(()),
-        (Some(_), None) => Err("Sec-WebSocket-Key must be the base64 encoding of 16 bytes"),
-        _ => Err("exactly one Sec-WebSocket-Key header is required"),
-    }
-}
-
-fn nonce_of_16_bytes(key: &[u8]) -> bool {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let [body @ .., b'=', b'='] = key else { return false };
-    let Some((&last, body)) = body.split_last() else { return false };
-    // 16 bytes = 21 full characters and one carrying the last 2 bits (its low 4 bits zero).
-    body.len() == 21
-        && body.iter().all(|c| ALPHABET.contains(c))
-        && ALPHABET.iter().position(|c| *c == last).is_some_and(|i| i & 0b1111 == 0)
+    }));
+    let _task = app.sessions.token();
+    Ok(Session { app: app.clone(), identity, table_token, registration, lease, _watch: watch, _task })
 }
 
 /// The first address of `X-Forwarded-For`, if it parses.
@@ -167,37 +142,8 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_key, forwarded_for, nonce_of_16_bytes, query_param};
-    use axum::http::{header, HeaderMap, HeaderValue};
-
-    #[test]
-    fn the_key_is_one_base64_16_byte_nonce() {
-        // RFC 6455's example key, and one tungstenite generates.
-        for key in ["dGhlIHNhbXBsZSBub25jZQ==", "AAAAAAAAAAAAAAAAAAAAAA==", "/////////////////////w=="] {
-            assert!(nonce_of_16_bytes(key.as_bytes()), "{key}");
-        }
-        for key in [
-            "",
-            "dGhlIHNhbXBsZSBub25jZQ",
-            "dGhlIHNhbXBsZSBub25jZQ=",
-            "dGhlIHNhbXBsZSBub25jZR==",
-            "dGhlIHNhbXBsZSBub25j*Q==",
-            "dGhlIHNhbXBsZSBub25jZQdGhl==",
-            "aGVsbG8=",
-        ] {
-            assert!(!nonce_of_16_bytes(key.as_bytes()), "{key}");
-        }
-    }
-
-    #[test]
-    fn exactly_one_key_header() {
-        let mut headers = HeaderMap::new();
-        assert!(check_key(&headers).is_err(), "none");
-        headers.append(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
-        assert!(check_key(&headers).is_ok());
-        headers.append(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
-        assert!(check_key(&headers).is_err(), "two");
-    }
+    use super::{forwarded_for, query_param};
+    use axum::http::HeaderMap;
 
     #[test]
     fn reads_and_decodes_the_token_parameter() {

@@ -7,12 +7,12 @@
 //! `RESUME_GAP` frame, after which every live event is written: a gap never skips live events.
 
 use super::resume::{self, Mark, Request};
-use super::{send, End, Session};
+use super::{send, End, Session, WebSocket};
 use crate::history::{self, Reader, Start};
 use crate::registry::Outbound;
 use crate::routing;
-use axum::extract::ws::{Message, WebSocket};
 use std::collections::VecDeque;
+use tokio_tungstenite::tungstenite::Message;
 
 /// Why a replay cannot be complete: the `reason` of the gap signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +58,7 @@ fn range_gap(cursor: u64, first: u64, last: u64) -> Option<Gap> {
 impl Session {
     /// Replays what the cursor asks for; `Err` ends the session.
     pub(super) async fn replay(&mut self, socket: &mut WebSocket) -> Result<(), End> {
-        let Some(mut state) = self.resume else { return Ok(()) };
+        let Some(state) = self.registration.conn.outlet.resume() else { return Ok(()) };
         let timeout = self.app.config.limits.write_timeout;
         let (cursor, epoch) = match state.request {
             Request::Live => return Ok(()),
@@ -127,9 +127,10 @@ impl Session {
             // it waits for the client to take a replayed event, so a burst published just before
             // the reconnect cannot fill it (a full queue would cut the client off as too slow).
             // Those the replay covers are dropped at once.
+            let outlet = &self.registration.conn.outlet;
             let item = tokio::select! {
                 biased;
-                live = self.queue.recv() => {
+                live = outlet.recv() => {
                     hold(live, floor, &mut held, held_limit)?;
                     continue;
                 }
@@ -162,7 +163,7 @@ impl Session {
                 tokio::select! {
                     biased;
                     sent = &mut sending => break sent,
-                    live = self.queue.recv() => hold(live, floor, &mut held, held_limit)?,
+                    live = outlet.recv() => hold(live, floor, &mut held, held_limit)?,
                 }
             };
             if !sent {
@@ -171,10 +172,9 @@ impl Session {
             replayed += 1;
         }
         tracing::debug!(tenant_id, cursor, replayed, floor, "resume: replay done");
-        state.mark = Some(Mark::after_replay(floor, read.filter(|_| timed)));
-        self.resume = Some(state);
+        self.registration.conn.outlet.set_mark(Mark::after_replay(floor, read.filter(|_| timed)));
         while let Some(live) = held.pop_front() {
-            self.write_events(socket, live, &mut held, timeout).await?;
+            self.write_events(socket, Some(live), &mut held, timeout).await?;
         }
         Ok(())
     }
@@ -187,16 +187,16 @@ impl Session {
 }
 
 /// A live event that came during the replay: dropped when the replay covers it (at or below
-/// `floor`), held to be written after it otherwise. More than `limit` held, or a queue closed
-/// under it, ends the session as too slow.
-fn hold(live: Option<Outbound>, floor: u64, held: &mut VecDeque<Outbound>, limit: usize) -> Result<(), End> {
-    match live {
-        Some(live) if live.sequence.is_some_and(|s| s <= floor) => Ok(()),
-        Some(live) if held.len() < limit => {
-            held.push_back(live);
-            Ok(())
-        }
-        _ => Err(End::Server(crate::close::CloseReason::SLOW_CONSUMER.into())),
+/// `floor`), held to be written after it otherwise. More than `limit` held ends the session as
+/// too slow.
+fn hold(live: Outbound, floor: u64, held: &mut VecDeque<Outbound>, limit: usize) -> Result<(), End> {
+    if live.sequence.is_some_and(|s| s <= floor) {
+        Ok(())
+    } else if held.len() < limit {
+        held.push_back(live);
+        Ok(())
+    } else {
+        Err(End::Server(crate::close::CloseReason::SLOW_CONSUMER.into()))
     }
 }
 

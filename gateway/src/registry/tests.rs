@@ -43,24 +43,30 @@ fn a_multi_branch_admin_gets_an_event_once() {
     let r = registry(10, 3, 3, 8);
     let admin =
         Audience::Staff { tenant_id: 1, branch_ids: vec![1, 2].into(), endpoint: Endpoint::Waiter, admin_view: true };
-    let (_reg, mut rx) = r.admit(Endpoint::Waiter, admin, user(1), Arc::from([])).unwrap();
+    let reg = r.admit(Endpoint::Waiter, admin, user(1), Arc::from([])).unwrap();
     let payload = Arc::new(QueuedEvent::new(Utf8Bytes::from("e"), None, None, None));
     let t = r.tenant(1).unwrap();
     assert_eq!(t.fan_out(&scope("ROUND_READY", 2, None), &payload).delivered, 1);
     assert_eq!(t.fan_out(&scope("ROUND_READY", 0, None), &payload).delivered, 1);
-    assert_eq!(rx.try_recv().unwrap().payload, "e");
-    assert_eq!(rx.try_recv().unwrap().payload, "e");
-    assert!(rx.try_recv().is_err());
+    assert_eq!(reg.conn.outlet.try_recv().unwrap().payload, "e");
+    assert_eq!(reg.conn.outlet.try_recv().unwrap().payload, "e");
+    assert!(reg.conn.outlet.try_recv().is_none());
 }
 
 #[test]
 fn a_full_queue_closes_the_connection() {
     let r = registry(10, 3, 3, 1);
-    let (reg, _rx) = r.admit(Endpoint::Waiter, waiter(&[1]), user(1), Arc::from([])).unwrap();
+    let reg = r.admit(Endpoint::Waiter, waiter(&[1]), user(1), Arc::from([])).unwrap();
     let t = r.tenant(1).unwrap();
     let payload = Arc::new(QueuedEvent::new(Utf8Bytes::from("e"), None, None, None));
-    assert_eq!(t.fan_out(&scope("ROUND_PENDING", 1, None), &payload), Fanout { delivered: 1, queue_full: 0 });
-    assert_eq!(t.fan_out(&scope("ROUND_PENDING", 1, None), &payload), Fanout { delivered: 0, queue_full: 1 });
+    assert_eq!(
+        t.fan_out(&scope("ROUND_PENDING", 1, None), &payload),
+        Fanout { delivered: 1, written: 0, queue_full: 0 }
+    );
+    assert_eq!(
+        t.fan_out(&scope("ROUND_PENDING", 1, None), &payload),
+        Fanout { delivered: 0, written: 0, queue_full: 1 }
+    );
     assert!(reg.conn.control.is_closing());
     assert_eq!(reg.conn.control.reason.get(), Some(&CloseReason::SLOW_CONSUMER.into()));
 }
@@ -68,8 +74,8 @@ fn a_full_queue_closes_the_connection() {
 #[test]
 fn tenants_disappear_with_their_last_connection() {
     let r = registry(10, 3, 3, 8);
-    let (a, _) = r.admit(Endpoint::Waiter, waiter(&[1, 2]), user(1), Arc::from([])).unwrap();
-    let (b, _) = r
+    let a = r.admit(Endpoint::Waiter, waiter(&[1, 2]), user(1), Arc::from([])).unwrap();
+    let b = r
         .admit(
             Endpoint::Diner,
             Audience::Diner { tenant_id: 1, session_id: 4 },
@@ -89,7 +95,7 @@ fn tenants_disappear_with_their_last_connection() {
 #[test]
 fn diners_only_get_their_session() {
     let r = registry(10, 3, 3, 8);
-    let (_a, mut mine) = r
+    let mine = r
         .admit(
             Endpoint::Diner,
             Audience::Diner { tenant_id: 1, session_id: 4 },
@@ -97,7 +103,7 @@ fn diners_only_get_their_session() {
             Arc::from([]),
         )
         .unwrap();
-    let (_b, mut other) = r
+    let other = r
         .admit(
             Endpoint::Diner,
             Audience::Diner { tenant_id: 1, session_id: 5 },
@@ -107,8 +113,8 @@ fn diners_only_get_their_session() {
         .unwrap();
     let t = r.tenant(1).unwrap();
     t.fan_out(&scope("CART_SYNC", 3, Some(4)), &Arc::new(QueuedEvent::new(Utf8Bytes::from("x"), None, None, None)));
-    assert_eq!(mine.try_recv().unwrap().payload, "x");
-    assert!(other.try_recv().is_err());
+    assert_eq!(mine.conn.outlet.try_recv().unwrap().payload, "x");
+    assert!(other.conn.outlet.try_recv().is_none());
 }
 
 #[test]

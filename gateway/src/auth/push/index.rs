@@ -168,7 +168,7 @@ mod tests {
             admin_view: false,
         };
         let key = crate::registry::ConnKey::User { tenant_id: 1, user_id: 7 };
-        let (registration, _queue) =
+        let registration =
             registry.admit(crate::auth::Endpoint::Waiter, audience, key, Arc::from([])).expect("admitted");
         assert!(w.bind(&registration.conn), "notified before binding");
         assert_eq!(w.notify().map(|c| c.id), Some(registration.conn.id));
