@@ -6,25 +6,6 @@
 mod harness;
 use harness::*;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// A client whose socket receive buffer is tiny, so not reading backs up the server quickly.
-async fn stalled_client(url: &str) -> Client {
-    let addr = url.trim_start_matches("ws://").split('/').next().unwrap().parse().unwrap();
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(addr).await.unwrap();
-    let mut request = url.into_client_request().unwrap();
-    request.headers_mut().insert("Origin", ORIGIN.parse().unwrap());
-    let (ws, _) = tokio::time::timeout(
-        SOON,
-        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    Client { ws }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_is_cut_off_and_recovers_through_resume() {

@@ -295,6 +295,21 @@ impl Client {
     }
 }
 
+/// A client whose socket receive buffer is tiny, so not reading backs up the server quickly.
+pub async fn stalled_client(url: &str) -> Client {
+    let addr = url.trim_start_matches("ws://").split('/').next().unwrap().parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("Origin", ORIGIN.parse().unwrap());
+    let (ws, _) = tokio::time::timeout(SOON, tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)))
+        .await
+        .unwrap()
+        .unwrap();
+    Client { ws }
+}
+
 /// Connects and expects an immediate close (refused handshake).
 pub async fn refused(url: &str, origin: Option<&str>, code: u16, reason: &str) {
     let mut client = Client::connect(url, origin).await;
