@@ -137,7 +137,9 @@ impl Dispatcher {
             }
         }
         if !span.is_disabled() {
-            span.record("recipients", fanout.delivered).record("queue_full", fanout.queue_full);
+            span.record("recipients", fanout.delivered)
+                .record("written", fanout.written)
+                .record("queue_full", fanout.queue_full);
         }
         if fanout.queue_full > 0 {
             self.metrics

@@ -1,7 +1,8 @@
 //! The spans the gateway exports over OTLP (set-up: `wire::otel`). Per event: `gateway.route`, a
 //! child of the bridge's publish span whose W3C context JetStream's RePublish carried in the
 //! message headers (validation, de-duplication, recipients; it follows the parent's sampling
-//! decision), and its child `gateway.fan_out` (queueing to every recipient, with their count).
+//! decision), and its child `gateway.fan_out` (writing to every idle recipient's socket and
+//! queueing for the others, with their counts).
 //! Per connection: `gateway.connection`, from admission to close, a root of its own, so that no
 //! event ever hangs under a long-lived connection, and built when the connection ends, so that
 //! an idle connection holds no span. Without export every function here returns at once
@@ -54,7 +55,7 @@ pub fn fan_out() -> Span {
     if !wire::otel::enabled() {
         return Span::none();
     }
-    tracing::info_span!(target: TARGET, "gateway.fan_out", recipients = Empty, queue_full = Empty)
+    tracing::info_span!(target: TARGET, "gateway.fan_out", recipients = Empty, written = Empty, queue_full = Empty)
 }
 
 /// Exports one connection's span once it ended: from the start of its admission to its close,

@@ -64,6 +64,8 @@ async fn one_event_is_one_trace_across_bridge_and_gateway() {
     let mut waiter =
         Client::connect(&format!("ws://{base}/ws/waiter?token={}", staff_token(2, 1, &[7], &["WAITER"])), Some(ORIGIN))
             .await;
+    // Answered from the connection's loop: from here on its socket is written by the fan-out.
+    waiter.ping().await;
     let event = event("ROUND_PENDING", 1, 7, None, None, 1);
     let mut redis = stack.redis().await;
     let _: i64 = redis.publish("branch:7:waiters", &event).await.unwrap();
@@ -123,6 +125,7 @@ async fn one_event_is_one_trace_across_bridge_and_gateway() {
     assert_eq!(route.attr("jetstream.sequence"), publish.attr("jetstream.sequence"));
     assert_eq!(route.attr("outcome"), "delivered");
     assert_eq!(fan_out.attr("recipients"), "1");
+    assert_eq!(fan_out.attr("written"), "1", "an idle connection's socket is written by the fan-out itself");
 
     assert!(
         receiver.spans().iter().all(|s| s.trace_id != unsampled_trace),
