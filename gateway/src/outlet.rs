@@ -462,4 +462,36 @@ mod tests {
         control.close(crate::close::CloseReason::SLOW_CONSUMER);
         assert_eq!(offer("closing".into()), Offer::Queued, "a closing connection is written to by its task only");
     }
+
+    #[tokio::test]
+    async fn a_write_that_fails_is_handed_to_the_task_which_fails_the_same_way() {
+        let (stream, client) = pair().await;
+        let outlet = Outlet::new(1024);
+        let control = Control::default();
+        outlet.attach(stream.clone());
+        outlet.go_direct();
+        // The client resets the connection (RST, not FIN).
+        socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(client);
+        let mut written = 0;
+        loop {
+            match outlet.offer(&event("after the reset".into()), &control) {
+                Offer::Dropped => break,
+                Offer::Written => written += 1,
+                other => panic!("{other:?} while the socket was the dispatcher's"),
+            }
+            assert!(written < 100, "no write failed after the reset");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(outlet.handed_back().now_or_never().is_some(), "the task is told");
+        assert!(!outlet.lock().direct);
+        let error = std::future::poll_fn(|cx| drain(&mut outlet.lock(), &stream, cx)).await.unwrap_err();
+        assert!(
+            matches!(error.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe),
+            "the task's write fails as the dispatcher's did: {error:?}"
+        );
+        outlet.go_direct();
+        assert!(!outlet.lock().direct, "never direct again on a failed socket");
+        assert_eq!(outlet.offer(&event("later".into()), &control), Offer::Queued, "left to the task, which ends");
+    }
 }
