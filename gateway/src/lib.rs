@@ -37,6 +37,7 @@ pub(crate) mod http;
 pub mod listener;
 pub(crate) mod metrics;
 pub(crate) mod outlet;
+pub(crate) mod prefetch;
 pub(crate) mod recovery;
 pub(crate) mod registry;
 pub(crate) mod routing;

@@ -23,7 +23,7 @@ use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -49,6 +49,8 @@ pub struct Outlet {
     handed: AtomicBool,
     /// Events the queue holds at most.
     limit: u32,
+    /// Where the attached socket lives, for [`crate::prefetch`] only (never read through).
+    socket_at: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -71,7 +73,13 @@ struct State {
 impl Outlet {
     pub fn new(limit: usize) -> Outlet {
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
-        Outlet { state: Mutex::default(), task: AtomicWaker::new(), handed: AtomicBool::new(false), limit }
+        Outlet {
+            state: Mutex::default(),
+            task: AtomicWaker::new(),
+            handed: AtomicBool::new(false),
+            limit,
+            socket_at: AtomicUsize::new(0),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -123,7 +131,9 @@ impl Outlet {
             None => return Offer::Dropped,
         };
         let Some(stream) = &state.stream else { return Offer::Dropped };
-        let written = match stream.try_write(&frame) {
+        // Straight to the socket, past tokio's readiness record (one cache miss fewer per
+        // recipient): if the socket is full, the task's next write finds it so and waits.
+        let written = match socket2::SockRef::from(stream.as_ref()).send_with_flags(&frame, libc::MSG_NOSIGNAL) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => {
@@ -162,7 +172,13 @@ impl Outlet {
 
     /// The upgraded socket: from now on writes can be direct.
     pub fn attach(&self, stream: Arc<TcpStream>) {
+        self.socket_at.store(Arc::as_ptr(&stream).addr(), Ordering::Relaxed);
         self.lock().stream = Some(stream);
+    }
+
+    /// Starts loading the socket's record, which the next offer reads.
+    pub fn prefetch_socket(&self) {
+        crate::prefetch::address(self.socket_at.load(Ordering::Relaxed), size_of::<TcpStream>());
     }
 
     /// The task's side, after it wrote everything it had: if the queue is still empty and nothing
@@ -189,6 +205,7 @@ impl Outlet {
 
     /// Lets go of the socket, so that it closes with the session's end.
     pub fn detach(&self) {
+        self.socket_at.store(0, Ordering::Relaxed);
         let mut state = self.lock();
         state.stream = None;
         state.pending = Vec::new();

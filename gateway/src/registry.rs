@@ -198,6 +198,24 @@ struct TenantIndex {
     by_session: HashMap<u64, Vec<Arc<Conn>>>,
 }
 
+/// Offers to each connection of `list` in turn while the CPU loads what the next two offers
+/// read: the record of the one after next, and what the next one's record points to (its
+/// branch list and its socket), found now that its record was loaded a step before.
+fn walk(list: &[Arc<Conn>], offer: &mut impl FnMut(&Arc<Conn>)) {
+    for (i, conn) in list.iter().enumerate() {
+        if let Some(after_next) = list.get(i + 2) {
+            crate::prefetch::bytes::<Conn>(after_next);
+        }
+        if let Some(next) = list.get(i + 1) {
+            if let Audience::Staff { branch_ids, .. } = &next.audience {
+                crate::prefetch::bytes::<[u64]>(branch_ids);
+            }
+            next.outlet.prefetch_socket();
+        }
+        offer(conn);
+    }
+}
+
 pub struct Tenant {
     index: RwLock<TenantIndex>,
 }
@@ -230,10 +248,12 @@ impl Tenant {
             }
         };
         let staff = if scope.branch_id == 0 { Some(&index.admins) } else { index.by_branch.get(&scope.branch_id) };
-        staff.into_iter().flatten().for_each(&mut offer);
+        if let Some(staff) = staff {
+            walk(staff, &mut offer);
+        }
         if scope.class.session {
             if let Some(diners) = scope.session_id.and_then(|s| index.by_session.get(&s)) {
-                diners.iter().for_each(&mut offer);
+                walk(diners, &mut offer);
             }
         }
         out
