@@ -199,7 +199,8 @@ pub struct RunArgs {
     pub gateway_bin: String,
     /// Seconds of the bare-write floor (as `loadtest floor` measures it) taken after the traffic at the
     /// run's own deliveries per second, fan-out, frame size and connections, to report the
-    /// gateway's CPU per delivery as a multiple of it (fanout, steady; 0: no floor).
+    /// gateway's CPU per delivery as a multiple of it (fanout, steady; 0: no floor). With several
+    /// --url, it is measured again with one sender per gateway (`loadtest floor --senders`).
     #[arg(long, default_value_t = 5.0)]
     pub floor_seconds: f64,
     #[command(flatten)]
@@ -348,6 +349,10 @@ pub struct FloorArgs {
     /// Bytes of each frame, WebSocket header included.
     #[arg(long, default_value_t = 332)]
     pub frame_bytes: usize,
+    /// Sender threads, each woken by every event and writing an even share of its recipients to
+    /// an even share of the sockets: the floor of that many replicas holding the same tenant.
+    #[arg(long, default_value_t = 1)]
+    pub senders: usize,
     /// Write the measurements as JSON.
     #[arg(long, value_name = "PATH")]
     pub report_json: Option<PathBuf>,

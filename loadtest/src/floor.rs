@@ -6,6 +6,11 @@
 //! time (`CLOCK_THREAD_CPUTIME_ID`, which also holds the kernel's loopback work done on its
 //! behalf) divided by the frames written is the floor a gateway's CPU per delivery is compared
 //! with. Sockets are set up like the gateway's (`TCP_NODELAY`).
+//!
+//! With `senders` above one it is the floor of a cluster: that many sender threads, each holding
+//! an even share of the sockets and woken by every event, write the event's recipients between
+//! them (an even share each), as replicas that all hold the tenant do. Each event then costs
+//! every sender one wake-up, which a single sender pays once.
 
 use anyhow::{bail, ensure, Context};
 use serde::Serialize;
@@ -26,6 +31,8 @@ pub struct Params {
     pub duration: Duration,
     /// Size of the whole frame, header included.
     pub frame_bytes: usize,
+    /// Sender threads, each woken by every event (at least one, at most `fanout`).
+    pub senders: usize,
 }
 
 /// The measurement.
@@ -33,6 +40,7 @@ pub struct Params {
 pub struct Floor {
     pub sockets: usize,
     pub fanout: usize,
+    pub senders: usize,
     pub frame_bytes: usize,
     pub asked_per_s: f64,
     pub deliveries: u64,
@@ -73,19 +81,37 @@ pub fn measure(params: Params) -> anyhow::Result<Floor> {
     ensure!(params.sockets > 0 && params.fanout > 0, "the floor needs sockets and a fan-out");
     ensure!(params.fanout <= params.sockets, "a fan-out of {} over {} sockets", params.fanout, params.sockets);
     ensure!(params.deliveries_per_s > 0.0, "the floor needs a positive rate");
+    ensure!(
+        (1..=params.fanout).contains(&params.senders),
+        "{} senders for a fan-out of {}: each sender writes at least one frame per event",
+        params.senders,
+        params.fanout
+    );
     let frame = frame(params.frame_bytes)?;
     let listener = TcpListener::bind("127.0.0.1:0").context("bind the floor's listener")?;
     let addr = listener.local_addr()?;
     let mut reader = Reader::spawn(addr, params.sockets)?;
     let sockets = accept(&listener, params.sockets, &mut reader)?;
-    let (written, elapsed, cpu) = std::thread::scope(|scope| {
-        scope.spawn(|| send(&sockets, &frame, &params)).join().expect("the floor's sender thread")
+    let events_per_s = params.deliveries_per_s / params.fanout as f64;
+    let sent = std::thread::scope(|scope| {
+        let senders: Vec<_> = share(params.sockets, params.senders)
+            .zip(share(params.fanout, params.senders).map(|r| r.len()))
+            .map(|(range, fanout)| {
+                let (sockets, frame) = (&sockets[range], &frame);
+                scope.spawn(move || send(sockets, frame, fanout, events_per_s, params.duration))
+            })
+            .collect();
+        senders.into_iter().map(|s| s.join().expect("a floor sender thread")).collect::<anyhow::Result<Vec<_>>>()
     })?;
     drop(sockets);
     reader.finish()?;
+    let written: u64 = sent.iter().map(|s| s.0).sum();
+    let elapsed = sent.iter().map(|s| s.1).max().unwrap_or_default();
+    let cpu: Duration = sent.iter().map(|s| s.2).sum();
     Ok(Floor {
         sockets: params.sockets,
         fanout: params.fanout,
+        senders: params.senders,
         frame_bytes: params.frame_bytes,
         asked_per_s: params.deliveries_per_s,
         deliveries: written,
@@ -106,6 +132,7 @@ pub fn run(args: &crate::cli::FloorArgs) -> anyhow::Result<()> {
             deliveries_per_s: rate,
             duration: Duration::from_secs_f64(args.duration),
             frame_bytes: args.frame_bytes,
+            senders: args.senders,
         })?;
         println!("{}", floor.line());
         floors.push(floor);
@@ -123,17 +150,37 @@ impl Floor {
     /// One line: the rate written and the floor.
     pub fn line(&self) -> String {
         format!(
-            "floor {:.2} µs CPU per delivery: {} frames of {} bytes to {} sockets (fan-out {}) at {:.0}/s ({:.0}/s asked), sender CPU {:.2} s",
+            "floor {:.2} µs CPU per delivery: {} frames of {} bytes to {} sockets (fan-out {}{}) at {:.0}/s ({:.0}/s asked), sender CPU {:.2} s",
             self.cpu_us_per_delivery,
             self.deliveries,
             self.frame_bytes,
             self.sockets,
             self.fanout,
+            self.senders_note(),
             self.achieved_per_s,
             self.asked_per_s,
             self.sender_cpu_s
         )
     }
+
+    /// `""` for one sender, `", 2 senders woken by every event"` for more.
+    pub fn senders_note(&self) -> String {
+        match self.senders {
+            0 | 1 => String::new(),
+            n => format!(", {n} senders woken by every event"),
+        }
+    }
+}
+
+/// `total` split into `parts` consecutive ranges whose lengths differ by at most one.
+fn share(total: usize, parts: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let (each, extra) = (total / parts, total % parts);
+    (0..parts).scan(0, move |start, i| {
+        let len = each + usize::from(i < extra);
+        let range = *start..*start + len;
+        *start += len;
+        Some(range)
+    })
 }
 
 /// Accepts the reader's sockets, set up like the gateway's.
@@ -161,12 +208,17 @@ fn accept(listener: &TcpListener, count: usize, reader: &mut Reader) -> anyhow::
     Ok(sockets)
 }
 
-/// The sender: `fanout` writes per event, events paced to the asked rate. Returns the frames
-/// written, the time it took and the thread's CPU time.
-fn send(sockets: &[TcpStream], frame: &[u8], params: &Params) -> anyhow::Result<(u64, Duration, Duration)> {
-    let events_per_s = params.deliveries_per_s / params.fanout as f64;
+/// One sender: `fanout` writes per event over its `sockets`, `events_per_s` events for
+/// `duration`. Returns the frames written, the time it took and the thread's CPU time.
+fn send(
+    sockets: &[TcpStream],
+    frame: &[u8],
+    fanout: usize,
+    events_per_s: f64,
+    duration: Duration,
+) -> anyhow::Result<(u64, Duration, Duration)> {
     let interval = Duration::from_secs_f64(1.0 / events_per_s);
-    let events = (events_per_s * params.duration.as_secs_f64()).ceil().max(1.0) as u64;
+    let events = (events_per_s * duration.as_secs_f64()).ceil().max(1.0) as u64;
     let cpu_before = thread_cpu()?;
     let started = Instant::now();
     let mut next = 0usize;
@@ -176,7 +228,7 @@ fn send(sockets: &[TcpStream], frame: &[u8], params: &Params) -> anyhow::Result<
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        for _ in 0..params.fanout {
+        for _ in 0..fanout {
             let mut socket = &sockets[next];
             socket.write_all(frame).context("write a floor frame")?;
             next = (next + 1) % sockets.len();
@@ -274,5 +326,27 @@ mod tests {
         assert!(serde_json::from_slice::<serde_json::Value>(&small[2..]).is_ok());
         assert!(frame(1).is_err());
         assert!(frame(128).is_err(), "no encoding gives 128 bytes: 126 payload needs the 2-byte length");
+    }
+
+    #[test]
+    fn shares_are_consecutive_and_even() {
+        let ranges: Vec<_> = share(1000, 3).collect();
+        assert_eq!(ranges, vec![0..334, 334..667, 667..1000]);
+        assert_eq!(share(91, 2).map(|r| r.len()).collect::<Vec<_>>(), vec![46, 45]);
+        assert_eq!(share(5, 1).collect::<Vec<_>>(), vec![0..5]);
+    }
+
+    #[test]
+    fn refuses_more_senders_than_recipients_per_event() {
+        let params = Params {
+            sockets: 4,
+            fanout: 2,
+            deliveries_per_s: 100.0,
+            duration: Duration::from_millis(10),
+            frame_bytes: 100,
+            senders: 3,
+        };
+        let error = measure(params).unwrap_err().to_string();
+        assert!(error.contains("3 senders for a fan-out of 2"), "{error}");
     }
 }

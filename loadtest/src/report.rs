@@ -142,6 +142,10 @@ pub struct Efficiency {
     pub gateway_over_floor: Option<f64>,
     /// Server-side CPU per delivery over the floor's.
     pub server_over_floor: Option<f64>,
+    /// With several gateways: the floor with one sender per gateway, each woken by every event
+    /// (what replicas that all hold the tenant cannot avoid), and the gateways' CPU over it.
+    pub replicas_floor: Option<crate::floor::Floor>,
+    pub gateway_over_replicas_floor: Option<f64>,
 }
 
 impl Efficiency {
@@ -160,6 +164,8 @@ impl Efficiency {
             floor_error: None,
             gateway_over_floor: None,
             server_over_floor: None,
+            replicas_floor: None,
+            gateway_over_replicas_floor: None,
         }
     }
 
@@ -175,6 +181,14 @@ impl Efficiency {
             self.server_over_floor = Some(self.server_cpu_us_per_delivery / base);
         }
         self.floor = Some(floor);
+        self
+    }
+
+    pub fn with_replicas_floor(mut self, floor: crate::floor::Floor) -> Self {
+        if floor.cpu_us_per_delivery > 0.0 {
+            self.gateway_over_replicas_floor = Some(self.gateway_cpu_us_per_delivery / floor.cpu_us_per_delivery);
+        }
+        self.replicas_floor = Some(floor);
         self
     }
 }

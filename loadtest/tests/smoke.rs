@@ -272,6 +272,15 @@ async fn every_scenario_delivers_exactly_once() {
     let ratio = x["gateway_over_floor"].as_f64().unwrap();
     let expected = x["gateway_cpu_us_per_delivery"].as_f64().unwrap() / floor["cpu_us_per_delivery"].as_f64().unwrap();
     assert!((ratio - expected).abs() < 1e-9 * expected.max(1.0), "{x}");
+    // Two gateways: the floor again with one sender per gateway, each woken by every event.
+    let replicas = &x["replicas_floor"];
+    assert_eq!((replicas["senders"].as_u64(), replicas["sockets"].as_u64()), (Some(2), Some(300)), "{x}");
+    assert_eq!(replicas["fanout"], floor["fanout"], "{x}");
+    let ratio = x["gateway_over_replicas_floor"].as_f64().unwrap();
+    let expected =
+        x["gateway_cpu_us_per_delivery"].as_f64().unwrap() / replicas["cpu_us_per_delivery"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9 * expected.max(1.0), "{x}");
+    assert_eq!(floor["senders"], 1, "{x}");
 
     let args = run(&["-n", "300", "--rate", "200", "--duration", "2", "--floor-seconds", "0"], "steady");
     let r = stack.loadtest("steady", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;

@@ -201,14 +201,19 @@ sockets per event, events paced to each --rate (deliveries per second) for --dur
 A second process reads and discards everything. The floor is the sender thread's CPU time
 (user and system, so the kernel's loopback work done on its behalf counts) per frame written.
 
+With --senders N it is the floor of N replicas that all hold the tenant: N sender threads, each
+holding an even share of the sockets and woken by every event, write an even share of its
+recipients each. Every event then costs N wake-ups instead of one.
+
 The fanout and steady scenarios measure it again after their traffic, at their own rate,
 fan-out, frame size and connections (--floor-seconds), and report the gateway's CPU per
-delivery as a multiple of it.";
+delivery as a multiple of it; with several --url, also with one sender per gateway.";
 
 pub const FLOOR_EXAMPLES: &str = "\
 Examples:
   loadtest floor                                   # 1,000 sockets, fan-out 100, 5k and 20k/s
-  loadtest floor --rate 5000,20000,65000 --duration 30 --report-json floor.json";
+  loadtest floor --rate 5000,20000,65000 --duration 30 --report-json floor.json
+  loadtest floor --fanout 91 --rate 4550 --senders 2  # two replicas holding the tenant";
 
 pub const TOKEN_EXAMPLES: &str = "\
 Examples:

@@ -92,6 +92,19 @@ pub fn render(r: &Report) -> String {
                 ),
             );
         }
+        if let (Some(f), Some(gateway)) = (&x.replicas_floor, x.gateway_over_replicas_floor) {
+            row(
+                "floor/gw",
+                format!(
+                    "{:.2} µs per bare write ({} sockets, fan-out {}{}, {:.0}/s): gateway {gateway:.2}x",
+                    f.cpu_us_per_delivery,
+                    f.sockets,
+                    f.fanout,
+                    f.senders_note(),
+                    f.achieved_per_s
+                ),
+            );
+        }
     }
     let e = &r.events;
     let asked =

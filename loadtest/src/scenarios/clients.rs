@@ -203,12 +203,21 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
                 fanout: tally.expected as f64 / published.max(1) as f64,
                 frame_bytes: mean_frame_bytes(&generator, run, count, args.publish.payload_bytes),
             };
-            Some(match floor.measure().await {
+            // The run's own figures stand without a floor; the report says why one is missing.
+            let mut x = match floor.measure(1).await {
                 Ok(Some(floor)) => x.with_floor(floor),
                 Ok(None) => x,
-                // The run's own figures stand without it; the report says why it is missing.
                 Err(error) => x.without_floor(format!("{error:#}")),
-            })
+            };
+            let gateways = args.urls.len().min(phase.connected as usize);
+            if gateways > 1 && x.floor.is_some() {
+                x = match floor.measure(gateways).await {
+                    Ok(Some(floor)) => x.with_replicas_floor(floor),
+                    Ok(None) => x,
+                    Err(error) => x.without_floor(format!("with one sender per gateway: {error:#}")),
+                };
+            }
+            Some(x)
         }
         _ => None,
     };
@@ -294,6 +303,7 @@ fn pipeline_cpu() -> BTreeMap<String, f64> {
 }
 
 /// The floor to measure after a run: its connections, rate, fan-out and frame size.
+#[derive(Clone, Copy)]
 struct FloorAt {
     seconds: f64,
     connections: u64,
@@ -303,15 +313,18 @@ struct FloorAt {
 }
 
 impl FloorAt {
-    async fn measure(self) -> anyhow::Result<Option<crate::floor::Floor>> {
+    /// With `senders` sender threads, each woken by every event (one per gateway of the run).
+    async fn measure(self, senders: usize) -> anyhow::Result<Option<crate::floor::Floor>> {
         // The sender and the reader each hold every socket: both stay under the open-files limit.
         let sockets = (self.connections as usize).min(open_files_limit().saturating_sub(FD_HEADROOM) as usize);
         if self.seconds <= 0.0 || sockets == 0 || self.deliveries_per_s < 1.0 {
             return Ok(None);
         }
+        let fanout = (self.fanout.round() as usize).clamp(1, sockets);
         let params = crate::floor::Params {
             sockets,
-            fanout: (self.fanout.round() as usize).clamp(1, sockets),
+            fanout,
+            senders: senders.clamp(1, fanout),
             deliveries_per_s: self.deliveries_per_s,
             duration: Duration::from_secs_f64(self.seconds),
             frame_bytes: self.frame_bytes,
