@@ -50,7 +50,12 @@ pub enum Command {
     Worker,
     /// Internal: the floor's reading process.
     #[command(hide = true)]
-    FloorReader { addr: std::net::SocketAddr, sockets: usize },
+    FloorReader {
+        addr: std::net::SocketAddr,
+        sockets: usize,
+        #[arg(long, default_value_t = 0)]
+        source_ips: u32,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -353,6 +358,10 @@ pub struct FloorArgs {
     /// an even share of the sockets: the floor of that many replicas holding the same tenant.
     #[arg(long, default_value_t = 1)]
     pub senders: usize,
+    /// The reading sockets come from 127.0.0.1..=127.0.0.N in turn, as the scenarios' clients
+    /// do (0: the kernel chooses). Peers spread over more addresses cost the sender a little more.
+    #[arg(long, default_value_t = 0)]
+    pub source_ips: u32,
     /// Write the measurements as JSON.
     #[arg(long, value_name = "PATH")]
     pub report_json: Option<PathBuf>,

@@ -39,7 +39,9 @@ fn main() -> ExitCode {
             println!("{}", mint(token));
             return ExitCode::SUCCESS;
         }
-        Command::FloorReader { addr, sockets } => return exit(floor::read_all(addr, sockets).map(|()| true)),
+        Command::FloorReader { addr, sockets, source_ips } => {
+            return exit(floor::read_all(addr, sockets, source_ips).map(|()| true))
+        }
         Command::Floor(args) => return exit(floor::run(&args).map(|()| true)),
         _ => {}
     }

@@ -265,6 +265,7 @@ async fn every_scenario_delivers_exactly_once() {
     );
     let floor = &x["floor"];
     assert_eq!(floor["sockets"], 300, "one socket per connection of the run: {floor}");
+    assert_eq!(floor["source_ips"], 16, "its reader takes the clients' source addresses (the default 16): {floor}");
     assert!(
         floor["deliveries"].as_u64().unwrap() > 0 && floor["cpu_us_per_delivery"].as_f64().unwrap() > 0.0,
         "{floor}"

@@ -87,8 +87,13 @@ pub fn render(r: &Report) -> String {
             row(
                 "floor",
                 format!(
-                    "{:.2} µs per bare write ({} sockets, fan-out {}, {} bytes, {:.0}/s): gateway {gateway:.2}x, server side {server:.2}x",
-                    f.cpu_us_per_delivery, f.sockets, f.fanout, f.frame_bytes, f.achieved_per_s
+                    "{:.2} µs per bare write ({} sockets, fan-out {}{}, {} bytes, {:.0}/s): gateway {gateway:.2}x, server side {server:.2}x",
+                    f.cpu_us_per_delivery,
+                    f.sockets,
+                    f.fanout,
+                    f.setup_note(),
+                    f.frame_bytes,
+                    f.achieved_per_s
                 ),
             );
         }
@@ -100,7 +105,7 @@ pub fn render(r: &Report) -> String {
                     f.cpu_us_per_delivery,
                     f.sockets,
                     f.fanout,
-                    f.senders_note(),
+                    f.setup_note(),
                     f.achieved_per_s
                 ),
             );

@@ -202,6 +202,7 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
                 deliveries_per_s: received as f64 / duration,
                 fanout: tally.expected as f64 / published.max(1) as f64,
                 frame_bytes: mean_frame_bytes(&generator, run, count, args.publish.payload_bytes),
+                source_ips: args.source_ips.min(250),
             };
             // The run's own figures stand without a floor; the report says why one is missing.
             let mut x = match floor.measure(1).await {
@@ -310,6 +311,8 @@ struct FloorAt {
     deliveries_per_s: f64,
     fanout: f64,
     frame_bytes: usize,
+    /// The clients' source addresses, which the floor's reader takes too.
+    source_ips: u32,
 }
 
 impl FloorAt {
@@ -325,6 +328,7 @@ impl FloorAt {
             sockets,
             fanout,
             senders: senders.clamp(1, fanout),
+            source_ips: self.source_ips,
             deliveries_per_s: self.deliveries_per_s,
             duration: Duration::from_secs_f64(self.seconds),
             frame_bytes: self.frame_bytes,
