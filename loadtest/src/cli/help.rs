@@ -203,11 +203,13 @@ A second process reads and discards everything. The floor is the sender thread's
 
 With --senders N it is the floor of N replicas that all hold the tenant: N sender threads, each
 holding an even share of the sockets and woken by every event, write an even share of its
-recipients each. Every event then costs N wake-ups instead of one.
+recipients each. Every event then costs N wake-ups instead of one. --source-ips N connects the
+reading sockets from 127.0.0.1..=127.0.0.N in turn, as the scenarios' clients do.
 
 The fanout and steady scenarios measure it again after their traffic, at their own rate,
 fan-out, frame size and connections (--floor-seconds), and report the gateway's CPU per
-delivery as a multiple of it; with several --url, also with one sender per gateway.";
+delivery as a multiple of it (its reader on the run's --source-ips); with several --url, also
+with one sender per gateway.";
 
 pub const FLOOR_EXAMPLES: &str = "\
 Examples:
