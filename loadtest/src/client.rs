@@ -154,14 +154,20 @@ pub async fn resolve(url: &str) -> anyhow::Result<SocketAddr> {
     addrs.find(|a| a.is_ipv4()).with_context(|| format!("{host_port} has no IPv4 address"))
 }
 
+/// The source address of the `index`-th loopback connection spread over `source_ips`
+/// addresses: 127.0.0.1..=127.0.0.N in turn (N at most 250); `None` for 0, the kernel chooses.
+/// The clients and the floor's reader (`floor.rs`) both follow it.
+pub fn source_ip(index: u64, source_ips: u32) -> Option<Ipv4Addr> {
+    (source_ips > 0).then(|| Ipv4Addr::new(127, 0, 0, 1 + (index % u64::from(source_ips.min(250))) as u8))
+}
+
 impl Dialer {
     /// Opens `member`'s connection to `self.gateways[gateway]`; `query` (`&resume=...` or
     /// empty) follows the token.
     pub async fn connect(&self, member: &Member, gateway: usize, query: &str) -> Result<Socket, String> {
         let (base, addr) = &self.gateways[gateway];
         let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {}", e.kind()))?;
-        if self.source_ips > 0 && addr.ip().is_loopback() {
-            let ip = Ipv4Addr::new(127, 0, 0, 1 + (member.slot % self.source_ips as u64) as u8);
+        if let Some(ip) = source_ip(member.slot, self.source_ips).filter(|_| addr.ip().is_loopback()) {
             socket.bind(SocketAddr::from((ip, 0))).map_err(|e| format!("bind {ip}: {}", e.kind()))?;
         }
         let stream = socket.connect(*addr).await.map_err(|e| format!("tcp: {}", e.kind()))?;
@@ -284,5 +290,19 @@ fn on_text(ctx: &Ctx, me: &mut Incarnation, cursor: &mut Option<u64>, text: &str
         _ => {
             ctx.stats.foreign.fetch_add(1, Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_take_the_source_addresses_in_turn() {
+        assert_eq!(source_ip(0, 0), None);
+        assert_eq!(source_ip(0, 16), Some(Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(source_ip(17, 16), Some(Ipv4Addr::new(127, 0, 0, 2)));
+        assert_eq!(source_ip(15, 16), Some(Ipv4Addr::new(127, 0, 0, 16)));
+        assert_eq!(source_ip(250, 1000), Some(Ipv4Addr::new(127, 0, 0, 1)), "at most 250 addresses");
     }
 }

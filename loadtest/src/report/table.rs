@@ -84,31 +84,10 @@ pub fn render(r: &Report) -> String {
             row("floor", format!("not measured: {error}"));
         }
         if let (Some(f), Some(gateway), Some(server)) = (&x.floor, x.gateway_over_floor, x.server_over_floor) {
-            row(
-                "floor",
-                format!(
-                    "{:.2} µs per bare write ({} sockets, fan-out {}{}, {} bytes, {:.0}/s): gateway {gateway:.2}x, server side {server:.2}x",
-                    f.cpu_us_per_delivery,
-                    f.sockets,
-                    f.fanout,
-                    f.setup_note(),
-                    f.frame_bytes,
-                    f.achieved_per_s
-                ),
-            );
+            row("floor", format!("{}: gateway {gateway:.2}x, server side {server:.2}x", f.summary()));
         }
         if let (Some(f), Some(gateway)) = (&x.replicas_floor, x.gateway_over_replicas_floor) {
-            row(
-                "floor/gw",
-                format!(
-                    "{:.2} µs per bare write ({} sockets, fan-out {}{}, {:.0}/s): gateway {gateway:.2}x",
-                    f.cpu_us_per_delivery,
-                    f.sockets,
-                    f.fanout,
-                    f.setup_note(),
-                    f.achieved_per_s
-                ),
-            );
+            row("floor/gw", format!("{}: gateway {gateway:.2}x", f.summary()));
         }
     }
     let e = &r.events;
