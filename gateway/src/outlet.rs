@@ -22,8 +22,9 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -42,44 +43,58 @@ pub enum Offer {
     Dropped,
 }
 
+/// `repr(C)`, the lock first and then the fields a direct write reads: see
+/// [`crate::registry::Conn`]'s layout.
+#[repr(C)]
 pub struct Outlet {
     state: Mutex<State>,
-    /// The connection's task, woken when an event is queued or it is handed bytes to finish.
-    task: AtomicWaker,
-    handed: AtomicBool,
     /// Events the queue holds at most.
     limit: u32,
-    /// Where the attached socket lives, for [`crate::prefetch`] only (never read through).
-    socket_at: AtomicUsize,
+    handed: AtomicBool,
+    /// The connection's task, woken when an event is queued or it is handed bytes to finish.
+    task: AtomicWaker,
 }
 
-#[derive(Default)]
+#[repr(C)]
 struct State {
-    /// Events for the task to write (allocated only while it has some).
-    queue: VecDeque<Outbound>,
-    /// The socket, once upgraded (plain TCP only: other transports always queue).
-    stream: Option<Arc<TcpStream>>,
     direct: bool,
     /// The session ended: `direct` stays off.
     retired: bool,
-    /// The unwritten tail of a frame, written before anything else.
-    pending: Vec<u8>,
     /// Why a write by the dispatcher failed: the task's next write fails the same way.
     failed: Option<io::ErrorKind>,
+    /// `stream`'s descriptor, beside the flags so that a direct write reads nothing but the
+    /// connection's record (-1 without a stream).
+    fd: RawFd,
     /// Boxed: most connections do not resume.
     resume: Option<Box<Resume>>,
+    /// The socket, once upgraded (plain TCP only: other transports always queue). Keeps `fd`
+    /// open: the two are set and cleared together.
+    stream: Option<Arc<TcpStream>>,
+    /// Events for the task to write (allocated only while it has some).
+    queue: VecDeque<Outbound>,
+    /// The unwritten tail of a frame, written before anything else.
+    pending: Vec<u8>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            direct: false,
+            retired: false,
+            failed: None,
+            fd: -1,
+            resume: None,
+            stream: None,
+            queue: VecDeque::new(),
+            pending: Vec::new(),
+        }
+    }
 }
 
 impl Outlet {
     pub fn new(limit: usize) -> Outlet {
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
-        Outlet {
-            state: Mutex::default(),
-            task: AtomicWaker::new(),
-            handed: AtomicBool::new(false),
-            limit,
-            socket_at: AtomicUsize::new(0),
-        }
+        Outlet { state: Mutex::default(), task: AtomicWaker::new(), handed: AtomicBool::new(false), limit }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -130,10 +145,16 @@ impl Outlet {
             Some(Form::WithCursor) => event.frame_with_cursor(),
             None => return Offer::Dropped,
         };
-        let Some(stream) = &state.stream else { return Offer::Dropped };
-        // Straight to the socket, past tokio's readiness record (one cache miss fewer per
-        // recipient): if the socket is full, the task's next write finds it so and waits.
-        let written = match socket2::SockRef::from(stream.as_ref()).send_with_flags(&frame, libc::MSG_NOSIGNAL) {
+        if state.stream.is_none() {
+            return Offer::Dropped;
+        }
+        // SAFETY: `fd` belongs to `state.stream`, which keeps it open: both change together,
+        // under the lock held here.
+        #[allow(unsafe_code)]
+        let socket = unsafe { BorrowedFd::borrow_raw(state.fd) };
+        // Straight to the socket, past tokio's readiness record (no cache miss beyond this
+        // record): if the socket is full, the task's next write finds it so and waits.
+        let written = match socket2::SockRef::from(&socket).send_with_flags(&frame, libc::MSG_NOSIGNAL) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => {
@@ -172,13 +193,9 @@ impl Outlet {
 
     /// The upgraded socket: from now on writes can be direct.
     pub fn attach(&self, stream: Arc<TcpStream>) {
-        self.socket_at.store(Arc::as_ptr(&stream).addr(), Ordering::Relaxed);
-        self.lock().stream = Some(stream);
-    }
-
-    /// Starts loading the socket's record, which the next offer reads.
-    pub fn prefetch_socket(&self) {
-        crate::prefetch::address(self.socket_at.load(Ordering::Relaxed), size_of::<TcpStream>());
+        let mut state = self.lock();
+        state.fd = stream.as_raw_fd();
+        state.stream = Some(stream);
     }
 
     /// The task's side, after it wrote everything it had: if the queue is still empty and nothing
@@ -205,8 +222,8 @@ impl Outlet {
 
     /// Lets go of the socket, so that it closes with the session's end.
     pub fn detach(&self) {
-        self.socket_at.store(0, Ordering::Relaxed);
         let mut state = self.lock();
+        state.fd = -1;
         state.stream = None;
         state.pending = Vec::new();
         state.queue = VecDeque::new();

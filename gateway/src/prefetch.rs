@@ -4,12 +4,6 @@
 //! annotate`). A prefetch is only a hint: it reads nothing into the program and never faults,
 //! whatever the address.
 
-/// Starts loading every cache line of `value`.
-#[inline(always)]
-pub fn bytes<T: ?Sized>(value: &T) {
-    lines((value as *const T).cast(), size_of_val(value));
-}
-
 /// Starts loading the `len` bytes at `address`, which may be stale: nothing is read from it.
 #[inline(always)]
 pub fn address(address: usize, len: usize) {

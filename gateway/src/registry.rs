@@ -6,7 +6,7 @@
 use crate::auth::Endpoint;
 use crate::close::{CloseReason, Closing};
 use crate::outlet::{Offer, Outlet};
-use crate::routing::{self, Audience, EventScope};
+use crate::routing::{Audience, EventScope, Role};
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use std::collections::{HashMap, HashSet};
@@ -80,7 +80,9 @@ impl QueuedEvent {
 /// Asks a connection's task to close with a reason; the first reason wins. Lock-free: the
 /// task's loop polls [`Control::closed`] on every wake-up, once per delivered batch.
 #[derive(Default)]
+#[repr(C)]
 pub struct Control {
+    /// First: every direct write reads it (see [`Conn`]'s layout).
     closing: AtomicBool,
     /// The connection's task, the only one waiting.
     waker: AtomicWaker,
@@ -88,6 +90,9 @@ pub struct Control {
 }
 
 impl Control {
+    /// The bytes of it a direct write reads.
+    const HOT: usize = std::mem::offset_of!(Control, closing) + size_of::<AtomicBool>();
+
     pub fn close(&self, reason: CloseReason) {
         self.close_with(Closing::Documented(reason));
     }
@@ -141,17 +146,28 @@ impl Default for ConnInfo {
     }
 }
 
+// What a direct write reads must stay within the two cache lines the walk loads.
+const _: () = assert!(Conn::HOT <= 128 && align_of::<Conn>() == 64);
+
 /// One open connection as fan-out sees it.
+///
+/// Laid out for the fan-out walk, which visits one record per recipient while the kernel's
+/// work for each write evicts the cache: what a direct write reads (the outlet's lock and the
+/// fields it guards first, then the close flag) sits in the record's first two cache lines,
+/// and the walk loads only those ([`Conn::prefetch`]). `repr(C)` keeps the order written here;
+/// the alignment makes the lines the record's own.
+#[repr(C, align(64))]
 pub struct Conn {
+    /// The outbound queue and the socket's write side, shared with the dispatcher.
+    pub outlet: Outlet,
+    pub control: Control,
+    /// Read by the walk only for a pure waiter and an event routed by sector.
+    sectors: RwLock<Arc<[u64]>>,
     pub id: u64,
     pub endpoint: Endpoint,
     pub audience: Audience,
     /// Staff user id or diner session id, for limits and statistics.
     pub key: ConnKey,
-    sectors: RwLock<Arc<[u64]>>,
-    pub control: Control,
-    /// The outbound queue and the socket's write side, shared with the dispatcher.
-    pub outlet: Outlet,
     pub info: ConnInfo,
 }
 
@@ -168,6 +184,15 @@ impl Conn {
 
     pub fn set_sectors(&self, sectors: Arc<[u64]>) {
         *self.sectors.write().expect("sectors lock") = sectors;
+    }
+
+    /// The bytes of the record a direct write reads: the outlet's lock and the fields it
+    /// guards, and the close flag.
+    const HOT: usize = std::mem::offset_of!(Conn, control) + Control::HOT;
+
+    /// Starts loading what [`Outlet::offer`] will read of this record: two cache lines.
+    fn prefetch(&self) {
+        crate::prefetch::address((self as *const Conn).addr(), Self::HOT);
     }
 }
 
@@ -191,28 +216,42 @@ pub struct Fanout {
 #[derive(Default)]
 struct TenantIndex {
     /// Staff connections under each branch in their `branch_ids`.
-    by_branch: HashMap<u64, Vec<Arc<Conn>>>,
+    by_branch: HashMap<u64, Vec<Member>>,
     /// Staff connections with the admin view (tenant-wide events).
-    admins: Vec<Arc<Conn>>,
+    admins: Vec<Member>,
     /// Diner connections by table session.
-    by_session: HashMap<u64, Vec<Arc<Conn>>>,
+    by_session: HashMap<u64, Vec<Member>>,
 }
 
-/// Offers to each connection of `list` in turn while the CPU loads what the next two offers
-/// read: the record of the one after next, and what the next one's record points to (its
-/// branch list and its socket), found now that its record was loaded a step before.
-fn walk(list: &[Arc<Conn>], offer: &mut impl FnMut(&Arc<Conn>)) {
-    for (i, conn) in list.iter().enumerate() {
+/// A candidate in the index, with its role beside it: the walk decides from the list alone,
+/// and reads a connection's record only to write to it.
+#[derive(Clone)]
+struct Member {
+    conn: Arc<Conn>,
+    role: Role,
+}
+
+impl Member {
+    fn of(conn: &Arc<Conn>) -> Member {
+        Member { conn: conn.clone(), role: conn.audience.role() }
+    }
+}
+
+/// Offers `event` to each member of `list` whose role receives it, while the CPU loads the
+/// record of the member after next (see [`Conn`]'s layout).
+fn walk(list: &[Member], scope: &EventScope, offer: &mut impl FnMut(&Conn)) {
+    for (i, member) in list.iter().enumerate() {
         if let Some(after_next) = list.get(i + 2) {
-            crate::prefetch::bytes::<Conn>(after_next);
+            after_next.conn.prefetch();
         }
-        if let Some(next) = list.get(i + 1) {
-            if let Audience::Staff { branch_ids, .. } = &next.audience {
-                crate::prefetch::bytes::<[u64]>(branch_ids);
-            }
-            next.outlet.prefetch_socket();
+        let receives = if member.role.needs_sectors(scope) {
+            member.role.receives(&member.conn.sectors.read().expect("sectors lock"), scope)
+        } else {
+            member.role.receives(&[], scope)
+        };
+        if receives {
+            offer(&member.conn);
         }
-        offer(conn);
     }
 }
 
@@ -226,34 +265,24 @@ impl Tenant {
     pub fn fan_out(&self, scope: &EventScope, event: &Outbound) -> Fanout {
         let index = self.index.read().expect("tenant index lock");
         let mut out = Fanout::default();
-        let mut offer = |conn: &Arc<Conn>| {
-            // Sectors matter only for a pure waiter and an event naming a sector: skip the lock
-            // and the reference count for everyone else.
-            let receives = if scope.sector_id.is_some() && conn.audience.is_pure_waiter() {
-                routing::receives(&conn.audience, &conn.sectors(), scope)
-            } else {
-                routing::receives(&conn.audience, &[], scope)
-            };
-            if !receives {
-                return;
+        let mut offer = |conn: &Conn| match conn.outlet.offer(event, &conn.control) {
+            Offer::Written => {
+                out.delivered += 1;
+                out.written += 1;
             }
-            match conn.outlet.offer(event, &conn.control) {
-                Offer::Written => {
-                    out.delivered += 1;
-                    out.written += 1;
-                }
-                Offer::Queued => out.delivered += 1,
-                Offer::Full => out.queue_full += 1,
-                Offer::Dropped => {}
-            }
+            Offer::Queued => out.delivered += 1,
+            Offer::Full => out.queue_full += 1,
+            Offer::Dropped => {}
         };
+        // The lists hold only connections within the event's reach (routing::receives): its
+        // tenant, and its branch (or, tenant-wide, the admin view), or its table session.
         let staff = if scope.branch_id == 0 { Some(&index.admins) } else { index.by_branch.get(&scope.branch_id) };
         if let Some(staff) = staff {
-            walk(staff, &mut offer);
+            walk(staff, scope, &mut offer);
         }
         if scope.class.session {
             if let Some(diners) = scope.session_id.and_then(|s| index.by_session.get(&s)) {
-                walk(diners, &mut offer);
+                walk(diners, scope, &mut offer);
             }
         }
         out
@@ -264,20 +293,22 @@ impl Tenant {
         match &conn.audience {
             Audience::Staff { branch_ids, admin_view, .. } => {
                 for branch in branch_ids.iter() {
-                    index.by_branch.entry(*branch).or_default().push(conn.clone());
+                    index.by_branch.entry(*branch).or_default().push(Member::of(conn));
                 }
                 if *admin_view {
-                    index.admins.push(conn.clone());
+                    index.admins.push(Member::of(conn));
                 }
             }
-            Audience::Diner { session_id, .. } => index.by_session.entry(*session_id).or_default().push(conn.clone()),
+            Audience::Diner { session_id, .. } => {
+                index.by_session.entry(*session_id).or_default().push(Member::of(conn))
+            }
         }
     }
 
     /// Removes `conn`; `true` when the tenant has no connection left.
     fn remove(&self, conn: &Conn) -> bool {
-        fn take(list: &mut Vec<Arc<Conn>>, id: u64) {
-            if let Some(pos) = list.iter().position(|c| c.id == id) {
+        fn take(list: &mut Vec<Member>, conn: &Conn) {
+            if let Some(pos) = list.iter().position(|m| std::ptr::eq(Arc::as_ptr(&m.conn), conn)) {
                 list.swap_remove(pos);
             }
         }
@@ -286,17 +317,17 @@ impl Tenant {
             Audience::Staff { branch_ids, .. } => {
                 for branch in branch_ids.iter() {
                     if let Some(list) = index.by_branch.get_mut(branch) {
-                        take(list, conn.id);
+                        take(list, conn);
                         if list.is_empty() {
                             index.by_branch.remove(branch);
                         }
                     }
                 }
-                take(&mut index.admins, conn.id);
+                take(&mut index.admins, conn);
             }
             Audience::Diner { session_id, .. } => {
                 if let Some(list) = index.by_session.get_mut(session_id) {
-                    take(list, conn.id);
+                    take(list, conn);
                     if list.is_empty() {
                         index.by_session.remove(session_id);
                     }

@@ -57,33 +57,68 @@ impl Audience {
 
     /// A waiter-endpoint connection without MANAGER/ADMIN: the only audience routed by sector.
     pub fn is_pure_waiter(&self) -> bool {
-        matches!(self, Audience::Staff { endpoint: Endpoint::Waiter, admin_view: false, .. })
+        self.role() == Role::Waiter
     }
 }
 
-/// Whether a connection with `audience` (and, for pure waiters, `sectors`) receives `event`.
+/// Whether a connection with `audience` (and, for pure waiters, `sectors`) receives `event`:
+/// the event must be within its reach (its tenant; one of its branches, or tenant-wide for the
+/// admin view; its table session), and then its [`Role`] decides.
 pub fn receives(audience: &Audience, sectors: &[u64], event: &EventScope) -> bool {
     if audience.tenant_id() != event.tenant_id {
         return false;
     }
-    match audience {
-        Audience::Diner { session_id, .. } => event.class.session && event.session_id == Some(*session_id),
-        Audience::Staff { branch_ids, endpoint, admin_view, .. } => {
-            if event.branch_id == 0 {
-                return *admin_view;
-            }
-            if !branch_ids.contains(&event.branch_id) {
-                return false;
-            }
-            if *admin_view {
-                return true;
-            }
-            match endpoint {
-                Endpoint::Waiter => waiter_receives(sectors, event),
-                Endpoint::Kitchen => event.class.kitchen,
-                Endpoint::Admin | Endpoint::Diner => false,
-            }
+    let within_reach = match audience {
+        Audience::Diner { session_id, .. } => event.session_id == Some(*session_id),
+        Audience::Staff { admin_view, .. } if event.branch_id == 0 => *admin_view,
+        Audience::Staff { branch_ids, .. } => branch_ids.contains(&event.branch_id),
+    };
+    within_reach && audience.role().receives(sectors, event)
+}
+
+/// The part of [`receives`] that depends on what a connection is, not on where it is: what the
+/// fan-out decides per candidate, the registry's index having already narrowed the candidates to
+/// those within the event's reach. One byte, kept beside each candidate in the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The admin endpoint, or MANAGER/ADMIN on the waiter or kitchen endpoint: everything.
+    AdminView,
+    /// A waiter without the admin view: routed by sector.
+    Waiter,
+    Kitchen,
+    Diner,
+    /// Nothing (a staff audience on an endpoint without events of its own).
+    Nothing,
+}
+
+impl Audience {
+    pub fn role(&self) -> Role {
+        match self {
+            Audience::Diner { .. } => Role::Diner,
+            Audience::Staff { admin_view: true, .. } => Role::AdminView,
+            Audience::Staff { endpoint: Endpoint::Waiter, .. } => Role::Waiter,
+            Audience::Staff { endpoint: Endpoint::Kitchen, .. } => Role::Kitchen,
+            Audience::Staff { endpoint: Endpoint::Admin | Endpoint::Diner, .. } => Role::Nothing,
         }
+    }
+}
+
+impl Role {
+    /// Whether this role receives `event`, within its reach. `sectors` are read only when
+    /// [`Role::needs_sectors`].
+    pub fn receives(self, sectors: &[u64], event: &EventScope) -> bool {
+        match self {
+            Role::AdminView => true,
+            Role::Waiter => waiter_receives(sectors, event),
+            Role::Kitchen => event.class.kitchen,
+            Role::Diner => event.class.session,
+            Role::Nothing => false,
+        }
+    }
+
+    /// Whether [`Role::receives`] depends on the connection's sectors for `event`.
+    pub fn needs_sectors(self, event: &EventScope) -> bool {
+        self == Role::Waiter && event.sector_id.is_some() && !event.class.admin_only && !event.class.branch_wide_waiter
     }
 }
 
@@ -178,5 +213,29 @@ mod tests {
     fn diners_get_only_their_sessions_session_events() {
         assert!(!receives(&DINER, &[], &event("ROUND_SUBMITTED", 10, None, Some(77))), "kitchen-only type");
         assert!(!receives(&DINER, &[], &event("CART_SYNC", 10, None, None)), "no session id");
+    }
+
+    /// The fan-out skips reading a waiter's sectors unless `needs_sectors` says they matter:
+    /// for every role and event, sectors that differ must then change nothing.
+    #[test]
+    fn sectors_matter_exactly_when_the_role_says_so() {
+        let types =
+            ["ROUND_SUBMITTED", "ROUND_READY", "CHECK_REQUESTED", "ENTITY_UPDATED", "ROUND_PENDING", "SOMETHING_NEW"];
+        let roles = [Role::AdminView, Role::Waiter, Role::Kitchen, Role::Diner, Role::Nothing];
+        let mut mattered = 0;
+        for ty in types {
+            for sector in [None, Some(5)] {
+                let e = event(ty, 10, sector, Some(77));
+                for role in roles {
+                    let (with, without) = (role.receives(&[5], &e), role.receives(&[6], &e));
+                    if role.needs_sectors(&e) {
+                        mattered += usize::from(with != without);
+                    } else {
+                        assert_eq!(with, without, "{role:?} {ty} sector {sector:?}");
+                    }
+                }
+            }
+        }
+        assert!(mattered > 0, "some sector-routed event must depend on the sectors");
     }
 }

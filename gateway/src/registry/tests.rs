@@ -147,3 +147,28 @@ async fn a_close_wakes_the_waiting_task_with_the_first_reason() {
     assert_eq!(reason, CloseReason::TOKEN_REVOKED.into());
     assert_eq!(control.closed().await, CloseReason::TOKEN_REVOKED.into(), "closed stays closed");
 }
+
+#[test]
+fn fan_out_routes_waiters_by_their_current_sectors() {
+    let r = registry(10, 3, 3, 8);
+    let in_5 = r.admit(Endpoint::Waiter, waiter(&[1]), user(1), Arc::from([5])).unwrap();
+    let in_6 = r.admit(Endpoint::Waiter, waiter(&[1]), user(2), Arc::from([6])).unwrap();
+    let kitchen =
+        Audience::Staff { tenant_id: 1, branch_ids: vec![1].into(), endpoint: Endpoint::Kitchen, admin_view: false };
+    let cook = r.admit(Endpoint::Kitchen, kitchen, user(3), Arc::from([])).unwrap();
+    let t = r.tenant(1).unwrap();
+    let payload = Arc::new(QueuedEvent::new(Utf8Bytes::from("e"), None, None, None));
+    let in_sector_5 = EventScope { sector_id: Some(5), ..scope("CHECK_REQUESTED", 1, None) };
+
+    assert_eq!(t.fan_out(&in_sector_5, &payload).delivered, 1);
+    assert!(in_5.conn.outlet.try_recv().is_some());
+    assert!(in_6.conn.outlet.try_recv().is_none(), "another sector's waiter");
+    assert!(cook.conn.outlet.try_recv().is_none(), "not a kitchen event");
+
+    in_6.conn.set_sectors(Arc::from([6, 5]));
+    assert_eq!(t.fan_out(&in_sector_5, &payload).delivered, 2, "a sector change routes the next event");
+    assert!(in_6.conn.outlet.try_recv().is_some());
+
+    let everyone = scope("ROUND_SUBMITTED", 1, None);
+    assert_eq!(t.fan_out(&everyone, &payload).delivered, 3, "an event without a sector reaches every waiter");
+}
