@@ -256,6 +256,7 @@ fn walk(list: &[Member], scope: &EventScope, offer: &mut impl FnMut(&Conn)) {
 }
 
 pub struct Tenant {
+    id: u64,
     index: RwLock<TenantIndex>,
 }
 
@@ -263,8 +264,13 @@ impl Tenant {
     /// Offers `event` to every connection that receives `scope` (each at most once: a
     /// connection is in exactly one of the lists visited). A full queue closes the connection.
     pub fn fan_out(&self, scope: &EventScope, event: &Outbound) -> Fanout {
-        let index = self.index.read().expect("tenant index lock");
         let mut out = Fanout::default();
+        if scope.tenant_id != self.id {
+            // The dispatcher checked subject and body already; the lists below are this
+            // tenant's whatever the event says, so this is the last word on the boundary.
+            return out;
+        }
+        let index = self.index.read().expect("tenant index lock");
         let mut offer = |conn: &Conn| match conn.outlet.offer(event, &conn.control) {
             Offer::Written => {
                 out.delivered += 1;
@@ -417,10 +423,11 @@ impl Registry {
         *inner.per_key.entry(key).or_default() += 1;
         inner.per_endpoint[endpoint as usize] += 1;
         inner.all.insert(conn.id, conn.clone());
+        let tenant_id = conn.audience.tenant_id();
         inner
             .tenants
-            .entry(conn.audience.tenant_id())
-            .or_insert_with(|| Arc::new(Tenant { index: RwLock::default() }))
+            .entry(tenant_id)
+            .or_insert_with(|| Arc::new(Tenant { id: tenant_id, index: RwLock::default() }))
             .insert(&conn);
         Ok(Registration { registry: self.clone(), conn })
     }

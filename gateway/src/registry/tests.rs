@@ -172,3 +172,16 @@ fn fan_out_routes_waiters_by_their_current_sectors() {
     let everyone = scope("ROUND_SUBMITTED", 1, None);
     assert_eq!(t.fan_out(&everyone, &payload).delivered, 3, "an event without a sector reaches every waiter");
 }
+
+#[test]
+fn fan_out_never_crosses_into_another_tenant() {
+    let r = registry(10, 3, 3, 8);
+    let admin =
+        Audience::Staff { tenant_id: 1, branch_ids: vec![1].into(), endpoint: Endpoint::Admin, admin_view: true };
+    let reg = r.admit(Endpoint::Admin, admin, user(1), Arc::from([])).unwrap();
+    let payload = Arc::new(QueuedEvent::new(Utf8Bytes::from("e"), None, None, None));
+    let other_tenant = EventScope { tenant_id: 2, ..scope("ROUND_READY", 1, None) };
+    assert_eq!(r.tenant(1).unwrap().fan_out(&other_tenant, &payload), Fanout::default());
+    assert!(reg.conn.outlet.try_recv().is_none());
+    assert_eq!(r.tenant(1).unwrap().fan_out(&scope("ROUND_READY", 1, None), &payload).delivered, 1);
+}
