@@ -4,14 +4,10 @@
 //! annotate`). A prefetch is only a hint: it reads nothing into the program and never faults,
 //! whatever the address.
 
-/// Starts loading the `len` bytes at `address`, which may be stale: nothing is read from it.
+/// Starts loading the first `len` bytes of `value`.
 #[inline(always)]
-pub fn address(address: usize, len: usize) {
-    lines(std::ptr::without_provenance(address), len);
-}
-
-#[inline(always)]
-fn lines(start: *const i8, len: usize) {
+pub fn head<T>(value: &T, len: usize) {
+    let start = (value as *const T).cast::<i8>();
     #[cfg(target_arch = "x86_64")]
     for offset in (0..len).step_by(64) {
         // SAFETY: `_mm_prefetch` needs SSE, which is in every x86_64 CPU's baseline, and it

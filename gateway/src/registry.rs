@@ -154,7 +154,7 @@ const _: () = assert!(Conn::HOT <= 128 && align_of::<Conn>() == 64);
 /// Laid out for the fan-out walk, which visits one record per recipient while the kernel's
 /// work for each write evicts the cache: what a direct write reads (the outlet's lock and the
 /// fields it guards first, then the close flag) sits in the record's first two cache lines,
-/// and the walk loads only those ([`Conn::prefetch`]). `repr(C)` keeps the order written here;
+/// and the walk loads only those (`Conn::prefetch`). `repr(C)` keeps the order written here;
 /// the alignment makes the lines the record's own.
 #[repr(C, align(64))]
 pub struct Conn {
@@ -192,7 +192,7 @@ impl Conn {
 
     /// Starts loading what [`Outlet::offer`] will read of this record: two cache lines.
     fn prefetch(&self) {
-        crate::prefetch::address((self as *const Conn).addr(), Self::HOT);
+        crate::prefetch::head(self, Self::HOT);
     }
 }
 
@@ -225,7 +225,6 @@ struct TenantIndex {
 
 /// A candidate in the index, with its role beside it: the walk decides from the list alone,
 /// and reads a connection's record only to write to it.
-#[derive(Clone)]
 struct Member {
     conn: Arc<Conn>,
     role: Role,
