@@ -139,6 +139,7 @@ async fn a_cursor_with_another_epoch_gets_a_gap() {
     let stack = Stack::start().await;
     let js = events_stream(&stack).await;
     let gw = stack.gateway().await;
+    let mut plain = gw.staff("waiter", &staff_token(4, 1, &[10], &["WAITER"])).await;
     let mut client = gw.connect(&format!("/ws/waiter?token={}&resume=live", waiter_token())).await;
     let first = store_pending(&js, 0, 3).await;
     let seen = expect_events("live", &mut client, &first).await;
@@ -146,6 +147,11 @@ async fn a_cursor_with_another_epoch_gets_a_gap() {
     let last = seen.last().unwrap();
     let (cursor, epoch) = (cursor_of(last), epoch_of(last).unwrap().parse::<u64>().unwrap());
     let missed = store_pending(&js, 10, 2).await;
+    // The plain client shows the replica dispatched the missed events before the resuming
+    // clients come back: a live copy arriving after a handshake would rightly be delivered.
+    for e in first.iter().chain(&missed) {
+        assert_eq!(plain.text().await, *e, "a plain client follows the stream");
+    }
 
     let mut wrong =
         gw.connect(&format!("/ws/waiter?token={}&resume={cursor}&epoch={}", waiter_token(), epoch + 1)).await;
