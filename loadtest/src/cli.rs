@@ -202,10 +202,11 @@ pub struct RunArgs {
     /// Executable name used to discover gateway processes.
     #[arg(long, default_value = "gateway")]
     pub gateway_bin: String,
-    /// Seconds of the bare-write floor (as `loadtest floor` measures it) taken after the traffic at the
-    /// run's own deliveries per second, fan-out, frame size and connections, to report the
-    /// gateway's CPU per delivery as a multiple of it (fanout, steady; 0: no floor). With several
-    /// --url, it is measured again with one sender per gateway (`loadtest floor --senders`).
+    /// Seconds of the bare-write floor (as `loadtest floor` measures it), taken once before and
+    /// once after the traffic at the run's planned deliveries per second, fan-out, frame size and
+    /// connections, to report the gateway's CPU per delivery as a multiple of their mean (fanout,
+    /// steady; 0: no floor). With several --url, each is measured again with one sender per
+    /// gateway (`loadtest floor --senders`).
     #[arg(long, default_value_t = 5.0)]
     pub floor_seconds: f64,
     #[command(flatten)]

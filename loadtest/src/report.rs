@@ -122,7 +122,8 @@ pub struct Rss {
 
 /// What the server side spent per delivery while the events flowed (from the start of the
 /// traffic to the end of the settle: the connect phase is left out), and the bare-write floor
-/// measured right after at the same rate, fan-out, frame size and connections.
+/// measured right before and right after the traffic at its rate, fan-out, frame size and
+/// connections.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Efficiency {
     pub window_s: f64,
@@ -135,7 +136,7 @@ pub struct Efficiency {
     pub pipeline_cpu_s: BTreeMap<String, f64>,
     /// Gateway and pipeline together, per delivery.
     pub server_cpu_us_per_delivery: f64,
-    pub floor: Option<crate::floor::Floor>,
+    pub floor: Option<crate::floor::Bracket>,
     /// Why the floor is missing, when measuring it failed.
     pub floor_error: Option<String>,
     /// Gateway CPU per delivery over the floor's.
@@ -144,7 +145,7 @@ pub struct Efficiency {
     pub server_over_floor: Option<f64>,
     /// With several gateways: the floor with one sender per gateway, each woken by every event
     /// (what replicas that all hold the tenant cannot avoid), and the gateways' CPU over it.
-    pub replicas_floor: Option<crate::floor::Floor>,
+    pub replicas_floor: Option<crate::floor::Bracket>,
     pub gateway_over_replicas_floor: Option<f64>,
 }
 
@@ -174,7 +175,7 @@ impl Efficiency {
         self
     }
 
-    pub fn with_floor(mut self, floor: crate::floor::Floor) -> Self {
+    pub fn with_floor(mut self, floor: crate::floor::Bracket) -> Self {
         let base = floor.cpu_us_per_delivery;
         if base > 0.0 {
             self.gateway_over_floor = Some(self.gateway_cpu_us_per_delivery / base);
@@ -184,7 +185,7 @@ impl Efficiency {
         self
     }
 
-    pub fn with_replicas_floor(mut self, floor: crate::floor::Floor) -> Self {
+    pub fn with_replicas_floor(mut self, floor: crate::floor::Bracket) -> Self {
         if floor.cpu_us_per_delivery > 0.0 {
             self.gateway_over_replicas_floor = Some(self.gateway_cpu_us_per_delivery / floor.cpu_us_per_delivery);
         }
@@ -342,8 +343,10 @@ mod tests {
         let x = Efficiency::new(10.0, 1000, 0.02, pipeline);
         assert!((x.gateway_cpu_us_per_delivery - 20.0).abs() < 1e-9);
         assert!((x.server_cpu_us_per_delivery - 30.0).abs() < 1e-9, "gateway and pipeline together");
-        let floor = crate::floor::Floor { cpu_us_per_delivery: 8.0, ..Default::default() };
-        let x = x.with_floor(floor);
+        let floor = |us| crate::floor::Floor { cpu_us_per_delivery: us, ..Default::default() };
+        let bracket = crate::floor::Bracket::new(floor(7.0), floor(9.0));
+        assert!((bracket.drift - (9.0 / 7.0 - 1.0)).abs() < 1e-9, "the host slowed down during the run");
+        let x = x.with_floor(bracket);
         assert!((x.gateway_over_floor.unwrap() - 2.5).abs() < 1e-9);
         assert!((x.server_over_floor.unwrap() - 3.75).abs() < 1e-9);
         let missing = Efficiency::new(10.0, 0, 0.0, BTreeMap::new()).without_floor("no sockets".into());

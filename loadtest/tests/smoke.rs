@@ -252,10 +252,12 @@ async fn every_scenario_delivers_exactly_once() {
     assert!(r["connections"]["handshakes_per_s"].as_f64().unwrap() > 0.0);
     assert!(r["rss"]["after_kib"].as_u64().unwrap() > 0);
 
-    // Fanout, with the bare-write floor measured after it at the run's own rate and fan-out.
+    // Fanout, with the bare-write floor measured before and after it at the run's own rate and
+    // fan-out, and the gateway's CPU per delivery over the mean of both.
     let args = run(&["-n", "300", "--rate", "100", "--duration", "2", "--floor-seconds", "1"], "fanout");
     let r = stack.loadtest("fanout", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    assert!(r["deliveries"]["avg_fanout"].as_f64().unwrap() > 5.0, "{}", r["deliveries"]);
+    let fanout = r["deliveries"]["avg_fanout"].as_f64().unwrap();
+    assert!(fanout > 5.0, "{}", r["deliveries"]);
     let x = &r["efficiency"];
     assert_eq!(x["deliveries"], r["deliveries"]["received"], "{x}");
     assert!(
@@ -263,25 +265,34 @@ async fn every_scenario_delivers_exactly_once() {
             && x["server_cpu_us_per_delivery"].as_f64() >= x["gateway_cpu_us_per_delivery"].as_f64(),
         "{x}"
     );
-    let floor = &x["floor"];
-    assert_eq!(floor["sockets"], 300, "one socket per connection of the run: {floor}");
-    assert_eq!(floor["source_ips"], 16, "its reader takes the clients' source addresses (the default 16): {floor}");
-    assert!(
-        floor["deliveries"].as_u64().unwrap() > 0 && floor["cpu_us_per_delivery"].as_f64().unwrap() > 0.0,
-        "{floor}"
-    );
+    let bracket = &x["floor"];
+    let us = |f: &Value| f["cpu_us_per_delivery"].as_f64().unwrap();
+    for side in ["before", "after"] {
+        let floor = &bracket[side];
+        assert_eq!(floor["sockets"], 300, "one socket per connection of the run: {floor}");
+        assert_eq!(floor["source_ips"], 16, "its reader takes the clients' source addresses (the default 16): {floor}");
+        assert_eq!(floor["senders"], 1, "{floor}");
+        assert!(floor["deliveries"].as_u64().unwrap() > 0 && us(floor) > 0.0, "{floor}");
+        // Planned before the traffic from the events it would publish: what the clients expected.
+        let planned = floor["asked_per_s"].as_f64().unwrap() / 100.0;
+        assert!((planned - fanout).abs() < 0.01 * fanout, "the run's rate times its fan-out ({fanout}): {x}");
+        assert_eq!(floor["fanout"].as_f64(), Some(planned.round()), "{x}");
+    }
+    let mean = (us(&bracket["before"]) + us(&bracket["after"])) / 2.0;
+    assert!((us(bracket) - mean).abs() < 1e-9 * mean, "{bracket}");
     let ratio = x["gateway_over_floor"].as_f64().unwrap();
-    let expected = x["gateway_cpu_us_per_delivery"].as_f64().unwrap() / floor["cpu_us_per_delivery"].as_f64().unwrap();
+    let expected = x["gateway_cpu_us_per_delivery"].as_f64().unwrap() / mean;
     assert!((ratio - expected).abs() < 1e-9 * expected.max(1.0), "{x}");
-    // Two gateways: the floor again with one sender per gateway, each woken by every event.
+    // Two gateways: the floors again with one sender per gateway, each woken by every event.
     let replicas = &x["replicas_floor"];
-    assert_eq!((replicas["senders"].as_u64(), replicas["sockets"].as_u64()), (Some(2), Some(300)), "{x}");
-    assert_eq!(replicas["fanout"], floor["fanout"], "{x}");
+    for side in ["before", "after"] {
+        let floor = &replicas[side];
+        assert_eq!((floor["senders"].as_u64(), floor["sockets"].as_u64()), (Some(2), Some(300)), "{x}");
+        assert_eq!(floor["fanout"], bracket[side]["fanout"], "{x}");
+    }
     let ratio = x["gateway_over_replicas_floor"].as_f64().unwrap();
-    let expected =
-        x["gateway_cpu_us_per_delivery"].as_f64().unwrap() / replicas["cpu_us_per_delivery"].as_f64().unwrap();
+    let expected = x["gateway_cpu_us_per_delivery"].as_f64().unwrap() / us(replicas);
     assert!((ratio - expected).abs() < 1e-9 * expected.max(1.0), "{x}");
-    assert_eq!(floor["senders"], 1, "{x}");
 
     let args = run(&["-n", "300", "--rate", "200", "--duration", "2", "--floor-seconds", "0"], "steady");
     let r = stack.loadtest("steady", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;

@@ -27,8 +27,8 @@ Scenarios:
   bridge   Redis -> JetStream throughput of the publisher-bridge, no WebSocket clients (or,
            with --backlog, of its drain alone; with --path direct, of nats-server alone)
   floor    the physical floor of fan-out, no gateway: sender CPU per bare write of one
-           pre-encoded frame to loopback sockets; fanout and steady also measure it after their
-           traffic and report the gateway's CPU per delivery against it
+           pre-encoded frame to loopback sockets; fanout and steady also measure it before and
+           after their traffic and report the gateway's CPU per delivery against it
 
 --resume makes the clients of idle, fanout, steady and churn resume-capable (protocol section
 8): events published while a client was away are then owed, replayed by the gateway.
@@ -206,10 +206,11 @@ holding an even share of the sockets and woken by every event, write an even sha
 recipients each. Every event then costs N wake-ups instead of one. --source-ips N connects the
 reading sockets from 127.0.0.1..=127.0.0.N in turn, as the scenarios' clients do.
 
-The fanout and steady scenarios measure it again after their traffic, at their own rate,
-fan-out, frame size and connections (--floor-seconds), and report the gateway's CPU per
-delivery as a multiple of it (its reader on the run's --source-ips); with several --url, also
-with one sender per gateway.";
+The fanout and steady scenarios measure it right before and right after their traffic, at
+their own planned rate, fan-out, frame size and connections (--floor-seconds), and report the
+gateway's CPU per delivery as a multiple of the mean of both (its reader on the run's
+--source-ips); with several --url, also with one sender per gateway. The report shows both
+measurements: how far they differ is how far the host moved during the run.";
 
 pub const FLOOR_EXAMPLES: &str = "\
 Examples:

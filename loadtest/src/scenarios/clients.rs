@@ -17,6 +17,7 @@ use crate::publisher::{self, Plan, Target};
 use crate::report::{percentiles, Connections, Deliveries, Efficiency, Events, Report, Rss};
 use crate::rss;
 use crate::workers::{self, Fleet};
+use anyhow::Context;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -108,17 +109,40 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = rss::total_kib(&pids);
 
+    let count = match scenario {
+        Scenario::Idle => generator.probe_len(),
+        _ => (rate * duration).round() as u64,
+    };
+    // The floor is measured on both sides of the traffic, with the same parameters.
+    let floor_at = matches!(scenario, Scenario::Fanout | Scenario::Steady).then(|| {
+        let fanout = planned_fanout(&generator, &pop, count);
+        FloorAt {
+            seconds: if pids.is_empty() { 0.0 } else { args.floor_seconds },
+            connections: phase.connected,
+            deliveries_per_s: rate * fanout,
+            fanout,
+            frame_bytes: mean_frame_bytes(&generator, run, count, args.publish.payload_bytes),
+            source_ips: args.source_ips.min(250),
+            gateways: args.urls.len().min(phase.connected as usize),
+        }
+    });
+    let floors_before = match floor_at {
+        Some(at) => {
+            if at.seconds > 0.0 {
+                progress.phase("floor");
+            }
+            Some(at.measure().await)
+        }
+        None => None,
+    };
+
     progress.phase(if scenario == Scenario::Idle { "hold" } else { "traffic" });
     let window = Window::open(&pids);
     fleet.send(&ToWorker::Go).await?;
-    let count = match scenario {
-        Scenario::Idle => {
-            tokio::time::sleep(Duration::from_secs_f64(duration)).await;
-            progress.phase("probe");
-            generator.probe_len()
-        }
-        _ => (rate * duration).round() as u64,
-    };
+    if scenario == Scenario::Idle {
+        tokio::time::sleep(Duration::from_secs_f64(duration)).await;
+        progress.phase("probe");
+    }
     let plan = Plan {
         generator: &generator,
         run,
@@ -193,32 +217,19 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
         }
         _ => (None, Vec::new()),
     };
-    let efficiency = match (scenario, pids.is_empty()) {
-        (Scenario::Fanout | Scenario::Steady, false) => {
+    let efficiency = match (floor_at, floors_before, pids.is_empty()) {
+        (Some(at), Some(before), false) => {
             let x = Efficiency::new(window_s, received, window_gateway_cpu_s, window_pipeline_cpu_s);
-            let floor = FloorAt {
-                seconds: args.floor_seconds,
-                connections: phase.connected,
-                deliveries_per_s: received as f64 / duration,
-                fanout: tally.expected as f64 / published.max(1) as f64,
-                frame_bytes: mean_frame_bytes(&generator, run, count, args.publish.payload_bytes),
-                source_ips: args.source_ips.min(250),
-            };
             // The run's own figures stand without a floor; the report says why one is missing.
-            let mut x = match floor.measure(1).await {
-                Ok(Some(floor)) => x.with_floor(floor),
-                Ok(None) => x,
-                Err(error) => x.without_floor(format!("{error:#}")),
-            };
-            let gateways = args.urls.len().min(phase.connected as usize);
-            if gateways > 1 && x.floor.is_some() {
-                x = match floor.measure(gateways).await {
-                    Ok(Some(floor)) => x.with_replicas_floor(floor),
+            Some(match before {
+                Ok(Some(before)) => match at.measure().await {
+                    Ok(Some(after)) => before.bracket(after, x),
                     Ok(None) => x,
-                    Err(error) => x.without_floor(format!("with one sender per gateway: {error:#}")),
-                };
-            }
-            Some(x)
+                    Err(error) => x.without_floor(format!("after the traffic: {error:#}")),
+                },
+                Ok(None) => x,
+                Err(error) => x.without_floor(format!("before the traffic: {error:#}")),
+            })
         }
         _ => None,
     };
@@ -303,7 +314,7 @@ fn pipeline_cpu() -> BTreeMap<String, f64> {
     cpu
 }
 
-/// The floor to measure after a run: its connections, rate, fan-out and frame size.
+/// The floor of a run: its connections, rate, fan-out and frame size as planned.
 #[derive(Clone, Copy)]
 struct FloorAt {
     seconds: f64,
@@ -313,11 +324,43 @@ struct FloorAt {
     frame_bytes: usize,
     /// The clients' source addresses, which the floor's reader takes too.
     source_ips: u32,
+    /// The run's gateways: with more than one, the floor is also measured with one sender per
+    /// gateway.
+    gateways: usize,
+}
+
+/// The floors measured at one end of the traffic.
+struct Floors {
+    one_sender: crate::floor::Floor,
+    /// With several gateways: one sender per gateway, each woken by every event.
+    per_gateway: Option<crate::floor::Floor>,
+}
+
+impl Floors {
+    /// These (measured before the traffic) and `after` as the floors of `x`.
+    fn bracket(self, after: Floors, x: Efficiency) -> Efficiency {
+        let x = x.with_floor(crate::floor::Bracket::new(self.one_sender, after.one_sender));
+        match (self.per_gateway, after.per_gateway) {
+            (Some(before), Some(after)) => x.with_replicas_floor(crate::floor::Bracket::new(before, after)),
+            _ => x,
+        }
+    }
 }
 
 impl FloorAt {
-    /// With `senders` sender threads, each woken by every event (one per gateway of the run).
-    async fn measure(self, senders: usize) -> anyhow::Result<Option<crate::floor::Floor>> {
+    /// The one-sender floor and, with several gateways, the floor with one sender per gateway;
+    /// `None` when there is nothing to measure (`--floor-seconds 0`, no connection, no delivery).
+    async fn measure(self) -> anyhow::Result<Option<Floors>> {
+        let Some(one_sender) = self.measure_with(1).await? else { return Ok(None) };
+        let per_gateway = match self.gateways {
+            0 | 1 => None,
+            n => Some(self.measure_with(n).await.context("with one sender per gateway")?),
+        };
+        Ok(Some(Floors { one_sender, per_gateway: per_gateway.flatten() }))
+    }
+
+    /// With `senders` sender threads, each woken by every event.
+    async fn measure_with(self, senders: usize) -> anyhow::Result<Option<crate::floor::Floor>> {
         // The sender and the reader each hold every socket: both stay under the open-files limit.
         let sockets = (self.connections as usize).min(open_files_limit().saturating_sub(FD_HEADROOM) as usize);
         if self.seconds <= 0.0 || sockets == 0 || self.deliveries_per_s < 1.0 {
@@ -333,7 +376,7 @@ impl FloorAt {
             duration: Duration::from_secs_f64(self.seconds),
             frame_bytes: self.frame_bytes,
         };
-        // The workers' connections are closing: let the gateways settle first.
+        // Let the gateways settle first (after the traffic, the workers' connections are closing).
         tokio::time::sleep(Duration::from_secs(1)).await;
         let floor = tokio::task::spawn_blocking(move || crate::floor::measure(params)).await??;
         Ok(Some(floor))
@@ -343,6 +386,19 @@ impl FloorAt {
 /// The hard open-files limit of this process (raised to it at start); unlimited when unknown.
 fn open_files_limit() -> u64 {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(u64::MAX, |(_, hard)| hard)
+}
+
+/// The mean number of connections an event of the run is routed to, over up to 1,000 of its
+/// events (what the clients' tallies expect of each event, counted before it is published).
+fn planned_fanout(generator: &Generator, pop: &Population, count: u64) -> f64 {
+    let index = crate::expectations::Index::build(pop, 0..pop.len());
+    let step = (count / 1000).max(1);
+    let (mut events, mut recipients) = (0usize, 0usize);
+    for id in (0..count).step_by(step as usize) {
+        events += 1;
+        recipients += index.recipients(&generator.event(id as u32)).count();
+    }
+    recipients as f64 / events.max(1) as f64
 }
 
 /// The mean size of the run's event frames as the gateway writes them (header included), over
