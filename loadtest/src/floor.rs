@@ -10,6 +10,13 @@
 //! spread over 16 addresses costs a sender a few per cent more than to one (3% for the floor, 5%
 //! for the gateway, in alternating runs here).
 //!
+//! `loadtest floor` writes each event to `fanout` consecutive sockets. The scenarios write each
+//! event to the sockets of its own recipients instead (`Params::recipients`: the slots the run's
+//! clients expected it at, the reader's sockets connected in slot order as the clients' were).
+//! That is the floor of the same workload: a branch's waiters are every tenth connection, and
+//! writing to sockets whose kernel objects are not adjacent costs 4–8% more here than writing to
+//! consecutive ones (three alternating pairs at 4.6k and 20k deliveries/s, 2026-12-03).
+//!
 //! With `senders` above one it is the floor of a cluster: that many sender threads, each holding
 //! an even share of the sockets and woken by every event, write the event's recipients between
 //! them (an even share each), as replicas that all hold the tenant do. Each event then costs
@@ -23,12 +30,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// What to measure.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Params {
     /// Loopback sockets written to (the connections).
     pub sockets: usize,
-    /// Recipients per event: consecutive sockets, the next event starting after the last.
+    /// Recipients per event: consecutive sockets, the next event starting after the last (the
+    /// mean of `recipients` when there are any).
     pub fanout: usize,
+    /// The events to write in turn, each as the indexes of its recipients' sockets, instead of
+    /// `fanout` consecutive sockets. With several senders, sender `g` writes the recipients whose
+    /// index is `g` modulo the senders, as replica `g` holds slots `g` modulo the gateways.
+    pub recipients: Option<std::sync::Arc<Vec<Vec<u32>>>>,
     /// Deliveries (frames) per second.
     pub deliveries_per_s: f64,
     pub duration: Duration,
@@ -48,6 +60,8 @@ pub struct Floor {
     pub fanout: usize,
     pub senders: usize,
     pub source_ips: u32,
+    /// Each event was written to the run's own recipients (not to consecutive sockets).
+    pub run_recipients: bool,
     pub frame_bytes: usize,
     pub asked_per_s: f64,
     pub deliveries: u64,
@@ -138,13 +152,26 @@ pub fn measure(params: Params) -> anyhow::Result<Floor> {
     let addr = listener.local_addr()?;
     let mut reader = Reader::spawn(addr, params.sockets, params.source_ips)?;
     let sockets = accept(&listener, params.sockets, &mut reader)?;
-    let events_per_s = params.deliveries_per_s / params.fanout as f64;
+    let plans: Vec<(std::ops::Range<usize>, Plan)> = match &params.recipients {
+        None => share(params.sockets, params.senders)
+            .zip(share(params.fanout, params.senders).map(|r| Plan::Consecutive { fanout: r.len() }))
+            .collect(),
+        Some(events) => (0..params.senders)
+            .map(|g| (0..params.sockets, Plan::Events(own_recipients(events, g, params.senders, params.sockets))))
+            .collect(),
+    };
+    let per_event = match &params.recipients {
+        Some(events) => events.iter().map(Vec::len).sum::<usize>() as f64 / events.len().max(1) as f64,
+        None => params.fanout as f64,
+    };
+    ensure!(per_event > 0.0, "the floor's events have no recipient");
+    let events_per_s = params.deliveries_per_s / per_event;
     let sent = std::thread::scope(|scope| {
-        let senders: Vec<_> = share(params.sockets, params.senders)
-            .zip(share(params.fanout, params.senders).map(|r| r.len()))
-            .map(|(range, fanout)| {
-                let (sockets, frame) = (&sockets[range], &frame);
-                scope.spawn(move || send(sockets, frame, fanout, events_per_s, params.duration))
+        let senders: Vec<_> = plans
+            .iter()
+            .map(|(range, plan)| {
+                let (sockets, frame) = (&sockets[range.clone()], &frame);
+                scope.spawn(move || send(sockets, frame, plan, events_per_s, params.duration))
             })
             .collect();
         senders.into_iter().map(|s| s.join().expect("a floor sender thread")).collect::<anyhow::Result<Vec<_>>>()
@@ -159,6 +186,7 @@ pub fn measure(params: Params) -> anyhow::Result<Floor> {
         fanout: params.fanout,
         senders: params.senders,
         source_ips: params.source_ips,
+        run_recipients: params.recipients.is_some(),
         frame_bytes: params.frame_bytes,
         asked_per_s: params.deliveries_per_s,
         deliveries: written,
@@ -181,6 +209,7 @@ pub fn run(args: &crate::cli::FloorArgs) -> anyhow::Result<()> {
             frame_bytes: args.frame_bytes,
             senders: args.senders,
             source_ips: args.source_ips,
+            recipients: None,
         })?;
         println!("{}", floor.line());
         floors.push(floor);
@@ -220,6 +249,9 @@ impl Floor {
         }
         if self.source_ips > 1 {
             note += &format!(", readers on {} addresses", self.source_ips);
+        }
+        if self.run_recipients {
+            note += ", the run's recipients";
         }
         note
     }
@@ -261,17 +293,35 @@ fn accept(listener: &TcpListener, count: usize, reader: &mut Reader) -> anyhow::
     Ok(sockets)
 }
 
-/// One sender: `fanout` writes per event over its `sockets`, `events_per_s` events for
-/// `duration`. Returns the frames written, the time it took and the thread's CPU time.
+/// What one sender writes per event.
+enum Plan {
+    /// `fanout` consecutive sockets of its share, the next event starting after the last.
+    Consecutive { fanout: usize },
+    /// The events in turn, each as the indexes of the sockets to write.
+    Events(Vec<Vec<u32>>),
+}
+
+/// Of each event's recipients, those of sender `sender` of `senders` (index modulo the
+/// senders), leaving out sockets beyond the `sockets` connected.
+fn own_recipients(events: &[Vec<u32>], sender: usize, senders: usize, sockets: usize) -> Vec<Vec<u32>> {
+    events
+        .iter()
+        .map(|e| e.iter().copied().filter(|i| (*i as usize) < sockets && *i as usize % senders == sender).collect())
+        .collect()
+}
+
+/// One sender: the writes of `plan` over its `sockets`, `events_per_s` events for `duration`.
+/// Returns the frames written, the time it took and the thread's CPU time.
 fn send(
     sockets: &[TcpStream],
     frame: &[u8],
-    fanout: usize,
+    plan: &Plan,
     events_per_s: f64,
     duration: Duration,
 ) -> anyhow::Result<(u64, Duration, Duration)> {
     let interval = Duration::from_secs_f64(1.0 / events_per_s);
     let events = (events_per_s * duration.as_secs_f64()).ceil().max(1.0) as u64;
+    let write = |socket: &TcpStream| (&*socket).write_all(frame).context("write a floor frame");
     let cpu_before = thread_cpu()?;
     let started = Instant::now();
     let mut next = 0usize;
@@ -281,11 +331,21 @@ fn send(
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        for _ in 0..fanout {
-            let mut socket = &sockets[next];
-            socket.write_all(frame).context("write a floor frame")?;
-            next = (next + 1) % sockets.len();
-            written += 1;
+        match plan {
+            Plan::Consecutive { fanout } => {
+                for _ in 0..*fanout {
+                    write(&sockets[next])?;
+                    next = (next + 1) % sockets.len();
+                }
+                written += *fanout as u64;
+            }
+            Plan::Events(list) => {
+                let recipients = &list[event as usize % list.len()];
+                for i in recipients {
+                    write(&sockets[*i as usize])?;
+                }
+                written += recipients.len() as u64;
+            }
         }
     }
     let elapsed = started.elapsed();
@@ -400,6 +460,15 @@ mod tests {
     }
 
     #[test]
+    fn each_sender_writes_the_recipients_its_replica_would_hold() {
+        let events = vec![vec![0, 1, 2, 3, 9], vec![], vec![4, 7]];
+        assert_eq!(own_recipients(&events, 0, 1, 10), events, "one sender writes everything");
+        assert_eq!(own_recipients(&events, 0, 2, 10), vec![vec![0, 2], vec![], vec![4]], "even slots");
+        assert_eq!(own_recipients(&events, 1, 2, 10), vec![vec![1, 3, 9], vec![], vec![7]], "odd slots");
+        assert_eq!(own_recipients(&events, 1, 2, 8), vec![vec![1, 3], vec![], vec![7]], "no socket for slot 9");
+    }
+
+    #[test]
     fn shares_are_consecutive_and_even() {
         let ranges: Vec<_> = share(1000, 3).collect();
         assert_eq!(ranges, vec![0..334, 334..667, 667..1000]);
@@ -417,6 +486,7 @@ mod tests {
             frame_bytes: 100,
             senders: 3,
             source_ips: 0,
+            recipients: None,
         };
         let error = measure(params).unwrap_err().to_string();
         assert!(error.contains("3 senders for a fan-out of 2"), "{error}");

@@ -272,6 +272,7 @@ async fn every_scenario_delivers_exactly_once() {
         assert_eq!(floor["sockets"], 300, "one socket per connection of the run: {floor}");
         assert_eq!(floor["source_ips"], 16, "its reader takes the clients' source addresses (the default 16): {floor}");
         assert_eq!(floor["senders"], 1, "{floor}");
+        assert_eq!(floor["run_recipients"], true, "written to the run's own recipients: {floor}");
         assert!(floor["deliveries"].as_u64().unwrap() > 0 && us(floor) > 0.0, "{floor}");
         // Planned before the traffic from the events it would publish: what the clients expected.
         let planned = floor["asked_per_s"].as_f64().unwrap() / 100.0;

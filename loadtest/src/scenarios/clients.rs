@@ -115,18 +115,20 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
     };
     // The floor is measured on both sides of the traffic, with the same parameters.
     let floor_at = matches!(scenario, Scenario::Fanout | Scenario::Steady).then(|| {
-        let fanout = planned_fanout(&generator, &pop, count);
+        let recipients = planned_recipients(&generator, &pop, count);
+        let fanout = recipients.iter().map(Vec::len).sum::<usize>() as f64 / recipients.len().max(1) as f64;
         FloorAt {
             seconds: if pids.is_empty() { 0.0 } else { args.floor_seconds },
             connections: phase.connected,
             deliveries_per_s: rate * fanout,
             fanout,
+            recipients: Arc::new(recipients),
             frame_bytes: mean_frame_bytes(&generator, run, count, args.publish.payload_bytes),
             source_ips: args.source_ips.min(250),
             gateways: args.urls.len().min(phase.connected as usize),
         }
     });
-    let floors_before = match floor_at {
+    let floors_before = match &floor_at {
         Some(at) => {
             if at.seconds > 0.0 {
                 progress.phase("floor");
@@ -314,13 +316,14 @@ fn pipeline_cpu() -> BTreeMap<String, f64> {
     cpu
 }
 
-/// The floor of a run: its connections, rate, fan-out and frame size as planned.
-#[derive(Clone, Copy)]
+/// The floor of a run: its connections, rate, recipients and frame size as planned.
 struct FloorAt {
     seconds: f64,
     connections: u64,
     deliveries_per_s: f64,
     fanout: f64,
+    /// Events of the run, each as its recipients' slots: the floor writes to the same sockets.
+    recipients: Arc<Vec<Vec<u32>>>,
     frame_bytes: usize,
     /// The clients' source addresses, which the floor's reader takes too.
     source_ips: u32,
@@ -350,7 +353,7 @@ impl Floors {
 impl FloorAt {
     /// The one-sender floor and, with several gateways, the floor with one sender per gateway;
     /// `None` when there is nothing to measure (`--floor-seconds 0`, no connection, no delivery).
-    async fn measure(self) -> anyhow::Result<Option<Floors>> {
+    async fn measure(&self) -> anyhow::Result<Option<Floors>> {
         let Some(one_sender) = self.measure_with(1).await? else { return Ok(None) };
         let per_gateway = match self.gateways {
             0 | 1 => None,
@@ -360,7 +363,7 @@ impl FloorAt {
     }
 
     /// With `senders` sender threads, each woken by every event.
-    async fn measure_with(self, senders: usize) -> anyhow::Result<Option<crate::floor::Floor>> {
+    async fn measure_with(&self, senders: usize) -> anyhow::Result<Option<crate::floor::Floor>> {
         // The sender and the reader each hold every socket: both stay under the open-files limit.
         let sockets = (self.connections as usize).min(open_files_limit().saturating_sub(FD_HEADROOM) as usize);
         if self.seconds <= 0.0 || sockets == 0 || self.deliveries_per_s < 1.0 {
@@ -375,6 +378,7 @@ impl FloorAt {
             deliveries_per_s: self.deliveries_per_s,
             duration: Duration::from_secs_f64(self.seconds),
             frame_bytes: self.frame_bytes,
+            recipients: Some(self.recipients.clone()),
         };
         // Let the gateways settle first (after the traffic, the workers' connections are closing).
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -388,17 +392,15 @@ fn open_files_limit() -> u64 {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(u64::MAX, |(_, hard)| hard)
 }
 
-/// The mean number of connections an event of the run is routed to, over up to 1,000 of its
-/// events (what the clients' tallies expect of each event, counted before it is published).
-fn planned_fanout(generator: &Generator, pop: &Population, count: u64) -> f64 {
+/// The recipients (slots) of up to 1,000 of the run's events, evenly spread over them: what the
+/// clients' tallies will expect of each event, known before it is published.
+fn planned_recipients(generator: &Generator, pop: &Population, count: u64) -> Vec<Vec<u32>> {
     let index = crate::expectations::Index::build(pop, 0..pop.len());
     let step = (count / 1000).max(1);
-    let (mut events, mut recipients) = (0usize, 0usize);
-    for id in (0..count).step_by(step as usize) {
-        events += 1;
-        recipients += index.recipients(&generator.event(id as u32)).count();
-    }
-    recipients as f64 / events.max(1) as f64
+    (0..count)
+        .step_by(step as usize)
+        .map(|id| index.recipients(&generator.event(id as u32)).map(|slot| slot as u32).collect())
+        .collect()
 }
 
 /// The mean size of the run's event frames as the gateway writes them (header included), over
