@@ -363,6 +363,11 @@ pub struct FloorArgs {
     /// do (0: the kernel chooses). Peers spread over more addresses cost the sender a little more.
     #[arg(long, default_value_t = 0)]
     pub source_ips: u32,
+    /// An event's sockets are this far apart: 1 writes consecutive sockets; 10 writes sockets
+    /// k, k+10, k+20, ... for event k, as the waiters of one of ten branches are in the fanout
+    /// scenario (their kernel objects are not adjacent, which costs a little more).
+    #[arg(long, default_value_t = 1)]
+    pub stride: usize,
     /// Write the measurements as JSON.
     #[arg(long, value_name = "PATH")]
     pub report_json: Option<PathBuf>,

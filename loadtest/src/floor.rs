@@ -14,8 +14,9 @@
 //! event to the sockets of its own recipients instead (`Params::recipients`: the slots the run's
 //! clients expected it at, the reader's sockets connected in slot order as the clients' were).
 //! That is the floor of the same workload: a branch's waiters are every tenth connection, and
-//! writing to sockets whose kernel objects are not adjacent costs 4–8% more here than writing to
-//! consecutive ones (three alternating pairs at 4.6k and 20k deliveries/s, 2026-12-03).
+//! writing to sockets whose kernel objects are not adjacent costs more here than writing to
+//! consecutive ones (`--stride 10`: a median 3% more at 4.6k deliveries/s, 13% at 20k/s, nine
+//! alternating pairs each, 2026-12-03).
 //!
 //! With `senders` above one it is the floor of a cluster: that many sender threads, each holding
 //! an even share of the sockets and woken by every event, write the event's recipients between
@@ -41,6 +42,10 @@ pub struct Params {
     /// `fanout` consecutive sockets. With several senders, sender `g` writes the recipients whose
     /// index is `g` modulo the senders, as replica `g` holds slots `g` modulo the gateways.
     pub recipients: Option<std::sync::Arc<Vec<Vec<u32>>>>,
+    /// Without `recipients`: an event's sockets are this far apart (1: consecutive, the next
+    /// event starting after the last; 10: sockets `k, k+10, ...` for event `k`, as the waiters of
+    /// one of ten branches are).
+    pub stride: usize,
     /// Deliveries (frames) per second.
     pub deliveries_per_s: f64,
     pub duration: Duration,
@@ -62,6 +67,8 @@ pub struct Floor {
     pub source_ips: u32,
     /// Each event was written to the run's own recipients (not to consecutive sockets).
     pub run_recipients: bool,
+    /// Sockets apart within an event, without the run's recipients (1: consecutive).
+    pub stride: usize,
     pub frame_bytes: usize,
     pub asked_per_s: f64,
     pub deliveries: u64,
@@ -142,6 +149,13 @@ pub fn measure(params: Params) -> anyhow::Result<Floor> {
     ensure!(params.fanout <= params.sockets, "a fan-out of {} over {} sockets", params.fanout, params.sockets);
     ensure!(params.deliveries_per_s > 0.0, "the floor needs a positive rate");
     ensure!(
+        params.stride >= 1 && params.fanout.saturating_mul(params.stride) <= params.sockets,
+        "a fan-out of {} with sockets {} apart needs more than {} sockets (each written once per event)",
+        params.fanout,
+        params.stride,
+        params.sockets
+    );
+    ensure!(
         (1..=params.fanout).contains(&params.senders),
         "{} senders for a fan-out of {}: each sender writes at least one frame per event",
         params.senders,
@@ -154,7 +168,7 @@ pub fn measure(params: Params) -> anyhow::Result<Floor> {
     let sockets = accept(&listener, params.sockets, &mut reader)?;
     let plans: Vec<(std::ops::Range<usize>, Plan)> = match &params.recipients {
         None => share(params.sockets, params.senders)
-            .zip(share(params.fanout, params.senders).map(|r| Plan::Consecutive { fanout: r.len() }))
+            .zip(share(params.fanout, params.senders).map(|r| Plan::Spaced { fanout: r.len(), stride: params.stride }))
             .collect(),
         Some(events) => (0..params.senders)
             .map(|g| (0..params.sockets, Plan::Events(own_recipients(events, g, params.senders, params.sockets))))
@@ -187,6 +201,7 @@ pub fn measure(params: Params) -> anyhow::Result<Floor> {
         senders: params.senders,
         source_ips: params.source_ips,
         run_recipients: params.recipients.is_some(),
+        stride: params.stride,
         frame_bytes: params.frame_bytes,
         asked_per_s: params.deliveries_per_s,
         deliveries: written,
@@ -210,6 +225,7 @@ pub fn run(args: &crate::cli::FloorArgs) -> anyhow::Result<()> {
             senders: args.senders,
             source_ips: args.source_ips,
             recipients: None,
+            stride: args.stride,
         })?;
         println!("{}", floor.line());
         floors.push(floor);
@@ -252,6 +268,8 @@ impl Floor {
         }
         if self.run_recipients {
             note += ", the run's recipients";
+        } else if self.stride > 1 {
+            note += &format!(", sockets {} apart", self.stride);
         }
         note
     }
@@ -295,8 +313,9 @@ fn accept(listener: &TcpListener, count: usize, reader: &mut Reader) -> anyhow::
 
 /// What one sender writes per event.
 enum Plan {
-    /// `fanout` consecutive sockets of its share, the next event starting after the last.
-    Consecutive { fanout: usize },
+    /// `fanout` sockets of its share, `stride` apart: consecutive ones (stride 1) from after the
+    /// last event's, or spaced ones from the socket after the last event's first.
+    Spaced { fanout: usize, stride: usize },
     /// The events in turn, each as the indexes of the sockets to write.
     Events(Vec<Vec<u32>>),
 }
@@ -332,11 +351,11 @@ fn send(
             std::thread::sleep(wait);
         }
         match plan {
-            Plan::Consecutive { fanout } => {
-                for _ in 0..*fanout {
-                    write(&sockets[next])?;
-                    next = (next + 1) % sockets.len();
+            Plan::Spaced { fanout, stride } => {
+                for j in 0..*fanout {
+                    write(&sockets[(next + j * stride) % sockets.len()])?;
                 }
+                next = (next + if *stride == 1 { *fanout } else { 1 }) % sockets.len();
                 written += *fanout as u64;
             }
             Plan::Events(list) => {
@@ -487,6 +506,7 @@ mod tests {
             senders: 3,
             source_ips: 0,
             recipients: None,
+            stride: 1,
         };
         let error = measure(params).unwrap_err().to_string();
         assert!(error.contains("3 senders for a fan-out of 2"), "{error}");

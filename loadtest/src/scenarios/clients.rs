@@ -379,6 +379,7 @@ impl FloorAt {
             duration: Duration::from_secs_f64(self.seconds),
             frame_bytes: self.frame_bytes,
             recipients: Some(self.recipients.clone()),
+            stride: 1,
         };
         // Let the gateways settle first (after the traffic, the workers' connections are closing).
         tokio::time::sleep(Duration::from_secs(1)).await;
