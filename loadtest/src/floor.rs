@@ -174,10 +174,7 @@ pub fn measure(params: Params) -> anyhow::Result<Floor> {
             .map(|g| (0..params.sockets, Plan::Events(own_recipients(events, g, params.senders, params.sockets))))
             .collect(),
     };
-    let per_event = match &params.recipients {
-        Some(events) => events.iter().map(Vec::len).sum::<usize>() as f64 / events.len().max(1) as f64,
-        None => params.fanout as f64,
-    };
+    let per_event = params.recipients.as_deref().map_or(params.fanout as f64, |events| mean_recipients(events));
     ensure!(per_event > 0.0, "the floor's events have no recipient");
     let events_per_s = params.deliveries_per_s / per_event;
     let sent = std::thread::scope(|scope| {
@@ -318,6 +315,11 @@ enum Plan {
     Spaced { fanout: usize, stride: usize },
     /// The events in turn, each as the indexes of the sockets to write.
     Events(Vec<Vec<u32>>),
+}
+
+/// Recipients per event, on average (0 without events).
+pub fn mean_recipients(events: &[Vec<u32>]) -> f64 {
+    events.iter().map(Vec::len).sum::<usize>() as f64 / events.len().max(1) as f64
 }
 
 /// Of each event's recipients, those of sender `sender` of `senders` (index modulo the

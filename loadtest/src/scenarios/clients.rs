@@ -114,11 +114,12 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
         _ => (rate * duration).round() as u64,
     };
     // The floor is measured on both sides of the traffic, with the same parameters.
-    let floor_at = matches!(scenario, Scenario::Fanout | Scenario::Steady).then(|| {
+    // Without the gateways' processes there is no CPU to compare with, so no floor either.
+    let floor_at = (matches!(scenario, Scenario::Fanout | Scenario::Steady) && !pids.is_empty()).then(|| {
         let recipients = planned_recipients(&generator, &pop, count);
-        let fanout = recipients.iter().map(Vec::len).sum::<usize>() as f64 / recipients.len().max(1) as f64;
+        let fanout = crate::floor::mean_recipients(&recipients);
         FloorAt {
-            seconds: if pids.is_empty() { 0.0 } else { args.floor_seconds },
+            seconds: args.floor_seconds,
             connections: phase.connected,
             deliveries_per_s: rate * fanout,
             fanout,
@@ -219,8 +220,8 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
         }
         _ => (None, Vec::new()),
     };
-    let efficiency = match (floor_at, floors_before, pids.is_empty()) {
-        (Some(at), Some(before), false) => {
+    let efficiency = match (floor_at, floors_before) {
+        (Some(at), Some(before)) => {
             let x = Efficiency::new(window_s, received, window_gateway_cpu_s, window_pipeline_cpu_s);
             // The run's own figures stand without a floor; the report says why one is missing.
             Some(match before {
