@@ -55,6 +55,9 @@ pub enum Command {
         sockets: usize,
         #[arg(long, default_value_t = 0)]
         source_ips: u32,
+        /// Size of the frames, whose time stamps it reads (0: none).
+        #[arg(long, default_value_t = 0)]
+        frame_bytes: usize,
     },
 }
 

@@ -22,10 +22,18 @@
 //! an even share of the sockets and woken by every event, write the event's recipients between
 //! them (an even share each), as replicas that all hold the tenant do. Each event then costs
 //! every sender one wake-up, which a single sender pays once.
+//!
+//! It also measures the floor of latency: each event's frame carries the time its writes began
+//! ([`stamp`]), and the reader records, for every frame, how long after that it read it. That is
+//! what the host alone adds between a process writing a fan-out and the recipients reading it,
+//! at the same moment as the run whose latency it is reported beside.
 
+mod stamp;
+
+use crate::hist::{self, fmt_us};
 use anyhow::{bail, ensure, Context};
 use serde::Serialize;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,6 +85,9 @@ pub struct Floor {
     pub sender_cpu_s: f64,
     /// The floor: sender CPU per frame written.
     pub cpu_us_per_delivery: f64,
+    /// From the start of an event's writes to the reader's read of each of its frames (empty
+    /// for frames too short to carry the time).
+    pub latency: hist::Summary,
 }
 
 /// The floor measured on both sides of a run's traffic, with the same parameters. This host's
@@ -100,10 +111,11 @@ impl Bracket {
     }
 
     /// For reports: `"10.44 µs per bare write (10.20 before the traffic, 10.68 after: +4.7%;
-    /// 1000 sockets, fan-out 91, 401 bytes, 4572/s)"`.
+    /// 1000 sockets, fan-out 91, 401 bytes, 4572/s); write to read p50 412µs/398µs p99
+    /// 1.20ms/1.31ms (before/after)"`.
     pub fn summary(&self) -> String {
         let f = &self.after;
-        format!(
+        let mut summary = format!(
             "{:.2} µs per bare write ({:.2} before the traffic, {:.2} after: {:+.1}%; {} sockets, fan-out {}{}, {} bytes, {:.0}/s)",
             self.cpu_us_per_delivery,
             self.before.cpu_us_per_delivery,
@@ -114,7 +126,18 @@ impl Bracket {
             f.setup_note(),
             f.frame_bytes,
             f.achieved_per_s
-        )
+        );
+        let (b, a) = (&self.before.latency, &f.latency);
+        if b.count > 0 && a.count > 0 {
+            summary += &format!(
+                "; write to read p50 {}/{} p99 {}/{} (before/after)",
+                fmt_us(b.p50_us),
+                fmt_us(a.p50_us),
+                fmt_us(b.p99_us),
+                fmt_us(a.p99_us)
+            );
+        }
+        summary
     }
 }
 
@@ -164,7 +187,7 @@ pub fn measure(params: Params) -> anyhow::Result<Floor> {
     let frame = frame(params.frame_bytes)?;
     let listener = TcpListener::bind("127.0.0.1:0").context("bind the floor's listener")?;
     let addr = listener.local_addr()?;
-    let mut reader = Reader::spawn(addr, params.sockets, params.source_ips)?;
+    let mut reader = Reader::spawn(addr, params.sockets, params.source_ips, params.frame_bytes)?;
     let sockets = accept(&listener, params.sockets, &mut reader)?;
     let plans: Vec<(std::ops::Range<usize>, Plan)> = match &params.recipients {
         None => share(params.sockets, params.senders)
@@ -188,7 +211,7 @@ pub fn measure(params: Params) -> anyhow::Result<Floor> {
         senders.into_iter().map(|s| s.join().expect("a floor sender thread")).collect::<anyhow::Result<Vec<_>>>()
     })?;
     drop(sockets);
-    reader.finish()?;
+    let latency = reader.finish()?;
     let written: u64 = sent.iter().map(|s| s.0).sum();
     let elapsed = sent.iter().map(|s| s.1).max().unwrap_or_default();
     let cpu: Duration = sent.iter().map(|s| s.2).sum();
@@ -205,6 +228,7 @@ pub fn measure(params: Params) -> anyhow::Result<Floor> {
         achieved_per_s: written as f64 / elapsed.as_secs_f64().max(1e-9),
         sender_cpu_s: cpu.as_secs_f64(),
         cpu_us_per_delivery: cpu.as_secs_f64() * 1e6 / written.max(1) as f64,
+        latency,
     })
 }
 
@@ -237,9 +261,9 @@ pub fn run(args: &crate::cli::FloorArgs) -> anyhow::Result<()> {
 }
 
 impl Floor {
-    /// One line: the rate written and the floor.
+    /// One line: the rate written, the floor and its latency.
     pub fn line(&self) -> String {
-        format!(
+        let mut line = format!(
             "floor {:.2} µs CPU per delivery: {} frames of {} bytes to {} sockets (fan-out {}{}) at {:.0}/s ({:.0}/s asked), sender CPU {:.2} s",
             self.cpu_us_per_delivery,
             self.deliveries,
@@ -250,7 +274,18 @@ impl Floor {
             self.achieved_per_s,
             self.asked_per_s,
             self.sender_cpu_s
-        )
+        );
+        let l = &self.latency;
+        if l.count > 0 {
+            line += &format!(
+                "; write to read p50 {} p99 {} max {} (n={})",
+                fmt_us(l.p50_us),
+                fmt_us(l.p99_us),
+                fmt_us(l.max_us),
+                l.count
+            );
+        }
+        line
     }
 
     /// What sets this floor apart, if anything: `", 2 senders woken by every event"`,
@@ -331,8 +366,9 @@ fn own_recipients(events: &[Vec<u32>], sender: usize, senders: usize, sockets: u
         .collect()
 }
 
-/// One sender: the writes of `plan` over its `sockets`, `events_per_s` events for `duration`.
-/// Returns the frames written, the time it took and the thread's CPU time.
+/// One sender: the writes of `plan` over its `sockets`, `events_per_s` events for `duration`,
+/// each event's frame stamped with the time its writes began. Returns the frames written, the
+/// time it took and the thread's CPU time.
 fn send(
     sockets: &[TcpStream],
     frame: &[u8],
@@ -342,7 +378,8 @@ fn send(
 ) -> anyhow::Result<(u64, Duration, Duration)> {
     let interval = Duration::from_secs_f64(1.0 / events_per_s);
     let events = (events_per_s * duration.as_secs_f64()).ceil().max(1.0) as u64;
-    let write = |socket: &TcpStream| (&*socket).write_all(frame).context("write a floor frame");
+    let mut frame = frame.to_vec();
+    let stamp_at = stamp::offset(frame.len());
     let cpu_before = thread_cpu()?;
     let started = Instant::now();
     let mut next = 0usize;
@@ -352,6 +389,11 @@ fn send(
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
+        if let Some(at) = stamp_at {
+            stamp::write(&mut frame, at, stamp::now_micros());
+        }
+        let frame = &frame[..];
+        let write = |socket: &TcpStream| (&*socket).write_all(frame).context("write a floor frame");
         match plan {
             Plan::Spaced { fanout, stride } => {
                 for j in 0..*fanout {
@@ -385,24 +427,27 @@ struct Reader {
 }
 
 impl Reader {
-    fn spawn(addr: SocketAddr, sockets: usize, source_ips: u32) -> anyhow::Result<Reader> {
+    fn spawn(addr: SocketAddr, sockets: usize, source_ips: u32, frame_bytes: usize) -> anyhow::Result<Reader> {
         let exe = std::env::current_exe().context("the loadtest executable")?;
         let child = Command::new(exe)
-            .args(["floor-reader", &addr.to_string(), &sockets.to_string(), "--source-ips", &source_ips.to_string()])
+            .args(["floor-reader", &addr.to_string(), &sockets.to_string()])
+            .args(["--source-ips", &source_ips.to_string(), "--frame-bytes", &frame_bytes.to_string()])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .context("start the floor's reader process")?;
         Ok(Reader { child })
     }
 
-    /// Waits for the reader to see every socket closed.
-    fn finish(mut self) -> anyhow::Result<()> {
+    /// Waits for the reader to see every socket closed; returns the latency it measured.
+    fn finish(mut self) -> anyhow::Result<hist::Summary> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait()? {
                 ensure!(status.success(), "the floor's reader exited with {status}");
-                return Ok(());
+                let mut out = String::new();
+                self.child.stdout.take().context("the floor reader's output")?.read_to_string(&mut out)?;
+                return serde_json::from_str(out.trim()).with_context(|| format!("the floor reader's summary {out:?}"));
             }
             ensure!(Instant::now() < deadline, "the floor's reader did not finish");
             std::thread::sleep(Duration::from_millis(10));
@@ -422,10 +467,13 @@ impl Drop for Reader {
 /// The hidden `floor-reader` subcommand: connects `sockets` sockets to `addr`, the `i`-th from
 /// 127.0.0.(1 + i mod `source_ips`) as the clients of a run do (any address when 0), and reads
 /// them, one task each on a single-threaded runtime (epoll, as a browser's kernel would wake
-/// it), until the sender closed them all. Its CPU is not the floor's.
-pub fn read_all(addr: SocketAddr, sockets: usize, source_ips: u32) -> anyhow::Result<()> {
+/// it), until the sender closed them all. Its CPU is not the floor's. Frames of `frame_bytes`
+/// carry the time their event's writes began: it prints the summary of how long after that each
+/// was read, as one line of JSON, when done.
+pub fn read_all(addr: SocketAddr, sockets: usize, source_ips: u32, frame_bytes: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
-    runtime.block_on(async move {
+    let latency = std::sync::Arc::new(std::sync::Mutex::new(hist::new()));
+    runtime.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..sockets {
             let socket = tokio::net::TcpSocket::new_v4().context("a floor reader socket")?;
@@ -435,21 +483,39 @@ pub fn read_all(addr: SocketAddr, sockets: usize, source_ips: u32) -> anyhow::Re
                     .with_context(|| format!("bind a floor reader socket to {ip}"))?;
             }
             let socket = socket.connect(addr).await.context("connect to the floor's sender")?;
-            tasks.spawn(drain(socket));
+            tasks.spawn(drain(socket, stamp::Follower::new(frame_bytes), latency.clone()));
         }
         while let Some(done) = tasks.join_next().await {
             done.context("a floor reader task")??;
         }
-        Ok(())
-    })
+        anyhow::Ok(())
+    })?;
+    let summary = hist::summary(&latency.lock().expect("latency lock"));
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
 }
 
-/// Reads `socket` to its end.
-async fn drain(mut socket: tokio::net::TcpStream) -> anyhow::Result<()> {
+/// Reads `socket` to its end, recording how long after its event's stamp each frame was read.
+async fn drain(
+    mut socket: tokio::net::TcpStream,
+    mut follower: Option<stamp::Follower>,
+    latency: std::sync::Arc<std::sync::Mutex<hdrhistogram::Histogram<u64>>>,
+) -> anyhow::Result<()> {
     use tokio::io::AsyncReadExt;
     let mut buffer = vec![0u8; 16 * 1024];
-    while socket.read(&mut buffer).await.context("read a floor socket")? > 0 {}
-    Ok(())
+    loop {
+        let n = socket.read(&mut buffer).await.context("read a floor socket")?;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(follower) = &mut follower {
+            let now = stamp::now_micros();
+            let mut latency = latency.lock().expect("latency lock");
+            follower.feed(&buffer[..n], |sent| {
+                let _ = latency.record(now.saturating_sub(sent).max(1));
+            });
+        }
+    }
 }
 
 #[cfg(test)]

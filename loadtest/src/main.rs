@@ -39,8 +39,8 @@ fn main() -> ExitCode {
             println!("{}", mint(token));
             return ExitCode::SUCCESS;
         }
-        Command::FloorReader { addr, sockets, source_ips } => {
-            return exit(floor::read_all(addr, sockets, source_ips).map(|()| true))
+        Command::FloorReader { addr, sockets, source_ips, frame_bytes } => {
+            return exit(floor::read_all(addr, sockets, source_ips, frame_bytes).map(|()| true))
         }
         Command::Floor(args) => return exit(floor::run(&args).map(|()| true)),
         _ => {}

@@ -33,6 +33,11 @@ fn spaced_sockets_are_measured_and_reported() {
     assert_eq!(f["deliveries"], 500, "{f}");
     assert!(f["cpu_us_per_delivery"].as_f64().unwrap() > 0.0, "{f}");
     assert_eq!(f["run_recipients"], false, "{f}");
+    // Every frame carried its event's time, and the reader read it back.
+    assert_eq!(f["latency"]["count"], 500, "{f}");
+    let (p50, max) = (f["latency"]["p50_us"].as_u64().unwrap(), f["latency"]["max_us"].as_u64().unwrap());
+    assert!(0 < p50 && p50 <= max && max < 60_000_000, "{f}");
+    assert!(stdout.contains("write to read p50"), "{stdout}");
 }
 
 #[test]

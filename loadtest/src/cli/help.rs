@@ -200,6 +200,9 @@ gets the same bytes) to --sockets loopback TCP sockets with TCP_NODELAY, --fanou
 sockets per event, events paced to each --rate (deliveries per second) for --duration seconds.
 A second process reads and discards everything. The floor is the sender thread's CPU time
 (user and system, so the kernel's loopback work done on its behalf counts) per frame written.
+Each event's frame carries the time its writes began (16 hex digits at the start of its JSON
+string), and the reader reports how long after that it read each frame (\"write to read\"): the
+latency the host alone adds to a fan-out, measured at the same moment as a run's.
 
 With --senders N it is the floor of N replicas that all hold the tenant: N sender threads, each
 holding an even share of the sockets and woken by every event, write an even share of its
