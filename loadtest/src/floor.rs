@@ -141,21 +141,29 @@ impl Bracket {
     }
 }
 
+/// The header's share of a frame of `frame_bytes` bytes: 2 bytes with a 1-byte length (a payload
+/// below 126), else 4 (a 2-byte length).
+fn header_bytes(frame_bytes: usize) -> usize {
+    if frame_bytes.saturating_sub(2) < 126 {
+        2
+    } else {
+        4
+    }
+}
+
 /// A server-to-client text frame of exactly `frame_bytes` bytes (RFC 6455 section 5.2: no mask,
 /// a 1-byte length below 126, a 2-byte one up to 65535).
 pub fn frame(frame_bytes: usize) -> anyhow::Result<Vec<u8>> {
     ensure!((2..=65_535 + 4).contains(&frame_bytes), "a frame of {frame_bytes} bytes is out of range (2..=65539)");
     let mut frame = vec![0x81];
-    let payload = if frame_bytes - 2 < 126 {
-        frame.push((frame_bytes - 2) as u8);
-        frame_bytes - 2
+    let payload = frame_bytes - header_bytes(frame_bytes);
+    if header_bytes(frame_bytes) == 2 {
+        frame.push(payload as u8);
     } else {
-        ensure!(frame_bytes >= 4 + 126, "a frame of {frame_bytes} bytes has no valid length encoding");
-        let payload = frame_bytes - 4;
+        ensure!(payload >= 126, "a frame of {frame_bytes} bytes has no valid length encoding");
         frame.push(126);
         frame.extend_from_slice(&(payload as u16).to_be_bytes());
-        payload
-    };
+    }
     // A JSON object, so that a reader could parse it: {"p":"xxxx...."}.
     let mut body = b"{\"p\":\"".to_vec();
     body.resize(payload.saturating_sub(2), b'x');
@@ -390,7 +398,7 @@ fn send(
             std::thread::sleep(wait);
         }
         if let Some(at) = stamp_at {
-            stamp::write(&mut frame, at, stamp::now_micros());
+            stamp::write(&mut frame, at, wire::clock::now_micros());
         }
         let frame = &frame[..];
         let write = |socket: &TcpStream| (&*socket).write_all(frame).context("write a floor frame");
@@ -509,7 +517,7 @@ async fn drain(
             return Ok(());
         }
         if let Some(follower) = &mut follower {
-            let now = stamp::now_micros();
+            let now = wire::clock::now_micros();
             let mut latency = latency.lock().expect("latency lock");
             follower.feed(&buffer[..n], |sent| {
                 let _ = latency.record(now.saturating_sub(sent).max(1));

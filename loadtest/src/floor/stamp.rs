@@ -12,7 +12,7 @@ const BEFORE: usize = 6;
 /// Where the stamp sits in a frame of `frame_bytes` bytes built by [`super::frame`], or `None`
 /// when the frame is too short to carry one.
 pub fn offset(frame_bytes: usize) -> Option<usize> {
-    let header = if frame_bytes.saturating_sub(2) < 126 { 2 } else { 4 };
+    let header = super::header_bytes(frame_bytes);
     let payload = frame_bytes.checked_sub(header)?;
     (payload >= BEFORE + DIGITS + 2).then_some(header + BEFORE)
 }
@@ -23,11 +23,6 @@ pub fn write(frame: &mut [u8], offset: usize, micros: u64) {
     for (i, digit) in frame[offset..offset + DIGITS].iter_mut().enumerate() {
         *digit = HEX[(micros >> (4 * (DIGITS - 1 - i))) as usize & 0xf];
     }
-}
-
-/// Unix time in microseconds, the clock both processes read.
-pub fn now_micros() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Follows one socket's bytes, a sequence of frames of one size, however the reads split them,
@@ -80,7 +75,7 @@ mod tests {
             let at = offset(size).unwrap();
             write(&mut frame, at, 0x0006_3e3d_1234_abcd);
             assert_eq!(frame.len(), size);
-            let payload = &frame[if size - 2 < 126 { 2 } else { 4 }..];
+            let payload = &frame[super::super::header_bytes(size)..];
             let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
             assert!(json["p"].as_str().unwrap().starts_with("00063e3d1234abcd"), "{json}");
         }

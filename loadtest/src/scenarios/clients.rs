@@ -117,12 +117,10 @@ pub async fn run(scenario: Scenario, args: RunArgs, kill: Option<Kill>) -> anyho
     // Without the gateways' processes there is no CPU to compare with, so no floor either.
     let floor_at = (matches!(scenario, Scenario::Fanout | Scenario::Steady) && !pids.is_empty()).then(|| {
         let recipients = planned_recipients(&generator, &pop, count);
-        let fanout = crate::floor::mean_recipients(&recipients);
         FloorAt {
             seconds: args.floor_seconds,
             connections: phase.connected,
-            deliveries_per_s: rate * fanout,
-            fanout,
+            deliveries_per_s: rate * crate::floor::mean_recipients(&recipients),
             recipients: Arc::new(recipients),
             frame_bytes: mean_frame_bytes(&generator, run, count, args.publish.payload_bytes),
             source_ips: args.source_ips.min(250),
@@ -322,7 +320,6 @@ struct FloorAt {
     seconds: f64,
     connections: u64,
     deliveries_per_s: f64,
-    fanout: f64,
     /// Events of the run, each as its recipients' slots: the floor writes to the same sockets.
     recipients: Arc<Vec<Vec<u32>>>,
     frame_bytes: usize,
@@ -370,7 +367,7 @@ impl FloorAt {
         if self.seconds <= 0.0 || sockets == 0 || self.deliveries_per_s < 1.0 {
             return Ok(None);
         }
-        let fanout = (self.fanout.round() as usize).clamp(1, sockets);
+        let fanout = (crate::floor::mean_recipients(&self.recipients).round() as usize).clamp(1, sockets);
         let params = crate::floor::Params {
             sockets,
             fanout,
